@@ -1,0 +1,84 @@
+"""``groupmood detect``: MTCNN faces, landmarks and crops for files, folders and globs."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..align import align_faces, square_crops
+from ..images import load_batches
+from ..io import write_image
+from ..report import draw_faces
+from .common import JsonlSink, build_detector, collect_paths, detector_options, output_names
+
+
+@click.command("detect")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", default="-", show_default=True,
+              help="JSON Lines file (written atomically when complete), or - for stdout.")
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False),
+              help="Write each photo with boxes and landmarks drawn into this folder.")
+@click.option("--crops", "crops_dir", type=click.Path(file_okay=False),
+              help="Write each face's aligned 112x96 and non-aligned 48x48 crops into this folder.")
+@click.option("--margin", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Extra margin of the square non-aligned crop, as a fraction of the box side.")
+@click.option("--resume", is_flag=True, help="Skip photos already in --output (or its .partial file).")
+@detector_options
+def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, crops_dir: str | None,
+               margin: float, resume: bool, device: str, batch_size: int, min_face_frac: float,
+               min_face_px: float | None, thresholds: tuple[float, float, float], factor: float,
+               mtcnn_weights: str | None, max_pixels: int, progress: bool) -> int:
+    """Detect faces in INPUTS (files, folders searched recursively, globs).
+
+    Prints one JSON line per photo: file, width, height, faces (box, score, 5 landmarks), or the
+    error that made the photo unreadable. The exit status is 1 when any photo failed.
+    """
+    paths = collect_paths(inputs)
+    names = output_names(paths)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
+    sink = JsonlSink(output, resume=resume)
+    todo = [p for p in paths if str(p) not in sink.done]
+    n_faces = n_bad = n_ok = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="photo", disable=not progress, file=sys.stderr)
+    try:
+        for good, bad in load_batches(todo, batch_size, max_pixels):
+            for err in bad:
+                n_bad += 1
+                tqdm.write(f"skipped {err}", file=sys.stderr)
+                sink.write({"file": err.path, "error": err.reason})
+            faces_per_image = detector.detect([img for _, img in good])
+            for (path, img), faces in zip(good, faces_per_image):
+                n_ok += 1
+                n_faces += len(faces)
+                sink.write({"file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                            "faces": [f.to_dict() for f in faces]})
+                if annotate_dir:
+                    write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), draw_faces(img, faces))
+                if crops_dir and faces:
+                    _write_crops(Path(crops_dir) / names[path].with_suffix(""), img, faces, margin)
+            bar.update(len(good) + len(bad))
+    except BaseException:
+        sink.close(complete=False)
+        raise
+    finally:
+        bar.close()
+    sink.close()
+    secs = time.perf_counter() - start
+    click.echo(f"{n_ok} photos, {n_faces} faces, {n_bad} failed, {secs:.1f} s "
+               f"({secs / max(1, n_ok + n_bad):.3f} s/photo)"
+               + (f"; already done: {len(paths) - len(todo)}" if resume else ""), err=True)
+    return 1 if n_bad else 0
+
+
+def _write_crops(folder: Path, img, faces, margin: float) -> None:
+    import numpy as np
+
+    landmarks = np.stack([f.landmarks for f in faces])
+    boxes = np.stack([f.box for f in faces])
+    for k, (aligned, grey) in enumerate(zip(align_faces(img, landmarks), square_crops(img, boxes, margin=margin))):
+        write_image(folder / f"face{k:03d}_aligned.png", aligned)
+        write_image(folder / f"face{k:03d}_48.png", grey)

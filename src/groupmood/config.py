@@ -1,0 +1,224 @@
+"""Training configs: small YAML recipes over a base, command-line overrides, a resolved dump.
+
+A recipe names its parent with ``base: other.yaml`` (a path relative to the recipe); parents are
+merged first, children deep-merged on top, then ``key.sub=value`` overrides (values parsed as
+YAML). :data:`DEFAULTS` is the schema: every key a config may set exists there, so a typo is a
+:class:`~groupmood.errors.ConfigError` naming the key instead of a silently ignored option. A
+default of ``{}`` is an open mapping (any keys). The resolved config is written beside each run as
+``config.yaml``, so a run can always be reproduced from its folder alone.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULTS", "apply_overrides", "atomic_write", "dump_config", "load_config", "merge", "parse_override",
+           "validate_keys"]
+
+#: Every known option with its default. Recipes in ``configs/`` change a few of them.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,                      # seeds model init, data order, augmentation, label sampling
+    "device": "auto",               # auto | cpu | cuda | cuda:N
+    "threads": None,                # torch.set_num_threads (None: torch's default)
+    "out": None,                    # run folder (None: runs/<recipe file stem>)
+    "model": {
+        "name": "resnet_compact_48",  # a name from groupmood.models.list_models()
+        "head": "softmax",            # softmax | lsoftmax | asoftmax
+        "margin_m": 4,
+        "drop_rate": 0.0,
+        "kwargs": {},                 # extra constructor arguments (e.g. margin base / lambda_min)
+    },
+    "init_from": None,              # checkpoint (.pt / .safetensors) to fine-tune from
+    "init_exclude": [],             # fnmatch patterns of state-dict keys not to load (e.g. "head.*")
+    "data": {
+        "kind": "ferplus",          # ferplus | folder | legend | npz (see groupmood.data.faces)
+        "root": None,               # dataset folder (or .npz file for kind npz)
+        "mode": "majority",         # FERPlus training labels: majority | probability | crossentropy
+        "target": "expressions",    # expressions (8 FERPlus classes) | valence (3 group classes)
+        "surprise": "Positive",     # group class of surprise when reading expressions as valence
+        "classes": None,            # expression classes to train on (None: the 8 FERPlus emotions)
+        "csv": "legend.csv",        # kind legend: the label file, relative to root
+        "image_dir": "images",      # kind legend: the image folder, relative to root
+        "group_regex": None,        # regex on the file stem whose group 1 is the subject / person
+        "crop": None,               # [left, top, right, bottom] box in fractions of width / height, cut before resizing
+        "split": {"train": 0.8, "val": 0.1, "test": 0.1},  # group-disjoint split (not FERPlus)
+        "split_seed": 0,
+        "split_file": None,         # JSON split to reuse or create (None: <run>/split.json)
+        "cache": True,              # cache decoded images as .npz under groupmood.weights.home()
+        "workers": 0,               # DataLoader workers (0: in the main process; arrays are in memory)
+    },
+    "aug": {
+        "enabled": True,
+        "batched": True,            # one affine per sample, applied to the whole batch (fast)
+        "degrees": 20.0,            # FERPlus reference: rotation 20 degrees
+        "translate": 0.08,          # shift 8 % of the size
+        "scale": 1.05,              # zoom in [1/1.05, 1.05]
+        "shear": 0.05,              # skew 0.05 (a shear factor, i.e. atan(0.05) degrees)
+        "hflip": 0.5,
+    },
+    "optim": {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 5.0e-4,
+        "nesterov": False,
+    },
+    "sched": {
+        "name": "step",             # step | multistep | cosine | constant
+        "step_epochs": 4,           # step: lr * gamma every step_epochs epochs
+        "milestones": [],           # multistep: lr * gamma at these iterations
+        "gamma": 0.1,
+        "warmup_iters": 0,          # linear warm-up from warmup_factor * lr (any schedule)
+        "warmup_factor": 0.1,
+        "min_lr": 0.0,              # cosine floor
+    },
+    "train": {
+        "epochs": 10,
+        "max_iters": None,          # stop the recipe at this many iterations (multistep recipes)
+        "max_steps": None,          # stop this invocation at this global step (resume continues)
+        "batch_size": 64,
+        "eval_batch_size": 256,
+        "ckpt_every": 200,          # steps between checkpoints (also one at every epoch end)
+        "amp": True,                # mixed precision, CUDA only
+        "channels_last": True,      # CUDA only
+        "tta_flip": False,          # validation with horizontal-flip test-time augmentation
+        "progress": True,           # tqdm bars
+    },
+}
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, everything else in ``update`` replaces ``base``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, where: str = "") -> None:
+    """Raise ConfigError for the first key of ``cfg`` that ``schema`` does not know."""
+    for key, value in cfg.items():
+        name = f"{where}{key}"
+        if key not in schema:
+            known = ", ".join(f"{where}{k}" for k in schema)
+            raise ConfigError(f"unknown config key {name!r}; known keys here: {known}")
+        sub = schema[key]
+        if isinstance(sub, Mapping) and sub:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {name!r} must be a mapping of options, got {value!r}")
+            validate_keys(value, sub, f"{name}.")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options at the top level")
+    return data
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged mapping of ``path`` and its ``base:`` ancestors (ancestors first)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"config files name each other as base in a loop: {chain}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return merge(_load_chain(path.parent / base, (*seen, path)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into (["a", "b"], parsed YAML value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``cfg`` with each ``key.sub=value`` override applied; unknown keys raise ConfigError."""
+    out = copy.deepcopy(dict(cfg))
+    for text in overrides:
+        parts, value = parse_override(text)
+        update: dict[str, Any] = {parts[-1]: value}
+        for part in reversed(parts[:-1]):
+            update = {part: update}
+        validate_keys(update)
+        out = merge(out, update) if isinstance(value, Mapping) else _set(out, parts, value)
+    return out
+
+
+def _set(cfg: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve DEFAULTS <- ``base`` <- recipe chain at ``path`` <- overrides into one plain dict."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if base is not None:
+        validate_keys(base)
+        cfg = merge(cfg, base)
+    if path is not None:
+        recipe = _load_chain(Path(path))
+        validate_keys(recipe)
+        cfg = merge(cfg, recipe)
+    return apply_overrides(cfg, overrides)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` (os.replace).
+
+    Readers never see a half-written file, and a crash leaves the old file in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``cfg`` as YAML to ``path`` atomically."""
+    with atomic_write(path) as fh:
+        yaml.safe_dump(dict(cfg), fh, sort_keys=False, default_flow_style=None)
+    return Path(path)

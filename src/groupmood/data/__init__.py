@@ -1,0 +1,66 @@
+"""Datasets of every branch, chosen by the config's ``data.kind``.
+
+The training loop never names a dataset: it calls :func:`build_data`, which looks the kind up in
+:data:`DATASET_BUILDERS` and returns a :class:`DataBundle`. A new source (group photos for the
+global branch, a face cache) plugs in with :func:`register_dataset` or one more entry here.
+
+A builder is ``fn(cfg, info, run_dir, splits) -> DataBundle``: ``cfg`` the resolved config,
+``info`` the model's :class:`~groupmood.models.registry.ModelInfo` (family, input size, channels),
+``run_dir`` where it may write a split file, ``splits`` the split names wanted ("train", "val",
+"test", or "all" for every sample). Each dataset yields ``(uint8 (C, H, W) tensor, target)``, the
+target a class index or a (num_classes,) float distribution; it has ``labels`` (hard labels as an
+int64 array, for evaluation) and may have ``set_epoch(epoch)``.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+
+__all__ = ["DATASET_BUILDERS", "DataBundle", "build_data", "register_dataset"]
+
+
+@dataclass
+class DataBundle:
+    """What a builder hands the engine: datasets by split, class names, optional batch augmentation."""
+
+    datasets: dict[str, Dataset]
+    classes: tuple[str, ...]
+    batch_augment: Callable[[Tensor, Any], Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[Mapping[str, Any], Any, Path, Sequence[str]], DataBundle]
+
+#: data.kind -> builder, or "module:function" imported on first use (keeps ``import groupmood`` cheap).
+DATASET_BUILDERS: dict[str, Builder | str] = {
+    "ferplus": "groupmood.data.faces:build_face_data",
+    "folder": "groupmood.data.faces:build_face_data",
+    "legend": "groupmood.data.faces:build_face_data",
+    "npz": "groupmood.data.faces:build_face_data",
+}
+
+
+def register_dataset(kind: str, builder: Builder | str) -> None:
+    """Make ``data.kind: <kind>`` build its datasets with ``builder``."""
+    DATASET_BUILDERS[kind] = builder
+
+
+def build_data(cfg: Mapping[str, Any], info: Any, run_dir: str | Path,
+               splits: Sequence[str] = ("train", "val")) -> DataBundle:
+    """Build the datasets of ``cfg["data"]`` for ``splits`` with the builder of its ``kind``."""
+    kind = cfg["data"]["kind"]
+    builder = DATASET_BUILDERS.get(kind)
+    if builder is None:
+        raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(sorted(DATASET_BUILDERS))}")
+    if isinstance(builder, str):
+        module, _, attr = builder.partition(":")
+        builder = getattr(importlib.import_module(module), attr)
+    return builder(cfg, info, Path(run_dir), tuple(splits))

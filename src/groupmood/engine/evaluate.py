@@ -1,0 +1,211 @@
+"""Evaluation: predictions, accuracy tables, confusion matrices (JSON + PNG), model loading.
+
+:func:`predict` runs a model over a dataset (optionally averaging the logits of each image and
+its horizontal flip, as the authors' test code does); :func:`classification_report` gives overall,
+per-class and mean-class accuracy and the confusion matrix, and for expression models also the
+same for the 3 group classes, reading the probabilities as valence with
+:func:`groupmood.labels.to_valence`. :func:`load_model` rebuilds a model from a training
+checkpoint (``.pt``) or an exported ``.safetensors`` file.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..config import atomic_write
+from ..errors import ConfigError
+from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
+from ..data.transforms import normalize
+
+__all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
+           "save_report"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, family: str, device: torch.device | str = "cpu",
+            batch_size: int = 256, tta_flip: bool = False, progress: bool = False,
+            desc: str = "eval") -> tuple[Tensor, Tensor]:
+    """(probabilities (N, C) float32, hard labels (N,) int64) on the CPU, in dataset order."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    probs, labels = [], []
+    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = normalize(x.to(device), family)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        if tta_flip:
+            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        probs.append(torch.softmax(logits, dim=1).cpu())
+        labels.append((y.argmax(dim=1) if y.ndim == 2 else y).long().cpu())
+    model.train(was_training)
+    n_cls = len(getattr(dataset, "classes", ())) or 0
+    if not probs:
+        return torch.zeros(0, n_cls), torch.zeros(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def _table(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    k = len(classes)
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    support = conf.sum(axis=1)
+    per_class = {c: {"accuracy": float(conf[i, i] / support[i]) if support[i] else None,
+                     "support": int(support[i])} for i, c in enumerate(classes)}
+    present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    return {
+        "n": int(labels.size),
+        "accuracy": float((pred == labels).mean()) if labels.size else 0.0,
+        "mean_class_accuracy": float(np.mean(present)) if present else 0.0,
+        "classes": list(classes),
+        "per_class": per_class,
+        "confusion": conf.tolist(),
+    }
+
+
+def classification_report(probs: Tensor, labels: Tensor, classes: Sequence[str],
+                          surprise: str = "Positive") -> dict[str, Any]:
+    """Accuracy overall / per class / mean, confusion matrix (rows true, columns predicted).
+
+    For expression classes the report also holds ``valence``: the same table for the 3 group
+    classes, predictions from the summed probabilities (``to_valence``), truth from the label's
+    class (``surprise`` chooses where surprise goes).
+    """
+    classes = tuple(classes)
+    report = _table(probs.argmax(dim=1).numpy(), labels.numpy(), classes)
+    if classes != GROUP_CLASSES and all(canonical_expression(c) in FERPLUS_EMOTIONS for c in classes):
+        mapping = valence_map(surprise)
+        vprobs = to_valence(probs, classes, mapping)
+        truth_of = np.asarray([GROUP_CLASSES.index(mapping[canonical_expression(c)]) for c in classes])
+        report["valence"] = _table(vprobs.argmax(dim=1).numpy(), truth_of[labels.numpy()], GROUP_CLASSES)
+        report["valence"]["surprise"] = surprise
+    return report
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                   title: str = "") -> Path:
+    """Row-normalised confusion matrix with counts as a PNG (matplotlib Agg, written atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    conf = np.asarray(confusion, dtype=np.float64)
+    rows = conf.sum(axis=1, keepdims=True)
+    frac = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
+    k = len(classes)
+    fig = Figure(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{frac[i, j]:.2f}\n{int(conf[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    return Path(path)
+
+
+def save_report(report: Mapping[str, Any], out_dir: str | Path, stem: str = "eval",
+                title: str = "") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>_confusion.png`` (and ``<stem>_valence_confusion.png``)."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / f"{stem}.json"}
+    with atomic_write(paths["json"]) as fh:
+        json.dump(report, fh, indent=1)
+    acc = f"acc {report['accuracy']:.3f}, n={report['n']}"
+    paths["confusion"] = plot_confusion(report["confusion"], report["classes"],
+                                        out_dir / f"{stem}_confusion.png", f"{title} {acc}".strip())
+    if "valence" in report:
+        v = report["valence"]
+        paths["valence_confusion"] = plot_confusion(
+            v["confusion"], v["classes"], out_dir / f"{stem}_valence_confusion.png",
+            f"{title} valence acc {v['accuracy']:.3f}".strip())
+    return paths
+
+
+def _model_from_meta(cfg: Mapping[str, Any], classes: Sequence[str]) -> nn.Module:
+    from ..models import create_model
+
+    m = cfg["model"]
+    return create_model(m["name"], num_classes=len(classes), head=m["head"], margin_m=m["margin_m"],
+                        drop_rate=m["drop_rate"], **dict(m.get("kwargs") or {}))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A model in eval mode from a checkpoint (``.pt``) or an export (``.safetensors``), and its meta.
+
+    ``meta`` holds ``config`` (the resolved training config), ``classes`` and, when known, the
+    validation metric it was selected by.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw_meta = fh.metadata() or {}
+        if "config" not in raw_meta or "classes" not in raw_meta:
+            raise ConfigError(f"{path} has no groupmood metadata (config, classes); export it with "
+                              "`groupmood export`")
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+        state = load_file(str(path))
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+            raise ConfigError(f"{path} is not a groupmood training checkpoint (no model / config)")
+        meta = {k: ckpt[k] for k in ("config", "classes", "metric", "epoch", "step") if k in ckpt}
+        state = ckpt["model"]
+    model = _model_from_meta(meta["config"], meta["classes"])
+    ref = model.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = None, split: str = "test",
+                        out_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                        tta_flip: bool = False, batch_size: int = 256,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split of its own data config (or of ``cfg``); writes JSON + PNGs.
+
+    The split file of a folder / legend dataset is looked up in the checkpoint's folder (the run
+    folder), so ``test`` is the same test split the run held out.
+    """
+    from ..data import build_data
+    from ..models import model_info
+
+    checkpoint = Path(checkpoint)
+    model, meta = load_model(checkpoint, device)
+    cfg = dict(cfg) if cfg is not None else dict(meta["config"])
+    info = model_info(cfg["model"]["name"])
+    bundle = build_data(cfg, info, checkpoint.parent, (split,))
+    if tuple(bundle.classes) != tuple(meta["classes"]):
+        raise ConfigError(f"the checkpoint predicts {list(meta['classes'])} but the data has classes "
+                          f"{list(bundle.classes)}; set data.classes / data.target to match")
+    probs, labels = predict(model, bundle.datasets[split], info.family, device, batch_size, tta_flip,
+                            progress, desc=f"eval {split}")
+    report = classification_report(probs, labels, bundle.classes, cfg["data"].get("surprise", "Positive"))
+    report.update({"checkpoint": str(checkpoint), "split": split, "tta_flip": bool(tta_flip),
+                   "data": {k: cfg["data"].get(k) for k in ("kind", "root", "target", "mode")}})
+    out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
+    report["files"] = {k: str(v) for k, v in save_report(report, out, "eval", f"{info.name} {split}").items()}
+    return report

@@ -1,0 +1,478 @@
+"""One training loop for every branch: build, train, checkpoint, resume, evaluate, export.
+
+The loop knows nothing about datasets: :func:`groupmood.data.build_data` builds them from
+``data.kind``. What makes a killed run resumable bit for bit:
+
+- the data order of an epoch is a permutation seeded by (seed, epoch) and the augmentation of a
+  batch is seeded by (seed, epoch, batch), so resuming mid-epoch just skips the consumed batches;
+- the learning rate is a pure function of the step (:func:`lr_at`), so the schedule's state is the
+  step itself;
+- ``last.pt`` (written atomically every ``train.ckpt_every`` steps and at each epoch end) holds
+  the model (with the margin heads' annealing counter), optimizer, AMP scaler, the torch / numpy /
+  python / CUDA RNG states, epoch, batch position, step, the epoch's running sums and the best
+  validation metric.
+
+Each epoch appends a row to ``metrics.csv`` and ``metrics.jsonl``; the best validation accuracy
+is kept as ``best.pt`` and exported to ``model.safetensors`` (fp16, config in the metadata).
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ..config import atomic_write, dump_config, load_config
+from ..errors import ConfigError
+from ..data import DataBundle, build_data
+from ..data.transforms import normalize
+from .evaluate import classification_report, load_model, predict
+
+__all__ = ["EpochBatchSampler", "TrainState", "Trainer", "export", "lr_at", "resolve_device", "train"]
+
+SCHEDULES = ("step", "multistep", "cosine", "constant")
+#: Keys that may differ between a run and its resumption (they do not change the result).
+RESUME_FREE_KEYS = ("device", "threads", "out", "train.max_steps", "train.progress", "data.workers",
+                    "data.cache", "data.root")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None) -> CUDA when available, else CPU; anything else as torch spells it."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (numpy SeedSequence: well mixed, stable across platforms)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def lr_at(step: int, base_lr: float, sched: Mapping[str, Any], iters_per_epoch: int, total_iters: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) under the ``sched`` config section."""
+    name = sched["name"]
+    if name == "step":
+        period = max(1, int(sched["step_epochs"]) * iters_per_epoch)
+        lr = base_lr * sched["gamma"] ** (step // period)
+    elif name == "multistep":
+        lr = base_lr * sched["gamma"] ** sum(step >= int(m) for m in sched["milestones"])
+    elif name == "cosine":
+        warm = int(sched["warmup_iters"])
+        t = min(1.0, max(0.0, (step - warm) / max(1, total_iters - warm)))
+        lr = sched["min_lr"] + (base_lr - sched["min_lr"]) * 0.5 * (1.0 + math.cos(math.pi * t))
+    elif name == "constant":
+        lr = base_lr
+    else:
+        raise ConfigError(f"sched.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    warm = int(sched.get("warmup_iters") or 0)
+    if step < warm:
+        f0 = float(sched.get("warmup_factor", 0.1))
+        lr *= f0 + (1.0 - f0) * step / warm
+    return float(lr)
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches ``start`` to ``stop`` of a permutation seeded by (seed, epoch) (resume skips the rest)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
+                 stop: int | None = None, drop_last: bool = True) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        full = n // batch_size if drop_last else math.ceil(n / batch_size)
+        self.start, self.stop = start, full if stop is None else min(stop, full)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch, 0x0DDE5]).permutation(self.n)
+        for b in range(self.start, self.start + len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _write_rows(run_dir: Path, row: Mapping[str, Any]) -> None:
+    """Append ``row`` to metrics.jsonl / metrics.csv, replacing rows of the same or later epochs."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("epoch", -1) < row["epoch"]] + [dict(row)]
+    with atomic_write(path) as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_write(run_dir / "metrics.csv") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save(obj: Mapping[str, Any], path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(dict(obj), buf)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getbuffer())
+
+
+class Trainer:
+    """Holds one run: config, device, data, model, optimizer and state; :meth:`fit` trains it."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
+                 resume: bool = False) -> None:
+        from ..models import model_info
+
+        self.cfg = dict(cfg)
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(device or self.cfg.get("device"))
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg["threads"]))
+        self.seed = int(self.cfg.get("seed", 0))
+        self.tcfg = self.cfg["train"]
+        self.progress = bool(self.tcfg.get("progress", True))
+        try:
+            self.info = model_info(self.cfg["model"]["name"])
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._check_resume_config()
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        self.data: DataBundle = build_data(self.cfg, self.info, self.run_dir, self._splits())
+        self.classes = tuple(self.data.classes)
+        self.model = self._build_model().to(self.device)
+        self.use_cuda = self.device.type == "cuda"
+        if self.use_cuda and self.tcfg.get("channels_last", True):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._build_optimizer()
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState()
+        self.iters_per_epoch = len(self.data.datasets["train"]) // int(self.tcfg["batch_size"])
+        if self.iters_per_epoch < 1:
+            raise ConfigError(f"train.batch_size {self.tcfg['batch_size']} is larger than the training set "
+                              f"({len(self.data.datasets['train'])} images); lower it")
+        max_iters = self.tcfg.get("max_iters")
+        self.total_iters = int(self.tcfg["epochs"]) * self.iters_per_epoch
+        if max_iters:
+            self.total_iters = min(self.total_iters, int(max_iters))
+        if resume:
+            self._resume()
+        else:
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+            if self.cfg.get("init_from"):
+                self._init_from(Path(self.cfg["init_from"]), list(self.cfg.get("init_exclude") or []))
+
+    # ------------------------------------------------------------------ building
+
+    def _splits(self) -> tuple[str, ...]:
+        fractions = self.cfg["data"].get("split") or {}
+        if self.cfg["data"]["kind"] != "ferplus" and not (fractions.get("val") or 0) > 0:
+            return ("train",)
+        return ("train", "val")
+
+    def _build_model(self) -> nn.Module:
+        from ..models import create_model
+
+        m = self.cfg["model"]
+        try:
+            return create_model(m["name"], num_classes=len(self.classes), head=m["head"],
+                                margin_m=m["margin_m"], drop_rate=m["drop_rate"], **dict(m.get("kwargs") or {}))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot build model {m['name']!r} from the model section: {exc}") from None
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg["optim"]
+        return torch.optim.SGD(self.model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
+                               weight_decay=float(o["weight_decay"]), nesterov=bool(o.get("nesterov", False)))
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not (self.use_cuda and self.tcfg.get("amp", True)):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _init_from(self, path: Path, exclude: list[str]) -> None:
+        """Fine-tune start: load matching weights; shape mismatches (a new head) and excluded keys skip."""
+        state = self._raw_state(path)
+        own = self.model.state_dict()
+        take = {k: v for k, v in state.items()
+                if k in own and v.shape == own[k].shape and not any(fnmatch.fnmatch(k, p) for p in exclude)}
+        if not take:
+            raise ConfigError(f"init_from {path}: no weight matches model {self.info.name}; is it the same "
+                              "architecture?")
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in take.items()}, strict=False)
+        skipped = sorted(set(own) - set(take))
+        tqdm.write(f"init_from {path}: loaded {len(take)} tensors, kept {len(skipped)} as initialised"
+                   + (f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else ""))
+
+    @staticmethod
+    def _raw_state(path: Path) -> dict[str, Tensor]:
+        if not path.is_file():
+            raise ConfigError(f"init_from {path} does not exist")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict):
+            raise ConfigError(f"init_from {path} holds no state dict")
+        return obj
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _check_resume_config(self) -> None:
+        saved_path = self.run_dir / "config.yaml"
+        if not (self.run_dir / "last.pt").is_file() or not saved_path.is_file():
+            raise ConfigError(f"nothing to resume in {self.run_dir} (no last.pt / config.yaml); "
+                              "start the run without --resume")
+        saved, now = _flat(load_config(saved_path)), _flat(self.cfg)
+        diff = sorted(k for k in set(saved) | set(now)
+                      if saved.get(k) != now.get(k) and not any(k == f or k.startswith(f + ".")
+                                                                  for f in RESUME_FREE_KEYS))
+        if diff:
+            raise ConfigError(f"the config differs from the run being resumed in {', '.join(diff)}; "
+                              f"resume with the run's own config ({saved_path}) or start a new run")
+
+    def _checkpoint(self, path: Path, full: bool = True) -> None:
+        obj: dict[str, Any] = {
+            "model": self.model.state_dict(), "config": self.cfg, "classes": list(self.classes),
+            "epoch": self.state.epoch, "step": self.state.step, "metric": self.state.best_metric,
+            "family": self.info.family,
+        }
+        if full:
+            obj.update({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                        "state": asdict(self.state), "rng": _rng_state(), "total_iters": self.total_iters})
+        _save(obj, path)
+
+    def _resume(self) -> None:
+        ckpt = torch.load(self.run_dir / "last.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+        tqdm.write(f"resumed {self.run_dir} at epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
+                   f"step {self.state.step}")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loader(self, epoch: int, start: int, stop: int) -> DataLoader:
+        ds = self.data.datasets["train"]
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+        sampler = EpochBatchSampler(len(ds), int(self.tcfg["batch_size"]), self.seed, epoch, start, stop)
+        workers = int(self.cfg["data"].get("workers") or 0)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=self.use_cuda,
+                          generator=torch.Generator().manual_seed(_mix(self.seed, epoch, 7)),
+                          persistent_workers=False)
+
+    def _step(self, x: Tensor, y: Tensor, batch_index: int) -> tuple[float, int]:
+        """One optimizer step; returns (summed loss, correct count) of the batch."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.data.batch_augment is not None:
+            gen = torch.Generator().manual_seed(_mix(self.seed, self.state.epoch, batch_index, 11))
+            x = self.data.batch_augment(x, gen)
+        x = normalize(x, self.info.family)
+        if self.use_cuda and self.tcfg.get("channels_last", True):
+            x = x.contiguous(memory_format=torch.channels_last)
+        hard = y.argmax(dim=1) if y.ndim == 2 else y
+        lr = lr_at(self.state.step, float(self.cfg["optim"]["lr"]), self.cfg["sched"], self.iters_per_epoch,
+                   self.total_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits = self.model(x, target=hard)
+        loss = F.cross_entropy(logits.float(), y.float() if y.ndim == 2 else y)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"the loss became {loss.item()} at step {self.state.step} (lr {lr:g}); lower "
+                              "optim.lr, add sched.warmup_iters, or use a softmax head first")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()) * len(y), int((logits.detach().argmax(dim=1) == hard).sum())
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch; False when train.max_steps stopped the run early."""
+        st, ckpt_every = self.state, int(self.tcfg.get("ckpt_every") or 0)
+        max_steps = self.tcfg.get("max_steps")
+        end = min(self.iters_per_epoch, self.total_iters - st.epoch * self.iters_per_epoch)
+        loader = self._loader(st.epoch, st.batch_in_epoch, end)
+        bar = tqdm(total=end, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}", unit="batch",
+                   disable=not self.progress, leave=False)
+        t0 = time.perf_counter()
+        self.model.train()
+        with bar:
+            for x, y in loader:
+                loss, correct = self._step(x, y, st.batch_in_epoch)
+                st.loss_sum, st.correct, st.seen = st.loss_sum + loss, st.correct + correct, st.seen + len(y)
+                st.batch_in_epoch += 1
+                st.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{st.loss_sum / st.seen:.3f}", acc=f"{st.correct / st.seen:.3f}")
+                stop = max_steps is not None and st.step >= int(max_steps)
+                if stop or (ckpt_every and st.step % ckpt_every == 0):
+                    st.seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self._checkpoint(self.run_dir / "last.pt")
+                if stop:
+                    return False
+        st.seconds += time.perf_counter() - t0
+        return True
+
+    def _end_epoch(self) -> dict[str, Any]:
+        """Validate, log the epoch's metrics, keep the best model, save ``last.pt``."""
+        st = self.state
+        row: dict[str, Any] = {
+            "epoch": st.epoch + 1, "step": st.step,
+            "lr": lr_at(max(st.step - 1, 0), float(self.cfg["optim"]["lr"]), self.cfg["sched"],
+                        self.iters_per_epoch, self.total_iters),
+            "train_loss": st.loss_sum / max(st.seen, 1), "train_acc": st.correct / max(st.seen, 1),
+            "images_per_s": st.seen / st.seconds if st.seconds > 0 else 0.0,
+        }
+        val = self.data.datasets.get("val")
+        metric = row["train_acc"]
+        if val is not None:
+            probs, labels = predict(self.model, val, self.info.family, self.device,
+                                    int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip")),
+                                    self.progress, desc="val")
+            rep = classification_report(probs, labels, self.classes, self.cfg["data"].get("surprise", "Positive"))
+            row["val_acc"] = metric = rep["accuracy"]
+            row["val_mean_class_acc"] = rep["mean_class_accuracy"]
+            if "valence" in rep:
+                row["val_valence_acc"] = rep["valence"]["accuracy"]
+        _write_rows(self.run_dir, row)
+        improved = metric > st.best_metric
+        if improved:
+            st.best_metric, st.best_epoch = metric, st.epoch + 1
+        st.epoch += 1
+        st.batch_in_epoch, st.loss_sum, st.correct, st.seen, st.seconds = 0, 0.0, 0, 0, 0.0
+        if improved:
+            self._checkpoint(self.run_dir / "best.pt", full=False)
+        self._checkpoint(self.run_dir / "last.pt")
+        tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or to ``train.max_steps``); returns a summary of the run."""
+        epochs = math.ceil(self.total_iters / self.iters_per_epoch)
+        last: dict[str, Any] = {}
+        finished = True
+        while self.state.epoch < epochs:
+            if not self._train_epoch():
+                finished = False
+                break
+            last = self._end_epoch()
+        summary = {"run_dir": str(self.run_dir), "finished": finished, "step": self.state.step,
+                   "epoch": self.state.epoch, "best_metric": self.state.best_metric,
+                   "best_epoch": self.state.best_epoch, "last": last}
+        if finished and (self.run_dir / "best.pt").is_file():
+            summary["export"] = str(export(self.run_dir / "best.pt", self.run_dir / "model.safetensors"))
+        return summary
+
+
+def train(cfg: Mapping[str, Any], run_dir: str | Path, resume: bool = False,
+          device: str | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (``resume`` continues its ``last.pt``); returns a summary."""
+    return Trainer(cfg, run_dir, device=device, resume=resume).fit()
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Write a checkpoint's model as fp16 safetensors with its config and classes in the metadata.
+
+    Parameters and BatchNorm statistics become fp16; other buffers (counters such as the margin
+    heads' annealing iteration) keep their dtype. The file loads with
+    :func:`groupmood.engine.evaluate.load_model`.
+    """
+    from safetensors.torch import save
+
+    checkpoint = Path(checkpoint)
+    model, meta = load_model(checkpoint, "cpu")
+    params = {name for name, _ in model.named_parameters()}
+    tensors = {}
+    for name, t in model.state_dict().items():
+        half = t.is_floating_point() and (name in params or name.endswith(("running_mean", "running_var")))
+        tensors[name] = (t.half() if half else t).contiguous()
+    metadata = {"format": json.dumps("groupmood-1"), "config": json.dumps(meta["config"]),
+                "classes": json.dumps(list(meta["classes"])), "model": json.dumps(meta["config"]["model"]["name"]),
+                "family": json.dumps(_family(meta)),
+                "metric": json.dumps(meta.get("metric")), "epoch": json.dumps(meta.get("epoch"))}
+    out = Path(out) if out is not None else checkpoint.with_suffix(".safetensors")
+    with atomic_write(out, "wb") as fh:
+        fh.write(save(tensors, metadata=metadata))
+    return out
+
+
+def _family(meta: Mapping[str, Any]) -> str:
+    from ..models import model_info
+
+    return model_info(meta["config"]["model"]["name"]).family

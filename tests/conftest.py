@@ -1,0 +1,56 @@
+"""Shared fixtures: real photos from scikit-image's bundled data, the real MTCNN, ../shared paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GROUPMOOD_SHARED", REPO.parent / "shared")) / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test where it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not present (../shared/data is optional)")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def skimage_data_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    from skimage import data
+
+    return data.coffee()
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The real MTCNN with the original weights (fetched into the cache on first use)."""
+    from groupmood.detect import FaceDetector
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return FaceDetector.from_pretrained(auto_fetch=True)
