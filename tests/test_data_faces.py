@@ -424,3 +424,22 @@ def test_real_ferplus_valid_split(tmp_path, monkeypatch):
         counts[mode] = len(keep)
     # FERPlus majority-vote validation set size as published (Barsoum et al.): 3,191 images
     assert counts == {"majority": 3191, "probability": 3508, "crossentropy": 3508}
+
+
+def test_named_reader_labels_from_file_names(tmp_path):
+    from PIL import Image
+
+    from groupmood.data.faces import read_named
+    from groupmood.errors import DatasetError
+
+    rng = np.random.default_rng(0)
+    for name in ("KA.HA2.29.jpg", "KL.SA1.40.jpg", "YM.NE3.49.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / name)
+    table = read_named(tmp_path, (48, 48), 1, r"^[A-Za-z]+\.([A-Za-z]{2})", group_regex=r"^([A-Z]+)\.",
+                       cache=False, progress=False)
+    assert table.labels.tolist() == ["happiness", "sadness", "neutral"]
+    assert table.groups.tolist() == ["KA", "KL", "YM"]
+    assert table.images.shape == (3, 48, 48)
+    (tmp_path / "photo_1.jpg").write_bytes((tmp_path / "KA.HA2.29.jpg").read_bytes())
+    with pytest.raises(DatasetError, match="finds no label"):
+        read_named(tmp_path, (48, 48), 1, r"^[A-Za-z]+\.([A-Za-z]{2})", cache=False, progress=False)

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "init_from": None,              # checkpoint (.pt / .safetensors) to fine-tune from
     "init_exclude": [],             # fnmatch patterns of state-dict keys not to load (e.g. "head.*")
     "data": {
-        "kind": "ferplus",          # ferplus | folder | legend | npz (see groupmood.data.faces)
+        "kind": "ferplus",          # ferplus | folder | named | legend | npz (see groupmood.data.faces)
         "root": None,               # dataset folder (or .npz file for kind npz)
         "mode": "majority",         # FERPlus training labels: majority | probability | crossentropy
         "target": "expressions",    # expressions (8 FERPlus classes) | valence (3 group classes)
@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "csv": "legend.csv",        # kind legend: the label file, relative to root
         "image_dir": "images",      # kind legend: the image folder, relative to root
         "group_regex": None,        # regex on the file stem whose group 1 is the subject / person
+        "label_regex": None,        # kind named: regex whose group 1 is the label in the file name (default: JAFFE's KA.HA2.29.jpg)
+        "faces": "file",            # file: use each image as the face | mtcnn: our detector's crop of its largest face
         "crop": None,               # [left, top, right, bottom] box in fractions of width / height, cut before resizing
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},  # group-disjoint split (not FERPlus)
         "split_seed": 0,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from ..errors import GroupmoodError
+from .cache import cache_group
 from .detect import detect_cmd
 from .samples import samples_cmd
 from .train import evaluate_cmd, export_cmd, train_cmd
@@ -24,6 +25,7 @@ def cli() -> None:
 
 cli.add_command(detect_cmd)
 cli.add_command(samples_cmd)
+cli.add_command(cache_group)
 cli.add_command(weights_group)
 cli.add_command(train_cmd)
 cli.add_command(evaluate_cmd)

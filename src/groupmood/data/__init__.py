@@ -43,6 +43,7 @@ Builder = Callable[[Mapping[str, Any], Any, Path, Sequence[str]], DataBundle]
 DATASET_BUILDERS: dict[str, Builder | str] = {
     "ferplus": "groupmood.data.faces:build_face_data",
     "folder": "groupmood.data.faces:build_face_data",
+    "named": "groupmood.data.faces:build_face_data",
     "legend": "groupmood.data.faces:build_face_data",
     "npz": "groupmood.data.faces:build_face_data",
 }

@@ -323,8 +323,12 @@ def _group_of(stems: Sequence[str], regex: str | None, names: np.ndarray) -> np.
 
 
 def read_folder(root: str | Path, size: Sequence[int], in_chans: int, group_regex: str | None = None,
-                crop: Sequence[float] | None = None, cache: bool = True, progress: bool = True) -> FaceTable:
-    """``root/<class>/<image>`` into a FaceTable (labels are the folder names, canonicalised)."""
+                crop: Sequence[float] | None = None, cache: bool = True, progress: bool = True,
+                faces: str = "file") -> FaceTable:
+    """``root/<class>/<image>`` into a FaceTable (labels are the folder names, canonicalised).
+
+    ``faces="mtcnn"`` detects each photo's largest face and uses our pipeline's crop of it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder; data.root must hold one sub-folder of images per class")
@@ -332,12 +336,33 @@ def read_folder(root: str | Path, size: Sequence[int], in_chans: int, group_rege
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise DatasetError(f"{root} has no images in class sub-folders (expected root/<class>/<image>)")
-    key = f"{_CACHE_VERSION}|{tuple(size)}|{in_chans}|{crop}|{_file_key(paths)}"
-    arrays = _cached("folder", key, lambda: {"images": _decode_files(paths, size, in_chans, crop,
-                                                                       root.name, progress)}, cache)
     names = np.asarray([f"{p.parent.name}/{p.name}" for p in paths])
     labels = np.asarray([canonical_expression(p.parent.name) for p in paths])
-    return FaceTable(arrays["images"], names, labels, _group_of([p.stem for p in paths], group_regex, names))
+    table = FaceTable(np.zeros(0, np.uint8), names, labels, _group_of([p.stem for p in paths], group_regex, names))
+    return _with_images(table, paths, "folder", size, in_chans, crop, cache, progress, faces, root.name)
+
+
+def read_named(root: str | Path, size: Sequence[int], in_chans: int, label_regex: str,
+               group_regex: str | None = None, crop: Sequence[float] | None = None, cache: bool = True,
+               progress: bool = True, faces: str = "file") -> FaceTable:
+    """Images in one folder with the label in the file name (JAFFE ``KA.HA2.29.jpg``: ``label_regex``'s group 1)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder of images")
+    try:
+        pattern = re.compile(label_regex)
+    except (re.error, TypeError) as exc:
+        raise DatasetError(f"data.label_regex {label_regex!r} is not a valid regular expression ({exc})") from None
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    matches = [pattern.search(p.name) for p in paths]
+    unmatched = [p.name for p, m in zip(paths, matches) if not m]
+    if unmatched or not paths:
+        raise DatasetError(f"data.label_regex {label_regex!r} finds no label in {len(unmatched)} of {len(paths)} "
+                           f"files of {root}, e.g. {unmatched[:3]}")
+    names = np.asarray([p.name for p in paths])
+    labels = np.asarray([canonical_expression(m.group(1)) for m in matches])
+    table = FaceTable(np.zeros(0, np.uint8), names, labels, _group_of([p.stem for p in paths], group_regex, names))
+    return _with_images(table, paths, "named", size, in_chans, crop, cache, progress, faces, root.name)
 
 
 def _legend_rows(csv_path: Path) -> list[tuple[str, str]]:
@@ -370,8 +395,12 @@ def _legend_rows(csv_path: Path) -> list[tuple[str, str]]:
 
 def read_legend(root: str | Path, size: Sequence[int], in_chans: int, csv_name: str = "legend.csv",
                 image_dir: str = "images", group_regex: str | None = LEGEND_GROUP_REGEX,
-                crop: Sequence[float] | None = None, cache: bool = True, progress: bool = True) -> FaceTable:
-    """A CSV legend (``image``, ``emotion`` columns) into a FaceTable; groups from the file names."""
+                crop: Sequence[float] | None = None, cache: bool = True, progress: bool = True,
+                faces: str = "file") -> FaceTable:
+    """A CSV legend (``image``, ``emotion`` columns) into a FaceTable; groups from the file names.
+
+    ``faces="mtcnn"`` detects each photo's largest face and uses our pipeline's crop of it.
+    """
     root = Path(root)
     rows = _legend_rows(root / csv_name)
     paths = [root / image_dir / name for name, _ in rows]
@@ -379,14 +408,37 @@ def read_legend(root: str | Path, size: Sequence[int], in_chans: int, csv_name: 
     if missing:
         raise DatasetError(f"{len(missing)} image(s) named in {root / csv_name} are missing, e.g. "
                            f"{', '.join(missing[:3])}; fix data.image_dir or the legend")
-    key = f"{_CACHE_VERSION}|{tuple(size)}|{in_chans}|{crop}|{_file_key([root / csv_name, *paths])}"
-    arrays = _cached("legend", key, lambda: {"images": _decode_files(paths, size, in_chans, crop,
-                                                                       root.name, progress)}, cache)
     names = np.asarray([name for name, _ in rows])
     labels = np.asarray([canonical_expression(label) for _, label in rows])
     stems = [Path(name).stem for name, _ in rows]
-    return FaceTable(arrays["images"], names, labels,
-                     _group_of(stems, group_regex or LEGEND_GROUP_REGEX, names))
+    table = FaceTable(np.zeros(0, np.uint8), names, labels, _group_of(stems, group_regex or LEGEND_GROUP_REGEX, names))
+    return _with_images(table, [root / csv_name, *paths], "legend", size, in_chans, crop, cache, progress,
+                        faces, root.name)
+
+
+def _with_images(table: FaceTable, files: Sequence[Path], tag: str, size: Sequence[int], in_chans: int,
+                 crop: Sequence[float] | None, cache: bool, progress: bool, faces: str, desc: str) -> FaceTable:
+    """Fill a table's images: the files decoded and fitted, or our MTCNN crops of their largest face.
+
+    ``files`` may start with label files that only key the cache; the images are its last rows.
+    """
+    paths = list(files[len(files) - len(table.names):])
+    if faces == "mtcnn":
+        from .cache import detected_crops
+
+        crops, found = detected_crops(paths, aligned=in_chans == 3, progress=progress)
+        if not found.all():
+            print(f"note: MTCNN found no face in {int((~found).sum())} of {len(paths)} {desc} images; "
+                  "they are left out")
+        crops = np.stack([fit_face(c, size, in_chans).reshape(tuple(size) + ((in_chans,) if in_chans > 1 else ()))
+                          for c in crops]) if tuple(crops.shape[1:3]) != tuple(size) else crops
+        return FaceTable(crops, table.names[found], table.labels[found], table.groups[found])
+    if faces != "file":
+        raise DatasetError(f"data.faces must be file or mtcnn, got {faces!r}")
+    key = f"{_CACHE_VERSION}|{tuple(size)}|{in_chans}|{crop}|{_file_key(files)}"
+    arrays = _cached(tag, key, lambda: {"images": _decode_files(paths, size, in_chans, crop, desc, progress)},
+                     cache)
+    return FaceTable(arrays["images"], table.names, table.labels, table.groups)
 
 
 def read_npz(path: str | Path, size: Sequence[int], in_chans: int) -> FaceTable:
@@ -572,14 +624,18 @@ def _load_table(data: Mapping[str, Any], info: Any, progress: bool) -> FaceTable
         raise DatasetError(f"data.root is not set; pass --set data.root=PATH to the {kind} dataset")
     size, chans, cache = info.input_size, info.in_chans, bool(data.get("cache", True))
     crop = _check_crop(data.get("crop"))
+    faces = data.get("faces", "file")
     if kind == "folder":
-        return read_folder(root, size, chans, data.get("group_regex"), crop, cache, progress)
+        return read_folder(root, size, chans, data.get("group_regex"), crop, cache, progress, faces)
+    if kind == "named":
+        return read_named(root, size, chans, data.get("label_regex") or r"^[A-Za-z]+\.([A-Za-z]{2})",
+                          data.get("group_regex"), crop, cache, progress, faces)
     if kind == "legend":
         return read_legend(root, size, chans, data.get("csv", "legend.csv"), data.get("image_dir", "images"),
-                           data.get("group_regex"), crop, cache, progress)
+                           data.get("group_regex"), crop, cache, progress, faces)
     if kind == "npz":
         return read_npz(root, size, chans)
-    raise DatasetError(f"data.kind {kind!r} is not a face source; use ferplus, folder, legend or npz")
+    raise DatasetError(f"data.kind {kind!r} is not a face source; use ferplus, folder, named, legend or npz")
 
 
 def _fit_all(images: np.ndarray, info: Any) -> np.ndarray:
