@@ -35,17 +35,21 @@ DEFAULTS: dict[str, Any] = {
         "head": "softmax",            # softmax | lsoftmax | asoftmax
         "margin_m": 4,
         "drop_rate": 0.0,
-        "kwargs": {},                 # extra constructor arguments (e.g. margin base / lambda_min)
+        "kwargs": {},                 # extra constructor arguments (e.g. margin base / lambda_min, freeze_bn)
+        "pretrained": None,           # global nets: imagenet | a weights name | a checkpoint file | none (random)
     },
     "init_from": None,              # checkpoint (.pt / .safetensors) to fine-tune from
     "init_exclude": [],             # fnmatch patterns of state-dict keys not to load (e.g. "head.*")
     "data": {
-        "kind": "ferplus",          # ferplus | folder | named | legend | npz (see groupmood.data.faces)
+        "kind": "ferplus",          # ferplus | folder | named | legend | npz (see groupmood.data.faces); gaf |
+                                    # image_csv | twitter_you2015 | twitter_sentibank603 | emotion6 | images
+                                    # (whole-image sets, see groupmood.data.groups)
         "root": None,               # dataset folder (or .npz file for kind npz)
         "mode": "majority",         # FERPlus training labels: majority | probability | crossentropy
         "target": "expressions",    # expressions (8 FERPlus classes) | valence (3 group classes)
         "surprise": "Positive",     # group class of surprise when reading expressions as valence
-        "classes": None,            # expression classes to train on (None: the 8 FERPlus emotions)
+        "classes": None,            # expression classes to train on (None: the 8 FERPlus emotions); whole-image
+                                    # data: a subset of Negative, Neutral, Positive (None: all three)
         "csv": "legend.csv",        # kind legend: the label file, relative to root
         "image_dir": "images",      # kind legend: the image folder, relative to root
         "group_regex": None,        # regex on the file stem whose group 1 is the subject / person
@@ -55,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},  # group-disjoint split (not FERPlus)
         "split_seed": 0,
         "split_file": None,         # JSON split to reuse or create (None: <run>/split.json)
+        "split_dir": None,          # whole-image data: one split JSON per source, reused (None: <run>/splits)
+        "sources": [],              # kind images: list of {kind, root, name, split, valence_cut, test_agree}
+        "valence_cut": [4.5, 5.5],  # emotion6: valence <= first is Negative, >= second Positive, else Neutral
+        "test_agree": 5,            # twitter_you2015: test images only among those this many of 5 agreed on
         "cache": True,              # cache decoded images as .npz under groupmood.weights.home()
         "workers": 0,               # DataLoader workers (0: in the main process; arrays are in memory)
     },

@@ -12,6 +12,9 @@ import click
 from ..errors import GroupmoodError
 from .cache import cache_group
 from .detect import detect_cmd
+from .evaluate_groups import evaluate_groups_cmd
+from .fuse import fuse_cmd
+from .predict import predict_cmd
 from .samples import samples_cmd
 from .train import evaluate_cmd, export_cmd, train_cmd
 from .weights import weights_group
@@ -30,6 +33,9 @@ cli.add_command(weights_group)
 cli.add_command(train_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(export_cmd)
+cli.add_command(predict_cmd)
+cli.add_command(fuse_cmd)
+cli.add_command(evaluate_groups_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,8 @@ DATASET_BUILDERS: dict[str, Builder | str] = {
     "named": "groupmood.data.faces:build_face_data",
     "legend": "groupmood.data.faces:build_face_data",
     "npz": "groupmood.data.faces:build_face_data",
+    **{kind: "groupmood.data.groups:build_group_data" for kind in (
+        "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6", "images")},
 }
 
 

@@ -4,7 +4,11 @@ Families (``groupmood.models.model_info(name).family``):
 
 - ``face_aligned``: RGB 112 high x 96 wide SphereFace crops, pixels ``(x - 127.5) / 128``.
 - ``face_nonaligned``: grey 48 x 48 crops, mean 0.5 / std 0.5 on [0, 1], i.e. ``(x - 127.5) / 127.5``.
-- ``global``: RGB whole images, ImageNet mean / std, 224 x 224 crops.
+- ``global``: RGB whole images, 224 x 224 crops of images whose shorter side is 256; ImageNet
+  mean / std unless the model registers its own (EfficientNet-Lite: ``(x - 127) / 128``).
+
+A model's own constants (``ModelInfo.mean`` / ``.std``) win over its family's: pass the
+:class:`~groupmood.models.registry.ModelInfo` to :func:`normalize` rather than the family name.
 
 Face datasets are fitted to the model's size once, at load time (:func:`fit_face`), so training
 works on uint8 arrays already at size. The FERPlus reference augmentation (shift 8 %, zoom 1.05,
@@ -27,8 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-__all__ = ["NORMALIZATION", "BatchAffine", "batch_augment", "eval_transform", "fit_face", "normalize",
-           "train_transform"]
+__all__ = ["GLOBAL_CROP", "GLOBAL_RESIZE", "NORMALIZATION", "BatchAffine", "batch_augment", "eval_transform",
+           "fit_face", "global_eval_views", "input_stats", "normalize", "train_transform"]
+
+#: Global branch: shorter side resized to GLOBAL_RESIZE, then GLOBAL_CROP x GLOBAL_CROP crops.
+GLOBAL_RESIZE = 256
+GLOBAL_CROP = 224
 
 #: (mean, std) per channel in 0..255 pixel units, per model family.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -45,11 +53,25 @@ def _stats(family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(NORMALIZATION)}") from None
 
 
-def normalize(x: Tensor, family: str) -> Tensor:
-    """(B, C, H, W) pixels in 0..255 (uint8 or float) -> float32 network input for ``family``."""
-    mean, std = _stats(family)
+def input_stats(spec: str | Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in 0..255 units of a family name, or of a ModelInfo (its own constants first)."""
+    if isinstance(spec, str):
+        return _stats(spec)
+    mean, std = getattr(spec, "mean", None), getattr(spec, "std", None)
+    if mean is not None and std is not None:
+        return tuple(mean), tuple(std)
+    return _stats(spec.family)
+
+
+def normalize(x: Tensor, family: str | Any) -> Tensor:
+    """(B, C, H, W) pixels in 0..255 (uint8 or float) -> float32 network input.
+
+    ``family`` is a family name or a model's ModelInfo (whose own mean / std, if any, are used).
+    """
+    mean, std = input_stats(family)
     if x.shape[1] != len(mean):
-        raise ValueError(f"{family} inputs have {len(mean)} channel(s), got a batch of shape {tuple(x.shape)}")
+        name = family if isinstance(family, str) else getattr(family, "name", family)
+        raise ValueError(f"{name} inputs have {len(mean)} channel(s), got a batch of shape {tuple(x.shape)}")
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     return (x.float() - m) / s
@@ -168,7 +190,8 @@ def train_transform(family: str, aug: Mapping[str, Any]) -> v2.Transform:
     """
     _stats(family)
     if family == "global":
-        return v2.Compose([v2.Resize(256, antialias=True), v2.RandomCrop(224), v2.RandomHorizontalFlip()])
+        return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True), v2.RandomCrop(GLOBAL_CROP),
+                           v2.RandomHorizontalFlip()])
     if not aug.get("enabled", True):
         return v2.Identity()
     shear = math.degrees(math.atan(float(aug["shear"])))
@@ -184,5 +207,23 @@ def eval_transform(family: str) -> v2.Transform:
     """Per-image evaluation transform: faces are already at size; global images get 256 + centre 224."""
     _stats(family)
     if family == "global":
-        return v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)])
+        return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True), v2.CenterCrop(GLOBAL_CROP)])
     return v2.Identity()
+
+
+def global_eval_views(img: np.ndarray | Tensor) -> Tensor:
+    """The authors' global test views of one image: centre crop and its horizontal flip.
+
+    ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives) or a
+    (3, H, W) uint8 tensor. Shorter side to 256, centre 224 x 224 crop; returns (2, 3, 224, 224)
+    uint8, to be normalised and passed to
+    :func:`groupmood.models.global_cnns.average_view_logits` (logits averaged over the two).
+    """
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+        img = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    elif img.dim() != 3 or img.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(img.shape)}")
+    crop = eval_transform("global")(img)
+    return torch.stack([crop, crop.flip(-1)])

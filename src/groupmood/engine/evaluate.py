@@ -30,10 +30,13 @@ __all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_c
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, family: str, device: torch.device | str = "cpu",
+def predict(model: nn.Module, dataset: Dataset, family: str | Any, device: torch.device | str = "cpu",
             batch_size: int = 256, tta_flip: bool = False, progress: bool = False,
             desc: str = "eval") -> tuple[Tensor, Tensor]:
-    """(probabilities (N, C) float32, hard labels (N,) int64) on the CPU, in dataset order."""
+    """(probabilities (N, C) float32, hard labels (N,) int64) on the CPU, in dataset order.
+
+    ``family`` is the model's ModelInfo (or its family name) and picks the input normalisation.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -201,7 +204,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
     if tuple(bundle.classes) != tuple(meta["classes"]):
         raise ConfigError(f"the checkpoint predicts {list(meta['classes'])} but the data has classes "
                           f"{list(bundle.classes)}; set data.classes / data.target to match")
-    probs, labels = predict(model, bundle.datasets[split], info.family, device, batch_size, tta_flip,
+    probs, labels = predict(model, bundle.datasets[split], info, device, batch_size, tta_flip,
                             progress, desc=f"eval {split}")
     report = classification_report(probs, labels, bundle.classes, cfg["data"].get("surprise", "Positive"))
     report.update({"checkpoint": str(checkpoint), "split": split, "tta_flip": bool(tta_flip),

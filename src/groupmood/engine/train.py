@@ -224,6 +224,7 @@ class Trainer:
             self._resume()
         else:
             dump_config(self.cfg, self.run_dir / "config.yaml")
+            self._init_pretrained()
             if self.cfg.get("init_from"):
                 self._init_from(Path(self.cfg["init_from"]), list(self.cfg.get("init_exclude") or []))
 
@@ -254,6 +255,18 @@ class Trainer:
         if not (self.use_cuda and self.tcfg.get("amp", True)):
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _init_pretrained(self) -> None:
+        """``model.pretrained`` through the model's own ``load_pretrained`` (global nets); init_from may replace it."""
+        source = self.cfg["model"].get("pretrained")
+        loader = getattr(self.model, "load_pretrained", None)
+        if loader is None:
+            if source is not None:
+                raise ConfigError(f"model.pretrained is set but {self.info.name} has no pretrained loader; "
+                                  "use init_from with a groupmood checkpoint")
+            return
+        if source is not None or not self.cfg.get("init_from"):
+            loader(source)
 
     def _init_from(self, path: Path, exclude: list[str]) -> None:
         """Fine-tune start: load matching weights; shape mismatches (a new head) and excluded keys skip."""
@@ -340,7 +353,7 @@ class Trainer:
         if self.data.batch_augment is not None:
             gen = torch.Generator().manual_seed(_mix(self.seed, self.state.epoch, batch_index, 11))
             x = self.data.batch_augment(x, gen)
-        x = normalize(x, self.info.family)
+        x = normalize(x, self.info)
         if self.use_cuda and self.tcfg.get("channels_last", True):
             x = x.contiguous(memory_format=torch.channels_last)
         hard = y.argmax(dim=1) if y.ndim == 2 else y
@@ -402,7 +415,7 @@ class Trainer:
         val = self.data.datasets.get("val")
         metric = row["train_acc"]
         if val is not None:
-            probs, labels = predict(self.model, val, self.info.family, self.device,
+            probs, labels = predict(self.model, val, self.info, self.device,
                                     int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip")),
                                     self.progress, desc="val")
             rep = classification_report(probs, labels, self.classes, self.cfg["data"].get("surprise", "Positive"))

@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts: machine description, load, RESULTS.md appends."""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(REPO / "src"))
+
+from groupmood.io import atomic_write_text  # noqa: E402
+
+
+def machine_line(threads: int) -> str:
+    """CPU model, cores, Python and torch versions, torch threads."""
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"torch threads {threads}")
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared during a run)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def command_line() -> str:
+    """The command that ran this script, as a user would type it from the repo root."""
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+
+
+def append_results(section: str, path: Path = RESULTS) -> None:
+    """Append a markdown section to RESULTS.md atomically."""
+    old = path.read_text() if path.exists() else (
+        "# Benchmark results\n\nAppended by the scripts in `benchmarks/` (see README.md); newest last.\n")
+    atomic_write_text(path, old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")

@@ -1,0 +1,99 @@
+"""Accuracy of a face-expression model on the real labelled faces of ../shared/data.
+
+For one checkpoint or exported model it evaluates, each on the data named in the row:
+FERPlus FER2013Test (majority labels, 8-class and 3-class valence), and as cross-dataset tests
+CK+48 (all 981 images, 7 classes), JAFFE (68 images) and lfw-expressions (the held-out persons of
+the model's own run when it was trained there, else all 3,126 photos), each face cut the way the
+model's branch sees it at inference (non-aligned: the 48x48 file or MTCNN's square crop;
+aligned: MTCNN + 5-point alignment). Appends a table to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/face_accuracy.py --checkpoint src/groupmood/assets/face_nonaligned.safetensors
+    .venv/bin/python benchmarks/face_accuracy.py --checkpoint runs/lfw_sphereface_compact/best.pt --sets lfw ckplus jaffe
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+from pathlib import Path
+
+from _common import REPO, append_results, command_line, loadavg, machine_line
+
+SETS = ("ferplus", "ckplus", "jaffe", "lfw")
+
+
+def data_section(name: str, shared: Path, family: str, own: dict) -> tuple[dict, str, str]:
+    """(config data section, split, description) for one evaluation set."""
+    aligned = family == "face_aligned"
+    faces = "mtcnn" if aligned else "file"
+    if name == "ferplus":
+        return ({"kind": "ferplus", "root": str(shared / "ferplus"), "mode": "majority"}, "test",
+                "FERPlus FER2013Test, majority labels")
+    if name == "ckplus":
+        return ({"kind": "folder", "root": str(shared / "ckplus48"), "faces": faces, "crop": None}, "all",
+                "CK+48, all images (cross-dataset)")
+    if name == "jaffe":
+        return ({"kind": "named", "root": str(shared / "jaffe-subset"), "faces": "mtcnn", "crop": None,
+                 "label_regex": r"^[A-Za-z]+\.([A-Za-z]{2})"}, "all", "JAFFE subset, all 68 (cross-dataset)")
+    trained_here = own.get("kind") == "legend" and "lfw-expressions" in str(own.get("root"))
+    section = {"kind": "legend", "root": str(shared / "lfw-expressions"), "faces": "mtcnn", "crop": None,
+               "split": own.get("split"), "split_seed": own.get("split_seed", 0)}
+    if trained_here:
+        return section, "test", "lfw-expressions, held-out persons of the model's own split"
+    return section, "all", "lfw-expressions, all photos (cross-dataset)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    ap.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    ap.add_argument("--out", type=Path, default=None, help="folder for eval JSON/PNGs (default: beside the model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    from groupmood.engine.evaluate import evaluate_checkpoint, load_model
+    from groupmood.models import model_info
+
+    torch.set_num_threads(args.threads)
+    _, meta = load_model(args.checkpoint)
+    cfg0 = meta["config"]
+    family = model_info(cfg0["model"]["name"]).family
+    rows, load_start = [], loadavg()
+    for name in args.sets:
+        section, split, what = data_section(name, args.shared, family, cfg0["data"])
+        cfg = copy.deepcopy(cfg0)
+        cfg["data"].update(section)
+        out = (args.out or args.checkpoint.parent / f"eval_{args.checkpoint.stem}") / name
+        rep = evaluate_checkpoint(args.checkpoint, cfg, split, out, tta_flip=args.tta, progress=False)
+        val = rep.get("valence", {})
+        rows.append((what, rep["n"] if "n" in rep else sum(map(sum, rep["confusion"])), rep["accuracy"],
+                     rep["mean_class_accuracy"], val.get("accuracy", float("nan"))))
+        print(f"{what}: n={rows[-1][1]} acc={rep['accuracy']:.4f} valence={rows[-1][4]:.4f}", flush=True)
+    table = ["| data (split) | faces | accuracy (its classes) | mean class accuracy | 3-class valence accuracy |",
+             "|---|---:|---:|---:|---:|"]
+    table += [f"| {w} | {n} | {a:.4f} | {m:.4f} | {v:.4f} |" for w, n, a, m, v in rows]
+    section = "\n".join([
+        f"## Face expression accuracy: `{cfg0['model']['name']}` — {dt.date.today().isoformat()}",
+        "",
+        f"Model: `{args.checkpoint}` (trained with `data.kind={cfg0['data'].get('kind')}`, "
+        f"`root={cfg0['data'].get('root')}`, target {cfg0['data'].get('target')})  ",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_line(args.threads)}; load {load_start} / {loadavg()}  ",
+        f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes "
+        "present in the data (CK+ has no neutral; JAFFE has no contempt); valence maps happiness to "
+        "Positive, neutral to Neutral, surprise to Positive, the rest to Negative.",
+        "",
+        *table,
+    ])
+    print("\n" + section)
+    if not args.no_write:
+        append_results(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

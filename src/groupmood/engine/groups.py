@@ -1,0 +1,208 @@
+"""Group-level evaluation: the seed's tables for each branch and the fusion, all faces vs top-3.
+
+:func:`evaluate_groups` runs a :class:`~groupmood.pipeline.GroupEmotionRecognizer` once over a
+labelled set of photos, keeps every face's scores, and then re-pools them offline, so the
+"keep all faces / keep top 3 faces" comparison of the slides costs one pass. It writes:
+
+* ``report.json``: overall and per-class accuracy of each branch and of the fusion, per pooling;
+* ``confusion_fused.png`` and ``confusion_<branch>.png`` (the bundle's pooling);
+* ``scores/<branch>_<pooling>.txt`` (face branches) and ``scores/<branch>.txt`` (global) in the
+  authors' format, and ``scores/labels.csv``, so ``groupmood fuse --search`` can choose weights.
+
+A branch that abstains on a photo (no face) counts as wrong in ``accuracy`` and is left out of
+``accuracy_spoke``; ``coverage`` is the fraction of photos it spoke on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DatasetError
+from ..fusion import fuse_rows, parse_pooling, pool, pooling_name, write_scores
+from ..images import DEFAULT_MAX_PIXELS, load_batches
+from ..io import atomic_write_text
+from ..labels import GROUP_CLASSES
+
+if TYPE_CHECKING:
+    from ..pipeline import GroupEmotionRecognizer
+
+__all__ = ["GROUP_DATA_KINDS", "accuracy_table", "evaluate_groups", "format_tables", "read_group_items"]
+
+
+def accuracy_table(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str] = GROUP_CLASSES) -> dict[str, Any]:
+    """Accuracy overall and per class, coverage and the confusion matrix (rows true, columns predicted).
+
+    ``pred`` is -1 where the model abstained: wrong in ``accuracy`` and ``per_class``, left out of
+    ``accuracy_spoke`` and of the confusion matrix.
+    """
+    pred = np.asarray(pred, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    spoke = pred >= 0
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (y[spoke], pred[spoke]), 1)
+    correct = pred == y
+    per_class = {}
+    for i, c in enumerate(classes):
+        m = y == i
+        per_class[c] = {"accuracy": float(correct[m].mean()) if m.any() else None, "support": int(m.sum())}
+    return {
+        "n": int(y.size),
+        "accuracy": float(correct.mean()) if y.size else 0.0,
+        "coverage": float(spoke.mean()) if y.size else 0.0,
+        "accuracy_spoke": float(correct[spoke].mean()) if spoke.any() else 0.0,
+        "per_class": per_class,
+        "classes": list(classes),
+        "confusion": conf.tolist(),
+    }
+
+
+#: Dataset kinds :func:`read_group_items` reads (the readers of :mod:`groupmood.data.groups`).
+GROUP_DATA_KINDS = ("auto", "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6")
+
+
+def read_group_items(path: str | Path, kind: str = "auto", split: str | None = None) -> list[tuple[Path, int, str]]:
+    """Labelled photos as (path, class index, name); names are paths relative to the dataset root.
+
+    ``kind`` ``auto`` reads a folder as GAF (``root/[split/]{Positive,Neutral,Negative}/...``)
+    unless it holds ``labels.csv``, and a file as a ``path,label`` CSV. ``split`` keeps the photos
+    of one of the dataset's own splits (GAF split folders, a CSV ``split`` column).
+    """
+    from ..data import groups
+
+    readers = {"gaf": groups.read_gaf, "image_csv": groups.read_image_csv, "twitter_you2015": groups.read_you2015,
+               "twitter_sentibank603": groups.read_sentibank, "emotion6": groups.read_emotion6}
+    p = Path(path)
+    if kind == "auto":
+        kind = "gaf" if p.is_dir() and not (p / "labels.csv").is_file() else "image_csv"
+    if kind not in readers:
+        raise DatasetError(f"unknown group dataset kind {kind!r}; choose one of {', '.join(GROUP_DATA_KINDS)}")
+    if not p.exists():
+        raise DatasetError(f"group dataset {p} does not exist; give a GAF-style folder or a CSV path,label")
+    table = readers[kind](p)
+    keep = np.ones(len(table), dtype=bool)
+    if split is not None:
+        if table.fixed_split is None:
+            raise DatasetError(f"{p} has no split folders or split column; leave out --split to use every photo")
+        keep = table.fixed_split == split
+        if not keep.any():
+            raise DatasetError(f"{p} has no photos in split {split!r}; its splits: "
+                               f"{', '.join(sorted(set(table.fixed_split.tolist())))}")
+    return [(path_, GROUP_CLASSES.index(str(label)), str(name))
+            for path_, label, name, k in zip(table.paths, table.labels, table.names, keep) if k]
+
+
+def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Path, int, str]], out_dir: str | Path,
+                    batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    poolings: Sequence[str] = ("all", "top3"), progress: bool = True,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``recognizer`` over labelled (path, class index, name) photos; write tables, PNGs, score files.
+
+    Unreadable photos are listed under ``errors`` and left out of every table.
+    """
+    from .evaluate import plot_confusion
+
+    out = Path(out_dir)
+    label_of = {p: (y, name) for p, y, name in items}
+    branches = recognizer.branches
+    names: list[str] = []
+    ys: list[int] = []
+    face_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if b.is_face}
+    image_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if not b.is_face}
+    areas: list[np.ndarray] = []
+    errors: list[dict[str, str]] = []
+    bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evaluate")
+    for good, bad in load_batches([p for p, _, _ in items], batch_size, max_pixels):
+        for err in bad:
+            errors.append({"file": err.path, "error": err.reason})
+            if log:
+                log(f"skipped {err}")
+        results = recognizer.predict([img for _, img in good]) if good else []
+        for (path, _), res in zip(good, results):
+            ys.append(label_of[path][0])
+            names.append(label_of[path][1])
+            areas.append(np.array([f.area for f in res.faces]))
+            for n in face_scores:
+                face_scores[n].append(np.array([f.branch_probs[n] for f in res.faces]).reshape(-1, len(GROUP_CLASSES)))
+            for n in image_scores:
+                image_scores[n].append(res.branches[n].probs)
+        bar.update(len(good) + len(bad))
+    bar.close()
+    if not names:
+        raise DatasetError("no photo of the dataset could be read; see the errors above")
+    y = np.asarray(ys)
+
+    variants = {"bundle": {n: b.top_k for n, b in branches.items() if b.is_face}}
+    for pname in poolings:
+        k = parse_pooling(pname)
+        variants[pooling_name(k)] = {n: k for n in face_scores}
+    tables: dict[str, dict[str, Any]] = {}
+    pooled_all: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for variant, ks in variants.items():
+        scores, spoke = {}, {}
+        for n in branches:
+            if n in face_scores:
+                pooled = [pool(s, a, ks[n]) for s, a in zip(face_scores[n], areas)]
+                scores[n] = np.stack([p.probs for p in pooled])
+                spoke[n] = np.array([p.spoke for p in pooled])
+            else:
+                scores[n] = np.stack(image_scores[n])
+                spoke[n] = np.ones(len(names), dtype=bool)
+        pooled_all[variant] = {n: (scores[n], spoke[n]) for n in branches}
+        models = {n: accuracy_table(np.where(spoke[n], scores[n].argmax(1), -1), y) for n in branches}
+        _, idx = fuse_rows(scores, recognizer.weights, spoke)
+        models["fused"] = accuracy_table(idx, y)
+        tables[variant] = {"pooling": {n: pooling_name(k) for n, k in ks.items()}, "models": models}
+
+    score_dir = out / "scores"
+    files: dict[str, str] = {}
+    for variant, per in pooled_all.items():
+        if variant == "bundle":
+            continue
+        for n, (s, sp) in per.items():
+            stem = f"{n}_{variant}" if n in face_scores else n
+            path = score_dir / f"{stem}.txt"
+            write_scores(path, [nm for nm, ok in zip(names, sp) if ok], s[sp], fmt="authors")
+            files[f"scores/{stem}"] = str(path)
+    atomic_write_text(score_dir / "labels.csv",
+                      "name,label\n" + "".join(_csv_row(n, GROUP_CLASSES[v]) for n, v in zip(names, y)))
+    files["labels"] = str(score_dir / "labels.csv")
+    for n, t in tables["bundle"]["models"].items():
+        png = plot_confusion(t["confusion"], GROUP_CLASSES, out / f"confusion_{n}.png",
+                             f"{n}: acc {t['accuracy']:.3f}, n={t['n']}")
+        files[f"confusion_{n}"] = str(png)
+    report = {"n": len(names), "weights": dict(recognizer.weights), "chosen_on": recognizer.chosen_on,
+              "tables": tables, "errors": errors, "files": files}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _csv_row(*fields: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(fields)
+    return buf.getvalue()
+
+
+def format_tables(report: Mapping[str, Any]) -> str:
+    """The report's accuracy tables as text: one block per pooling, one row per branch and the fusion."""
+    lines = []
+    for variant, table in report["tables"].items():
+        pools = ", ".join(f"{n} {p}" for n, p in table["pooling"].items())
+        lines.append(f"pooling: {variant} ({pools})")
+        lines.append(f"  {'model':<14}{'overall':>9}{'coverage':>10}" + "".join(f"{c:>10}" for c in GROUP_CLASSES))
+        for n, t in table["models"].items():
+            per = "".join(f"{_pct(t['per_class'][c]['accuracy']):>10}" for c in GROUP_CLASSES)
+            lines.append(f"  {n:<14}{_pct(t['accuracy']):>9}{_pct(t['coverage']):>10}{per}")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"

@@ -1,0 +1,544 @@
+"""GroupEmotionRecognizer: photos in, a group label (Negative / Neutral / Positive) with its evidence out.
+
+The whole system of Tan et al. (EmotiW 2017) in one object, batched across photos:
+
+1. MTCNN finds the faces of every photo of a batch in one detector call.
+2. Each face branch scores all faces of the batch in a few forward passes: the *aligned* branch
+   on 112x96 RGB crops aligned to the SphereFace template (plus the horizontal flip, logits
+   averaged, as the authors), the *non-aligned* branch on square 48x48 grey crops.
+3. The *global* branch scores each whole photo: shorter side 256, centre crop 224 and its flip
+   (:func:`groupmood.data.transforms.global_eval_views`), logits averaged.
+4. Face scores are pooled per photo (all faces, or the k largest by box area: the authors use the
+   3 largest for the non-aligned branch) and the branches are fused with weights
+   (:mod:`groupmood.fusion`); a face branch on a photo without faces abstains and the weights
+   renormalise over the branches that spoke.
+
+Models trained on expressions (8 FERPlus classes) are read as the 3 group classes by summing
+their probabilities with :func:`groupmood.labels.to_valence`.
+
+A *bundle* is a YAML file naming the model files (relative to the YAML), the fusion weights and
+how they were chosen::
+
+    format: groupmood-bundle-1
+    branches:
+      - name: aligned
+        model: aligned.safetensors      # a .safetensors export or a .pt checkpoint
+        sha256: 3f1c...                 # optional; checked before loading
+        tta_flip: true                  # optional; default true (aligned, global), false (non-aligned)
+        pooling: all                    # optional; all | topK; default all (aligned), top3 (non-aligned)
+      - name: nonaligned
+        model: nonaligned.safetensors
+        margin: 0.0                     # optional; extra margin of the square crop (fraction of side)
+      - name: global
+        model: global.safetensors
+    weights: {aligned: 3.0, global: 0.5, nonaligned: 0.5}
+    detector: {thresholds: [0.6, 0.7, 0.9], factor: 0.709, min_face_frac: 0.05}   # optional
+    chosen_on:                          # free-form record of where the weights come from
+      data: GAF 2.0 validation, 2068 photos
+      method: grid search over the simplex, step 0.1
+      accuracy: {fused: 0.83, aligned: 0.80, nonaligned: 0.70, global: 0.74}
+
+The branch kind (aligned / non-aligned / global) comes from the model's registered family, so
+branch names are free; the presets of :mod:`groupmood.fusion` use ``aligned``, ``nonaligned``
+and ``global``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from . import weights as weight_store
+from .align import align_faces, square_crops
+from .data.transforms import GLOBAL_CROP, global_eval_views, normalize
+from .detect import Face, FaceDetector
+from .detect.detector import ImageLike, as_rgb_array
+from .errors import ConfigError, WeightsError
+from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
+from .labels import GROUP_CLASSES, valence_matrix
+from .models.registry import ModelInfo
+
+__all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
+           "LABEL_COLOURS", "annotate", "default_bundle_path", "read_bundle"]
+
+BUNDLE_FORMAT = "groupmood-bundle-1"
+
+#: RGB colour per group class for drawings: Negative red, Neutral amber, Positive green.
+LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
+    "Negative": (220, 50, 47), "Neutral": (230, 190, 40), "Positive": (40, 180, 70), ABSTAIN: (150, 150, 150),
+}
+
+_FAMILIES = ("face_aligned", "face_nonaligned", "global")
+_DEFAULT_TTA = {"face_aligned": True, "face_nonaligned": False, "global": True}
+_DEFAULT_TOPK: dict[str, int | None] = {"face_aligned": None, "face_nonaligned": 3, "global": None}
+_BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin"}
+_BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on"}
+_DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
+
+
+def default_bundle_path() -> Path:
+    """Where the shipped default bundle lives: ``groupmood/assets/bundle.yaml``."""
+    return Path(__file__).resolve().parent / "assets" / "bundle.yaml"
+
+
+# --------------------------------------------------------------------------- branches
+
+class Branch:
+    """One trained model with its input recipe, read as scores over the 3 group classes.
+
+    ``info`` is the model's registry entry (``groupmood.models.model_info(name)``): its family
+    (``face_aligned``, ``face_nonaligned`` or ``global``) picks the crops, its input size and
+    normalisation the rest. ``top_k`` is the face pooling (None: all faces); ``tta_flip`` averages
+    the logits of the input and its horizontal flip.
+    """
+
+    def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
+                 top_k: int | None = None, margin: float = 0.0, batch_size: int = 128, source: str = "") -> None:
+        if info.family not in _FAMILIES:
+            raise ConfigError(f"model family {info.family!r} is not one of {', '.join(_FAMILIES)}")
+        if info.family == "global" and tuple(info.input_size) != (GLOBAL_CROP, GLOBAL_CROP):
+            raise ConfigError(f"global model {info.name} takes {info.input_size} inputs; the global branch feeds "
+                              f"{GLOBAL_CROP}x{GLOBAL_CROP} crops")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.classes = tuple(classes)
+        self.info = info
+        self.family = info.family
+        self.input_size = (int(info.input_size[0]), int(info.input_size[1]))
+        self.in_chans = int(info.in_chans)
+        self.tta_flip = bool(tta_flip)
+        self.top_k = top_k
+        self.margin = float(margin)
+        self.batch_size = int(batch_size)
+        self.source = source
+        self._to_group = _group_matrix(self.classes)
+
+    def __repr__(self) -> str:
+        return (f"Branch(model={self.info.name!r}, family={self.family!r}, classes={len(self.classes)}, "
+                f"tta_flip={self.tta_flip}, pooling={pooling_name(self.top_k)!r}, source={self.source!r})")
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu", tta_flip: bool | None = None,
+                  pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None) -> Branch:
+        """Load a ``.safetensors`` export or ``.pt`` checkpoint; None options take the family's default."""
+        from .engine.evaluate import load_model
+        from .models import model_info
+
+        p = Path(path)
+        if not p.is_file():
+            raise WeightsError(f"model file {p} does not exist; check the path (bundle paths are relative "
+                               "to the bundle YAML)")
+        if sha256:
+            weight_store.verify(p, sha256)
+        model, meta = load_model(p, device)
+        info = model_info(meta["config"]["model"]["name"])
+        top_k = _DEFAULT_TOPK[info.family] if pooling is None else parse_pooling(pooling)
+        return cls(model, meta["classes"], info, _DEFAULT_TTA[info.family] if tta_flip is None else tta_flip,
+                   top_k, margin, source=str(p))
+
+    @property
+    def is_face(self) -> bool:
+        return self.family != "global"
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def with_pooling(self, top_k: int | None) -> Branch:
+        """A shallow copy (same model) with another face pooling."""
+        other = copy.copy(self)
+        other.top_k = top_k
+        return other
+
+    def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """This branch's uint8 inputs for one photo: (N, H, W, C) face crops, or (1, H, W, 3) for global."""
+        if self.family == "global":
+            return global_eval_views(image)[:1].permute(0, 2, 3, 1).numpy()
+        h, w = self.input_size
+        if self.family == "face_aligned":
+            lm = np.stack([f.landmarks for f in faces]) if faces else np.zeros((0, 5, 2))
+            out = align_faces(image, lm, size=(h, w))
+            return out if self.in_chans == 3 else _grey(out)
+        boxes = np.stack([f.box for f in faces]) if faces else np.zeros((0, 4))
+        if h != w:
+            raise ConfigError(f"non-aligned models take square crops, this one wants {h}x{w}")
+        out = square_crops(image, boxes, size=h, margin=self.margin, grey=self.in_chans == 1)
+        return out[..., None] if out.ndim == 3 else out
+
+    @torch.inference_mode()
+    def scores(self, inputs: np.ndarray) -> np.ndarray:
+        """Group-class probabilities (N, 3) float64 for (N, H, W, C) uint8 inputs, in chunks."""
+        out = np.zeros((len(inputs), len(GROUP_CLASSES)))
+        device = self.device
+        for start in range(0, len(inputs), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
+            x = normalize(x.to(device).permute(0, 3, 1, 2), self.info)
+            logits = self.model(x).float()
+            if self.tta_flip:
+                logits = (logits + self.model(torch.flip(x, dims=[3])).float()) / 2
+            probs = torch.softmax(logits, dim=1) @ self._to_group.to(logits.device)
+            out[start:start + len(x)] = probs.double().cpu().numpy()
+        return out
+
+
+def _group_matrix(classes: Sequence[str]) -> torch.Tensor:
+    """(C, 3) 0/1 matrix summing a model's class probabilities into the group classes.
+
+    Group-class models (all three, or a subset such as Negative / Positive) map column by column;
+    expression models through the expression -> valence map (:func:`groupmood.labels.valence_matrix`).
+    """
+    if all(c in GROUP_CLASSES for c in classes):
+        m = torch.zeros(len(classes), len(GROUP_CLASSES))
+        for i, c in enumerate(classes):
+            m[i, GROUP_CLASSES.index(c)] = 1.0
+        return m
+    try:
+        return valence_matrix(classes)
+    except KeyError as exc:
+        raise ConfigError(f"the model's classes {list(classes)} are neither group classes nor expressions with a "
+                          f"valence ({exc.args[0]})") from None
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) RGB -> (N, H, W, 1) grey uint8."""
+    out = np.empty((*rgb.shape[:3], 1), np.uint8)
+    for k, c in enumerate(rgb):
+        out[k, :, :, 0] = cv2.cvtColor(c, cv2.COLOR_RGB2GRAY)
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+def _probs_dict(p: np.ndarray, ndigits: int) -> dict[str, float]:
+    return {c: round(float(v), ndigits) for c, v in zip(GROUP_CLASSES, p)}
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face: detection, its fused face-level label, and each face branch's probabilities.
+
+    ``probs`` is the weighted mean over the face branches (their fusion weights, renormalised);
+    ``pooled`` names the branches whose pooling used this face.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    label: str
+    probs: np.ndarray
+    branch_probs: dict[str, np.ndarray]
+    pooled: tuple[str, ...]
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 5),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            "area": round(self.area, 1),
+            "label": self.label,
+            "probs": _probs_dict(self.probs, ndigits),
+            "branches": {b: _probs_dict(p, ndigits) for b, p in self.branch_probs.items()},
+            "pooled_in": list(self.pooled),
+        }
+
+
+@dataclass(frozen=True)
+class BranchResult:
+    """One branch on one photo: pooled probabilities, configured and effective weight, whether it spoke."""
+
+    probs: np.ndarray
+    weight: float
+    effective_weight: float
+    spoke: bool
+    faces: tuple[int, ...]
+    pooling: str
+    family: str
+
+    def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
+        return {"probs": _probs_dict(self.probs, ndigits), "weight": self.weight,
+                "effective_weight": round(self.effective_weight, ndigits), "spoke": self.spoke,
+                "faces": list(self.faces), "pooling": self.pooling, "family": self.family}
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """The group decision for one photo and the evidence behind it.
+
+    ``no_face`` is True when the detector found no face (the face branches then abstain);
+    ``abstained`` is True when no branch spoke at all (label :data:`groupmood.fusion.ABSTAIN`).
+    """
+
+    label: str
+    probs: np.ndarray
+    branches: dict[str, BranchResult]
+    faces: list[FaceResult]
+    no_face: bool
+    abstained: bool
+    width: int
+    height: int
+    classes: tuple[str, ...] = GROUP_CLASSES
+
+    def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probs": _probs_dict(self.probs, ndigits),
+            "no_face": self.no_face,
+            "abstained": self.abstained,
+            "n_faces": len(self.faces),
+            "width": self.width,
+            "height": self.height,
+            "branches": {b: r.to_dict(ndigits) for b, r in self.branches.items()},
+            "faces": [f.to_dict(ndigits) for f in self.faces],
+        }
+
+
+# --------------------------------------------------------------------------- bundles
+
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    """Read and check a bundle YAML; model paths are made absolute (relative to the YAML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"bundle file {p} does not exist; pass --bundle with a bundle YAML "
+                           "(see groupmood.pipeline for the format)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a bundle is a mapping with 'branches' and 'weights'")
+    unknown = sorted(set(raw) - _BUNDLE_KEYS)
+    if unknown:
+        raise ConfigError(f"{p}: unknown bundle key(s) {', '.join(unknown)}; known: {', '.join(sorted(_BUNDLE_KEYS))}")
+    if raw.get("format", BUNDLE_FORMAT) != BUNDLE_FORMAT:
+        raise ConfigError(f"{p}: bundle format {raw.get('format')!r} is not {BUNDLE_FORMAT!r}; "
+                          "upgrade groupmood or rewrite the bundle")
+    if raw.get("classes", list(GROUP_CLASSES)) != list(GROUP_CLASSES):
+        raise ConfigError(f"{p}: classes must be {list(GROUP_CLASSES)} (the score order), got {raw.get('classes')}")
+    branches = raw.get("branches")
+    if not isinstance(branches, list) or not branches:
+        raise ConfigError(f"{p}: 'branches' must be a non-empty list of {{name, model}} entries")
+    seen: set[str] = set()
+    out_branches = []
+    for i, b in enumerate(branches):
+        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not isinstance(b.get("model"), str):
+            raise ConfigError(f"{p}: branch {i} must be a mapping with a string 'name' and 'model', got {b!r}")
+        bad = sorted(set(b) - _BRANCH_KEYS)
+        if bad:
+            raise ConfigError(f"{p}: branch {b['name']!r} has unknown key(s) {', '.join(bad)}; "
+                              f"known: {', '.join(sorted(_BRANCH_KEYS))}")
+        if b["name"] in seen:
+            raise ConfigError(f"{p}: branch name {b['name']!r} is used twice")
+        seen.add(b["name"])
+        entry = dict(b)
+        entry["model"] = str((p.parent / b["model"]).resolve())
+        if "pooling" in entry:
+            parse_pooling(entry["pooling"])
+        out_branches.append(entry)
+    w = raw.get("weights")
+    if not isinstance(w, dict) or not w:
+        raise ConfigError(f"{p}: 'weights' must map branch names to numbers, e.g. {{aligned: 3.0, global: 0.5}}")
+    unknown_w = sorted(set(w) - seen)
+    if unknown_w:
+        raise ConfigError(f"{p}: weights name unknown branch(es) {', '.join(unknown_w)}; branches: {sorted(seen)}")
+    det = raw.get("detector") or {}
+    bad_det = sorted(set(det) - _DETECTOR_KEYS)
+    if bad_det:
+        raise ConfigError(f"{p}: unknown detector key(s) {', '.join(bad_det)}; "
+                          f"known: {', '.join(sorted(_DETECTOR_KEYS))}")
+    out = dict(raw)
+    out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=dict(det),
+               chosen_on=raw.get("chosen_on") or {}, path=str(p.resolve()))
+    return out
+
+
+# --------------------------------------------------------------------------- the recognizer
+
+class GroupEmotionRecognizer:
+    """Detector + branches + fusion weights: ``predict(photos) -> list[GroupResult]``.
+
+    ``pooling`` overrides the face branches' own pooling: ``"all"``, ``"top3"``, or a mapping
+    branch -> pooling. ``weights`` maps branch names to non-negative numbers; a branch left out
+    has weight 0 (it is run and reported but does not vote).
+    """
+
+    def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
+                 pooling: str | Mapping[str, str] | None = None, device: torch.device | str = "cpu",
+                 chosen_on: Mapping[str, Any] | None = None) -> None:
+        if not branches:
+            raise ConfigError("a recognizer needs at least one branch")
+        if "fused" in branches:
+            raise ConfigError("'fused' is reserved for the fused result; give the branch another name")
+        self.detector = detector
+        self.device = torch.device(device)
+        self.branches: dict[str, Branch] = {}
+        overrides = _pooling_overrides(pooling, branches)
+        for name, br in branches.items():
+            self.branches[name] = br.with_pooling(overrides[name]) if name in overrides else br
+        unknown = sorted(set(weights) - set(self.branches))
+        if unknown:
+            raise ConfigError(f"weights name unknown branch(es) {', '.join(unknown)}; branches: "
+                              f"{', '.join(self.branches)}")
+        self.weights = {n: float(weights.get(n, 0.0)) for n in self.branches}
+        for n, v in self.weights.items():
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"branch weight {n}={v} must be a finite number >= 0")
+        if not any(self.weights.values()):
+            raise ConfigError("every branch weight is 0; give at least one branch a positive weight")
+        self.chosen_on = dict(chosen_on or {})
+
+    def __repr__(self) -> str:
+        return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: torch.device | str = "cpu", detector: FaceDetector | None = None,
+                    weights: Mapping[str, float] | None = None,
+                    pooling: str | Mapping[str, str] | None = None) -> GroupEmotionRecognizer:
+        """Load a bundle YAML; ``detector`` defaults to MTCNN with the bundle's settings (fetched once)."""
+        spec = read_bundle(path)
+        branches = {}
+        for b in spec["branches"]:
+            branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
+                                                   float(b.get("margin", 0.0)), b.get("sha256"))
+        if detector is None:
+            det = dict(spec["detector"])
+            if "thresholds" in det:
+                det["thresholds"] = tuple(det["thresholds"])
+            detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **det)
+        return cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
+                   spec["chosen_on"])
+
+    @classmethod
+    def default(cls, device: torch.device | str = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
+        """The shipped bundle (``groupmood/assets/bundle.yaml``); keyword arguments go to :meth:`from_bundle`."""
+        path = default_bundle_path()
+        if not path.is_file():
+            raise WeightsError(f"the default bundle {path} is missing (this install ships no trained models); "
+                               "pass a bundle YAML with --bundle / from_bundle(path)")
+        return cls.from_bundle(path, device, **kwargs)
+
+    def with_fusion(self, weights: Mapping[str, float] | None = None,
+                    pooling: str | Mapping[str, str] | None = None) -> GroupEmotionRecognizer:
+        """A recognizer sharing this one's models with other fusion weights and / or pooling."""
+        return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
+                                      pooling, self.device, self.chosen_on)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[ImageLike]) -> list[GroupResult]:
+        """Label a batch of photos (RGB arrays or PIL images); one result per photo, in order."""
+        arrays = [as_rgb_array(im) for im in images]
+        if not arrays:
+            return []
+        faces_per = self.detector.detect(arrays)
+        counts = [len(f) for f in faces_per]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        per_branch: dict[str, np.ndarray] = {}
+        for name, br in self.branches.items():
+            if br.is_face:
+                parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
+                x = np.concatenate(parts) if parts else np.zeros((0, *br.input_size, br.in_chans), np.uint8)
+            else:
+                x = np.concatenate([br.crops(img, []) for img in arrays])
+            per_branch[name] = br.scores(x)
+        results = []
+        for i, (img, faces) in enumerate(zip(arrays, faces_per)):
+            face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in self.branches.items() if br.is_face}
+            pooled = {}
+            for n, br in self.branches.items():
+                if br.is_face:
+                    pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
+                else:
+                    pooled[n] = Pooled(per_branch[n][i], True, ())
+            fused = fuse(pooled, self.weights)
+            results.append(self._result(img, faces, face_probs, pooled, fused))
+        return results
+
+    def predict_one(self, image: ImageLike) -> GroupResult:
+        """Label one photo."""
+        return self.predict([image])[0]
+
+    def _result(self, img: np.ndarray, faces: Sequence[Face], face_probs: Mapping[str, np.ndarray],
+                pooled: Mapping[str, Pooled], fused: Fused) -> GroupResult:
+        face_w = {n: self.weights[n] for n in face_probs}
+        total = sum(face_w.values())
+        face_w = {n: (w / total if total > 0 else 1.0 / len(face_w)) for n, w in face_w.items()}
+        face_results = []
+        for k, f in enumerate(faces):
+            bp = {n: face_probs[n][k] for n in face_probs}
+            if bp:
+                probs = sum((face_w[n] * bp[n] for n in bp), np.zeros(len(GROUP_CLASSES)))
+                label = GROUP_CLASSES[int(np.argmax(probs))]
+            else:  # no face branch: the face is shown but not scored
+                probs, label = np.full(len(GROUP_CLASSES), 1.0 / len(GROUP_CLASSES)), ABSTAIN
+            face_results.append(FaceResult(np.asarray(f.box, dtype=np.float64), float(f.score),
+                                           np.asarray(f.landmarks, dtype=np.float64), label, probs, bp,
+                                           tuple(n for n in face_probs if k in pooled[n].faces)))
+        branches = {n: BranchResult(pooled[n].probs, self.weights[n], fused.weights[n], pooled[n].spoke,
+                                    pooled[n].faces, pooling_name(br.top_k) if br.is_face else "image", br.family)
+                    for n, br in self.branches.items()}
+        return GroupResult(fused.label, fused.probs, branches, face_results, not faces, fused.abstained,
+                           int(img.shape[1]), int(img.shape[0]))
+
+
+def _pooling_overrides(pooling: str | Mapping[str, str] | None,
+                       branches: Mapping[str, Branch]) -> dict[str, int | None]:
+    if pooling is None:
+        return {}
+    if isinstance(pooling, Mapping):
+        unknown = sorted(set(pooling) - set(branches))
+        if unknown:
+            raise ConfigError(f"pooling names unknown branch(es) {', '.join(unknown)}; branches: {', '.join(branches)}")
+        return {n: parse_pooling(v) for n, v in pooling.items()}
+    k = parse_pooling(pooling)
+    return {n: k for n, br in branches.items() if br.is_face}
+
+
+# --------------------------------------------------------------------------- drawing
+
+def annotate(image: np.ndarray, result: GroupResult) -> np.ndarray:
+    """The photo with each face boxed in its label's colour (label and probability), and a banner
+    above it with the group label, the fused probabilities and each branch's contribution."""
+    from .report import draw_faces
+
+    img = as_rgb_array(image)
+    faces = [Face(f.box, f.score, f.landmarks) for f in result.faces]
+    colours = [LABEL_COLOURS[f.label] for f in result.faces]
+    labels = [f"{f.label} {f.probs.max():.2f}" for f in result.faces]
+    drawn = draw_faces(img, faces, colours, labels) if faces else img.copy()
+    probs = " ".join(f"{c[:3]} {p:.2f}" for c, p in zip(GROUP_CLASSES, result.probs))
+    lines = [(f"Group: {result.label}  ({probs})", LABEL_COLOURS[result.label])]
+    for name, br in result.branches.items():
+        if br.spoke:
+            top = int(np.argmax(br.probs))
+            text = f"{name} x{br.effective_weight:.2f}: {GROUP_CLASSES[top]} {br.probs[top]:.2f}"
+            colour = LABEL_COLOURS[GROUP_CLASSES[top]]
+        else:
+            text, colour = f"{name}: abstained (no face)", LABEL_COLOURS[ABSTAIN]
+        lines.append((text, colour))
+    w = drawn.shape[1]
+    font = max(0.4, min(1.2, w / 900))
+    thick = max(1, int(round(font * 1.5)))
+    line_h = int(cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font, thick)[0][1] * 1.9) + 2
+    banner = np.full((line_h * len(lines) + 6, w, 3), 24, np.uint8)
+    for k, (text, colour) in enumerate(lines):
+        y = line_h * (k + 1) - line_h // 4
+        cv2.rectangle(banner, (4, y - line_h // 2), (4 + line_h // 2, y), colour, -1)
+        cv2.putText(banner, text, (10 + line_h // 2, y), cv2.FONT_HERSHEY_SIMPLEX, font, (240, 240, 240), thick,
+                    cv2.LINE_AA)
+    return np.concatenate([banner, drawn], axis=0)

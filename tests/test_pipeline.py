@@ -1,0 +1,277 @@
+"""GroupEmotionRecognizer end to end on real photos through bundles of tiny random models; the CLI commands."""
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from groupmood.cli import main
+from groupmood.config import DEFAULTS
+from groupmood.errors import ConfigError, WeightsError
+from groupmood.fusion import ABSTAIN
+from groupmood.labels import FERPLUS_EMOTIONS, GROUP_CLASSES
+from groupmood.models import create_model
+from groupmood.pipeline import GroupEmotionRecognizer, annotate
+
+
+def _save(path, name, classes):
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["model"]["name"] = name
+    model = create_model(name, num_classes=len(classes), head="softmax", margin_m=4, drop_rate=0.0)
+    torch.save({"model": model.state_dict(), "config": cfg, "classes": list(classes)}, path)
+
+
+def _bundle(folder, with_global=True, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    _save(folder / "aligned.pt", "sphereface_tiny", GROUP_CLASSES)
+    _save(folder / "nonaligned.pt", "resnet_tiny_48", FERPLUS_EMOTIONS)  # read as valence
+    branches = [{"name": "aligned", "model": "aligned.pt"}, {"name": "nonaligned", "model": "nonaligned.pt"}]
+    weights = {"aligned": 3.0, "nonaligned": 0.5}
+    if with_global:
+        _save(folder / "global.pt", "mobilenet_v2", GROUP_CLASSES)  # random init, 2.2 M parameters
+        branches.append({"name": "global", "model": "global.pt"})
+        weights["global"] = 0.5
+    spec = {"format": "groupmood-bundle-1", "branches": branches, "weights": weights,
+            "chosen_on": {"data": "none (random tiny models)", "method": "preset run1"}, **extra}
+    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder / "bundle.yaml"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return _bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def recognizer(bundle, detector):
+    torch.set_num_threads(1)
+    return GroupEmotionRecognizer.from_bundle(bundle, detector=detector)
+
+
+@pytest.fixture(scope="module")
+def results(recognizer, astronaut, coffee):
+    return recognizer.predict([astronaut, coffee])
+
+
+def test_results_shapes_and_probabilities(recognizer, results):
+    assert set(recognizer.branches) == {"aligned", "nonaligned", "global"}
+    assert recognizer.branches["aligned"].tta_flip and recognizer.branches["nonaligned"].top_k == 3
+    astro, cof = results
+    assert len(astro.faces) == 1 and not astro.no_face and not astro.abstained
+    assert astro.label in GROUP_CLASSES and astro.probs.shape == (3,)
+    assert astro.probs.sum() == pytest.approx(1.0)
+    for name, br in astro.branches.items():
+        assert br.spoke and br.probs.shape == (3,) and br.probs.sum() == pytest.approx(1.0)
+    assert sum(br.effective_weight for br in astro.branches.values()) == pytest.approx(1.0)
+    assert astro.branches["aligned"].effective_weight == pytest.approx(3 / 4)
+    face = astro.faces[0]
+    assert face.box.shape == (4,) and face.landmarks.shape == (5, 2) and face.score > 0.9
+    assert set(face.branch_probs) == {"aligned", "nonaligned"} and face.pooled == ("aligned", "nonaligned")
+    assert face.probs.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(astro.branches["aligned"].probs, face.branch_probs["aligned"])
+    rec = json.loads(json.dumps(astro.to_dict()))
+    assert rec["label"] == astro.label and rec["n_faces"] == 1 and rec["faces"][0]["pooled_in"]
+
+
+def test_no_face_photo_face_branches_abstain(results):
+    cof = results[1]
+    assert cof.no_face and cof.faces == [] and not cof.abstained
+    assert not cof.branches["aligned"].spoke and not cof.branches["nonaligned"].spoke
+    assert cof.branches["aligned"].effective_weight == 0.0 and cof.branches["global"].effective_weight == 1.0
+    np.testing.assert_allclose(cof.probs, cof.branches["global"].probs)
+    d = cof.to_dict()
+    assert d["no_face"] is True and d["faces"] == [] and d["branches"]["aligned"]["spoke"] is False
+
+
+def test_batch_equals_one_by_one(recognizer, results, astronaut, coffee):
+    for img, batched in zip((astronaut, coffee), results):
+        single = recognizer.predict_one(img)
+        np.testing.assert_allclose(single.probs, batched.probs, atol=1e-5)
+        assert single.label == batched.label and len(single.faces) == len(batched.faces)
+        for b in single.branches:
+            np.testing.assert_allclose(single.branches[b].probs, batched.branches[b].probs, atol=1e-5)
+
+
+def test_face_branches_only_abstain_without_faces(tmp_path, detector, coffee):
+    rec = GroupEmotionRecognizer.from_bundle(_bundle(tmp_path / "faces_only", with_global=False), detector=detector)
+    r = rec.predict([coffee])[0]
+    assert r.no_face and r.abstained and r.label == ABSTAIN
+    assert r.to_dict()["label"] == ABSTAIN
+
+
+def test_top_k_pooling_uses_largest_faces(recognizer, astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256)))
+    canvas = np.full((512, 768, 3), 255, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[128:384, 512:] = small
+    top1 = recognizer.with_fusion(pooling="top1").predict_one(canvas)
+    assert len(top1.faces) == 2
+    largest = int(np.argmax([f.area for f in top1.faces]))
+    assert top1.branches["aligned"].faces == (largest,) and top1.branches["aligned"].pooling == "top1"
+    np.testing.assert_allclose(top1.branches["aligned"].probs, top1.faces[largest].branch_probs["aligned"])
+    every = recognizer.with_fusion(pooling="all").predict_one(canvas)
+    assert every.branches["nonaligned"].faces == (0, 1)
+    np.testing.assert_allclose(every.branches["nonaligned"].probs,
+                               np.mean([f.branch_probs["nonaligned"] for f in every.faces], axis=0))
+
+
+def test_annotate_adds_banner(results, astronaut):
+    out = annotate(astronaut, results[0])
+    assert out.shape[1] == astronaut.shape[1] and out.shape[0] > astronaut.shape[0] and out.dtype == np.uint8
+
+
+def test_bundle_errors(tmp_path, bundle, monkeypatch):
+    import groupmood.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "default_bundle_path", lambda: tmp_path / "assets" / "bundle.yaml")
+    with pytest.raises(WeightsError, match="bundle.yaml is missing"):
+        GroupEmotionRecognizer.default()
+    spec = yaml.safe_load(bundle.read_text())
+    spec["branches"][0]["model"] = "gone.pt"
+    (tmp_path / "b1.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(WeightsError, match="gone.pt"):
+        GroupEmotionRecognizer.from_bundle(tmp_path / "b1.yaml", detector=object())
+    spec = yaml.safe_load(bundle.read_text())
+    spec["weigths"] = spec.pop("weights")
+    (tmp_path / "b2.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="weigths"):
+        GroupEmotionRecognizer.from_bundle(tmp_path / "b2.yaml", detector=object())
+    spec = yaml.safe_load(bundle.read_text())
+    spec["weights"]["faces"] = 1.0
+    (tmp_path / "b3.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="faces"):
+        GroupEmotionRecognizer.from_bundle(tmp_path / "b3.yaml", detector=object())
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _photos(tmp_path, astronaut, coffee):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "astronaut photo.jpg")
+    Image.fromarray(coffee).save(src / "cup <b>&amp.png")
+    (src / "broken.jpg").write_bytes(b"")
+    return src
+
+
+def test_predict_cli_jsonl_annotate_report(tmp_path, bundle, astronaut, coffee, capsys):
+    src = _photos(tmp_path, astronaut, coffee)
+    out = tmp_path / "out" / "pred.jsonl"
+    report = tmp_path / "report.html"
+    rc = main(["predict", str(src), "--bundle", str(bundle), "-o", str(out), "--annotate", str(tmp_path / "ann"),
+               "--report", str(report), "--no-progress", "--batch-size", "2"])
+    assert rc == 1  # the broken file
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "2 photos, 1 faces, 1 failed" in err
+    recs = {json.loads(ln)["file"].split("/")[-1]: json.loads(ln) for ln in out.read_text().splitlines()}
+    assert set(recs) == {"astronaut photo.jpg", "cup <b>&amp.png", "broken.jpg"}
+    assert recs["broken.jpg"]["error"] == "empty file (0 bytes)"
+    assert recs["cup <b>&amp.png"]["no_face"] is True
+    assert recs["astronaut photo.jpg"]["n_faces"] == 1 and recs["astronaut photo.jpg"]["label"] in GROUP_CLASSES
+    assert (tmp_path / "ann" / "astronaut photo.jpg").exists() and (tmp_path / "ann" / "cup <b>&amp.jpg").exists()
+    page = report.read_text(encoding="utf-8")
+    assert html.escape("cup <b>&amp.png") in page and "cup <b>" not in page
+    assert page.count("data:image/jpeg;base64,") == 2 and "broken.jpg" in page and "abstained" in page
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_predict_cli_csv_with_preset_and_pooling(tmp_path, bundle, astronaut, coffee, capsys):
+    src = _photos(tmp_path, astronaut, coffee)
+    out = tmp_path / "pred.csv"
+    rc = main(["predict", str(src / "astronaut photo.jpg"), str(src / "cup*.png"), "--bundle", str(bundle),
+               "--format", "csv", "-o", str(out), "--preset", "run5", "--pooling", "all", "--no-progress"])
+    assert rc == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 2 and rows[0]["file"].endswith("astronaut photo.jpg")
+    assert rows[0]["aligned_spoke"] == "1" and rows[1]["aligned_spoke"] == "0" and rows[1]["no_face"] == "1"
+    assert sum(float(rows[0][c]) for c in GROUP_CLASSES) == pytest.approx(1, abs=1e-3)
+    assert main(["predict", str(src), "--bundle", str(bundle), "--weights", "aligned=1", "--preset", "run1"]) == 2
+    assert main(["predict", str(src), "--bundle", str(bundle), "--weights", "face=1", "--no-progress"]) == 2
+    assert main(["predict", str(src), "--bundle", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_groups_cli_then_fuse_search(tmp_path, bundle, astronaut, coffee, capsys):
+    data = tmp_path / "groups"
+    for split, cls, img, name in (("val", "Positive", astronaut, "astro.jpg"),
+                                  ("val", "Neutral", coffee, "cup one.png"),
+                                  ("train", "Negative", coffee, "other.png")):
+        (data / split / cls).mkdir(parents=True)
+        Image.fromarray(img).save(data / split / cls / name)
+    out = tmp_path / "eval"
+    rc = main(["evaluate-groups", str(data), "--split", "val", "--bundle", str(bundle), "-o", str(out),
+               "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "fused" in printed and "pooling: top3" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 2 and set(report["tables"]) == {"bundle", "all", "top3"}
+    fused = report["tables"]["bundle"]["models"]["fused"]
+    assert fused["n"] == 2 and fused["coverage"] == 1.0
+    assert report["tables"]["all"]["models"]["aligned"]["coverage"] == 0.5  # coffee: no face
+    assert (out / "confusion_fused.png").exists() and (out / "confusion_global.png").exists()
+    aligned_scores = (out / "scores" / "aligned_all.txt").read_text().splitlines()
+    assert len(aligned_scores) == 1 and aligned_scores[0].startswith("val/Positive/astro.jpg ")
+    rc = main(["fuse", f"--branch=aligned={out / 'scores' / 'aligned_top3.txt'}",
+               f"--branch=nonaligned={out / 'scores' / 'nonaligned_top3.txt'}",
+               f"--branch=global={out / 'scores' / 'global.txt'}", "--search", "--labels",
+               str(out / "scores" / "labels.csv"), "-o", str(tmp_path / "fused.csv")])
+    assert rc == 0
+    assert "66 weight sets tried" in capsys.readouterr().err
+
+
+def test_bundle_with_safetensors_export_and_sha256(tmp_path, bundle, detector, astronaut, results):
+    from groupmood.engine.train import export
+    from groupmood.weights import sha256_file
+
+    folder = bundle.parent
+    exported = export(folder / "aligned.pt", tmp_path / "aligned.safetensors")
+    spec = yaml.safe_load(bundle.read_text())
+    spec["branches"][0].update(model=str(exported), sha256=sha256_file(exported))
+    for b in spec["branches"][1:]:
+        b["model"] = str(folder / b["model"])
+    (tmp_path / "st.yaml").write_text(yaml.safe_dump(spec))
+    rec = GroupEmotionRecognizer.from_bundle(tmp_path / "st.yaml", detector=detector)
+    r = rec.predict_one(astronaut)
+    np.testing.assert_allclose(r.branches["aligned"].probs, results[0].branches["aligned"].probs, atol=1e-2)
+    spec["branches"][0]["sha256"] = "0" * 64
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(WeightsError, match="sha256"):
+        GroupEmotionRecognizer.from_bundle(tmp_path / "bad.yaml", detector=detector)
+
+
+def test_read_group_items_csv_and_errors(tmp_path, astronaut):
+    from groupmood.engine.groups import read_group_items
+    from groupmood.errors import DatasetError
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "img" / "a b.jpg")
+    (tmp_path / "list.csv").write_text("path,label\nimg/a b.jpg,positive\n")
+    items = read_group_items(tmp_path / "list.csv")
+    assert items == [(tmp_path / "img" / "a b.jpg", 2, "img/a b.jpg")]
+    with pytest.raises(DatasetError, match="no split"):
+        read_group_items(tmp_path / "list.csv", split="val")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_group_items(tmp_path / "nothing")
+
+
+def test_branch_reads_subsets_of_group_classes_and_expressions():
+    from groupmood.models import model_info
+    from groupmood.pipeline import Branch
+
+    torch.set_num_threads(1)
+    info = model_info("resnet_tiny_48")
+    two = Branch(create_model("resnet_tiny_48", num_classes=2), ["Negative", "Positive"], info)
+    p = two.scores(np.zeros((2, 48, 48, 1), np.uint8))
+    assert p.shape == (2, 3) and np.all(p[:, 1] == 0) and np.allclose(p.sum(1), 1)
+    with pytest.raises(ConfigError, match="neither group classes nor expressions"):
+        Branch(create_model("resnet_tiny_48", num_classes=2), ["cat", "dog"], info)
