@@ -9,9 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-sys.path.insert(0, str(REPO / "src"))
-
-from groupmood.io import atomic_write_text  # noqa: E402
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
 
 
 def machine_line(threads: int) -> str:
@@ -44,7 +43,10 @@ def command_line() -> str:
 
 
 def append_results(section: str, path: Path = RESULTS) -> None:
-    """Append a markdown section to RESULTS.md atomically."""
+    """Append a markdown section to RESULTS.md atomically (groupmood imported only here: the
+    memory-measuring workers of detect.py start from a parent that holds the standard library only)."""
+    from groupmood.io import atomic_write_text
+
     old = path.read_text() if path.exists() else (
         "# Benchmark results\n\nAppended by the scripts in `benchmarks/` (see README.md); newest last.\n")
     atomic_write_text(path, old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")

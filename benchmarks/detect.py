@@ -27,18 +27,17 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, append_results, loadavg, machine_line
+
 PEERS = REPO / "benchmarks" / ".peers"
 PEER_PACKAGES = ["facenet-pytorch==2.6.0", "requests", "urllib3", "idna", "certifi", "charset-normalizer"]
 FOLDERS = (("voc-faces", "*.jpg"), ("gaf-samples", "*"), ("wider-val-200", "*"), ("misc-group", "*"))
@@ -247,43 +246,6 @@ def summary(xs: list[float]) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------- report
 
-def machine_line(threads: int) -> str:
-    import torch
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"torch threads {threads}")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def append_results(path: Path, section: str) -> None:
-    """Append a section to RESULTS.md atomically (read, write a temp file, os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else (
-        "# Benchmark results\n\nAppended by the scripts in `benchmarks/` (see README.md); newest last.\n")
-    text = old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
@@ -480,7 +442,7 @@ def benchmark(args) -> int:
         + (f" ({', '.join(n for n, _, _ in unmatched)})" if unmatched else "") + ".",
     ])
     if not args.no_write:
-        append_results(args.results, section)
+        append_results(section, args.results)
         print(f"appended to {args.results}")
     return 0
 

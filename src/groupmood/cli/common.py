@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import click
+import numpy as np
+from tqdm import tqdm
 
 from ..detect import FaceDetector
-from ..images import DEFAULT_MAX_PIXELS, iter_image_paths
+from ..images import DEFAULT_MAX_PIXELS, iter_image_paths, load_batches
 
 
 def detector_options(fn: Callable) -> Callable:
@@ -63,46 +67,104 @@ def output_names(paths: Sequence[Path]) -> dict[Path, Path]:
     return {p: a.relative_to(root) for p, a in zip(paths, absolute)}
 
 
-class JsonlSink:
-    """JSON Lines output: to stdout, or to FILE through FILE.partial, renamed when complete.
+class PartialFileSink:
+    """An output file written through FILE.partial and renamed to FILE when the run completes.
 
-    With ``resume``, records already in the partial (or finished) file are kept and their files
-    are reported by :attr:`done` so the caller skips them.
+    Subclasses read back what a stopped run wrote (``resume``) into :attr:`done` and write records.
+    ``path`` ``None`` or ``-`` means stdout.
     """
 
-    def __init__(self, path: str | None, resume: bool = False) -> None:
+    def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path and path != "-" else None
         self.done: set[str] = set()
-        self._fh: IO[str]
+        self._fh: IO[str] = sys.stdout
+        if self.path is not None:
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def previous(self) -> Path | None:
+        """The file a resumed run continues: the partial one, else a finished one, else None."""
         if self.path is None:
-            self._fh = sys.stdout
-            return
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume:
-            src = self.partial if self.partial.exists() else self.path
-            if src.exists():
-                lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
-                kept = []
-                for ln in lines:
-                    try:
-                        rec = json.loads(ln)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash: its file is done again
-                    kept.append(ln)
-                    self.done.add(rec.get("file", ""))
-                self.partial.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        elif self.partial.exists():
-            self.partial.unlink()
-        self._fh = open(self.partial, "a", encoding="utf-8")
+            return None
+        src = self.partial if self.partial.exists() else self.path
+        return src if src.exists() else None
 
     def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        raise NotImplementedError
 
     def close(self, complete: bool = True) -> None:
+        """Close; when the run completed, move the partial file into place."""
         if self.path is None:
             return
         self._fh.close()
         if complete:
             os.replace(self.partial, self.path)
+
+
+class JsonlSink(PartialFileSink):
+    """JSON Lines output; with ``resume``, records already written are kept and their files skipped."""
+
+    def __init__(self, path: str | None, resume: bool = False) -> None:
+        super().__init__(path)
+        if self.path is None:
+            return
+        kept = []
+        src = self.previous() if resume else None
+        if src is not None:
+            for ln in src.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: its file is done again
+                kept.append(ln)
+                self.done.add(rec.get("file", ""))
+        self._fh = open(self.partial, "w", encoding="utf-8")
+        self._fh.write("".join(k + "\n" for k in kept))
+        self._fh.flush()
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+
+@dataclass
+class PhotoRun:
+    """What a pass over photos did: photos handled, unreadable files (path, reason), seconds."""
+
+    ok: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self, faces: int, extra: str = "") -> str:
+        n = self.ok + len(self.failed)
+        return (f"{self.ok} photos, {faces} faces, {len(self.failed)} failed, {self.seconds:.1f} s "
+                f"({self.seconds / max(1, n):.3f} s/photo)" + extra)
+
+
+def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: PartialFileSink, progress: bool,
+               handle: Callable[[list[tuple[Path, np.ndarray]]], None]) -> PhotoRun:
+    """Load photos in batches and pass the readable ones to ``handle``; report, record and skip the rest.
+
+    The sink is completed when every photo was seen and left partial (resumable) on any exception.
+    """
+    run = PhotoRun()
+    start = time.perf_counter()
+    bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr)
+    try:
+        for good, bad in load_batches(paths, batch_size, max_pixels):
+            for err in bad:
+                tqdm.write(f"skipped {err}", file=sys.stderr)
+                sink.write({"file": err.path, "error": err.reason})
+                run.failed.append((err.path, err.reason))
+            if good:
+                handle(good)
+            run.ok += len(good)
+            bar.update(len(good) + len(bad))
+    except BaseException:
+        sink.close(complete=False)
+        raise
+    finally:
+        bar.close()
+    sink.close()
+    run.seconds = time.perf_counter() - start
+    return run

@@ -1,18 +1,16 @@
 """``groupmood detect``: MTCNN faces, landmarks and crops for files, folders and globs."""
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
+import numpy as np
 
 from ..align import align_faces, square_crops
-from ..images import load_batches
+from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
-from .common import JsonlSink, build_detector, collect_paths, detector_options, output_names
+from .common import JsonlSink, build_detector, collect_paths, detector_options, output_names, run_photos
 
 
 @click.command("detect")
@@ -41,42 +39,25 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
     sink = JsonlSink(output, resume=resume)
     todo = [p for p in paths if str(p) not in sink.done]
-    n_faces = n_bad = n_ok = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="photo", disable=not progress, file=sys.stderr)
-    try:
-        for good, bad in load_batches(todo, batch_size, max_pixels):
-            for err in bad:
-                n_bad += 1
-                tqdm.write(f"skipped {err}", file=sys.stderr)
-                sink.write({"file": err.path, "error": err.reason})
-            faces_per_image = detector.detect([img for _, img in good])
-            for (path, img), faces in zip(good, faces_per_image):
-                n_ok += 1
-                n_faces += len(faces)
-                sink.write({"file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                            "faces": [f.to_dict() for f in faces]})
-                if annotate_dir:
-                    write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), draw_faces(img, faces))
-                if crops_dir and faces:
-                    _write_crops(Path(crops_dir) / names[path].with_suffix(""), img, faces, margin)
-            bar.update(len(good) + len(bad))
-    except BaseException:
-        sink.close(complete=False)
-        raise
-    finally:
-        bar.close()
-    sink.close()
-    secs = time.perf_counter() - start
-    click.echo(f"{n_ok} photos, {n_faces} faces, {n_bad} failed, {secs:.1f} s "
-               f"({secs / max(1, n_ok + n_bad):.3f} s/photo)"
-               + (f"; already done: {len(paths) - len(todo)}" if resume else ""), err=True)
-    return 1 if n_bad else 0
+    n_faces = 0
+
+    def handle(good: list[tuple[Path, np.ndarray]]) -> None:
+        nonlocal n_faces
+        for (path, img), faces in zip(good, detector.detect([img for _, img in good])):
+            n_faces += len(faces)
+            sink.write({"file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                        "faces": [f.to_dict() for f in faces]})
+            if annotate_dir:
+                write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), draw_faces(img, faces))
+            if crops_dir and faces:
+                _write_crops(Path(crops_dir) / names[path].with_suffix(""), img, faces, margin)
+
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
+    click.echo(run.summary(n_faces, f"; already done: {len(paths) - len(todo)}" if resume else ""), err=True)
+    return 1 if run.failed else 0
 
 
-def _write_crops(folder: Path, img, faces, margin: float) -> None:
-    import numpy as np
-
+def _write_crops(folder: Path, img: np.ndarray, faces: list[Face], margin: float) -> None:
     landmarks = np.stack([f.landmarks for f in faces])
     boxes = np.stack([f.box for f in faces])
     for k, (aligned, grey) in enumerate(zip(align_faces(img, landmarks), square_crops(img, boxes, margin=margin))):

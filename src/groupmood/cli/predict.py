@@ -5,26 +5,22 @@ import base64
 import csv
 import html
 import io
-import os
-import sys
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..fusion import ABSTAIN, parse_weights, pooling_name, preset_weights
-from ..images import load_batches
 from ..io import atomic_write_text, write_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import LABEL_COLOURS, GroupEmotionRecognizer, GroupResult, annotate, default_bundle_path
-from .common import JsonlSink, build_detector, collect_paths, detector_options, output_names
+from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, detector_options, output_names,
+                     run_photos)
 
 
 def fusion_options(fn: Any) -> Any:
@@ -59,35 +55,26 @@ def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text
     return rec
 
 
-class CsvSink:
+class CsvSink(PartialFileSink):
     """CSV output with one row per photo, to stdout or FILE (through FILE.partial, like JSON Lines)."""
 
     def __init__(self, path: str | None, branches: Sequence[str], resume: bool = False) -> None:
+        super().__init__(path)
         self.columns = ["file", "label", *GROUP_CLASSES, "n_faces", "no_face"]
         for b in branches:
             self.columns += [f"{b}_spoke", *(f"{b}_{c}" for c in GROUP_CLASSES)]
         self.columns.append("error")
-        self.path = Path(path) if path and path != "-" else None
-        self.done: set[str] = set()
-        self._fh: IO[str]
-        if self.path is None:
-            self._fh = sys.stdout
-            self._writer = csv.writer(self._fh, lineterminator="\n")
-            self._writer.writerow(self.columns)
-            return
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[list[str]] = []
-        if resume:
-            src = self.partial if self.partial.exists() else self.path
-            if src.exists():
-                rows = list(csv.reader(io.StringIO(src.read_text(encoding="utf-8"))))
-                if rows and rows[0] != self.columns:
-                    raise ConfigError(f"{src} has other columns than this run writes; resume with the same "
-                                      "bundle or write to a new file")
-                kept = [r for r in rows[1:] if len(r) == len(self.columns)]
-                self.done = {r[0] for r in kept}
-        self._fh = open(self.partial, "w", encoding="utf-8", newline="")
+        src = self.previous() if resume else None
+        if src is not None:
+            rows = list(csv.reader(io.StringIO(src.read_text(encoding="utf-8"))))
+            if rows and rows[0] != self.columns:
+                raise ConfigError(f"{src} has other columns than this run writes; resume with the same "
+                                  "bundle or write to a new file")
+            kept = [r for r in rows[1:] if len(r) == len(self.columns)]
+            self.done = {r[0] for r in kept}
+        if self.path is not None:
+            self._fh = open(self.partial, "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(self.columns)
         self._writer.writerows(kept)
@@ -103,13 +90,6 @@ class CsvSink:
                 row.update({f"{b}_{c}": v for c, v in br["probs"].items()})
         self._writer.writerow([row.get(c, "") for c in self.columns])
         self._fh.flush()
-
-    def close(self, complete: bool = True) -> None:
-        if self.path is None:
-            return
-        self._fh.close()
-        if complete:
-            os.replace(self.partial, self.path)
 
 
 # --------------------------------------------------------------------------- HTML report
@@ -238,44 +218,28 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
                                  else JsonlSink(output, resume=resume))
     todo = [p for p in paths if str(p) not in sink.done]
     counts: Counter[str] = Counter()
-    n_faces = n_bad = n_ok = 0
+    n_faces = 0
     entries: list[str] = []
-    errors: list[tuple[str, str]] = []
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="photo", disable=not progress, file=sys.stderr)
-    try:
-        for good, bad in load_batches(todo, batch_size, max_pixels):
-            for err in bad:
-                n_bad += 1
-                tqdm.write(f"skipped {err}", file=sys.stderr)
-                sink.write({"file": err.path, "error": err.reason})
-                errors.append((err.path, err.reason))
-            results = rec.predict([img for _, img in good]) if good else []
-            for (path, img), res in zip(good, results):
-                n_ok += 1
-                n_faces += len(res.faces)
-                counts[res.label] += 1
-                sink.write({"file": str(path), **res.to_dict()})
-                if annotate_dir:
-                    write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), annotate(img, res))
-                if report_path:
-                    entries.append(report_entry(str(names[path]), img, res))
-            bar.update(len(good) + len(bad))
-    except BaseException:
-        sink.close(complete=False)
-        raise
-    finally:
-        bar.close()
-    sink.close()
-    secs = time.perf_counter() - start
+
+    def handle(good: list[tuple[Path, np.ndarray]]) -> None:
+        nonlocal n_faces
+        for (path, img), res in zip(good, rec.predict([img for _, img in good])):
+            n_faces += len(res.faces)
+            counts[res.label] += 1
+            sink.write({"file": str(path), **res.to_dict()})
+            if annotate_dir:
+                write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), annotate(img, res))
+            if report_path:
+                entries.append(report_entry(str(names[path]), img, res))
+
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
-    summary = (f"{n_ok} photos, {n_faces} faces, {n_bad} failed, {secs:.1f} s "
-               f"({secs / max(1, n_ok + n_bad):.3f} s/photo)" + (f"; {labels}" if labels else "")
-               + (f"; already done: {len(paths) - len(todo)}" if resume else ""))
+    summary = run.summary(n_faces, (f"; {labels}" if labels else "")
+                          + (f"; already done: {len(paths) - len(todo)}" if resume else ""))
     if report_path:
         pools = ", ".join(f"{n} {pooling_name(b.top_k)}" for n, b in rec.branches.items() if b.is_face)
         settings = (f"weights: {', '.join(f'{n}={w:g}' for n, w in rec.weights.items())}; pooling: {pools or '-'}; "
                     f"bundle: {bundle or default_bundle_path()}")
-        write_report(report_path, entries, errors, summary, settings)
+        write_report(report_path, entries, run.failed, summary, settings)
     click.echo(summary, err=True)
-    return 1 if n_bad else 0
+    return 1 if run.failed else 0
