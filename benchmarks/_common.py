@@ -50,3 +50,19 @@ def append_results(section: str, path: Path = RESULTS) -> None:
     old = path.read_text() if path.exists() else (
         "# Benchmark results\n\nAppended by the scripts in `benchmarks/` (see README.md); newest last.\n")
     atomic_write_text(path, old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
+
+
+def section(title: str, threads: int, load_start: str, notes: list[str], table: list[str]) -> str:
+    """A dated RESULTS.md section: title, command, machine, load at start and end, notes, table."""
+    import datetime as dt
+
+    return "\n".join([
+        f"## {title} — {dt.date.today().isoformat()}",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_line(threads)}  ",
+        f"Load average at start / end: {load_start} / {loadavg()} (1/5/15 min; the machine may be shared)  ",
+        *[n + "  " for n in notes],
+        "",
+        *table,
+    ])

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 from pathlib import Path
 
-from _common import REPO, append_results, command_line, loadavg, machine_line
+from _common import REPO, append_results, loadavg, section
 
 SETS = ("ferplus", "ckplus", "jaffe", "lfw")
 
@@ -64,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     family = model_info(cfg0["model"]["name"]).family
     rows, load_start = [], loadavg()
     for name in args.sets:
-        section, split, what = data_section(name, args.shared, family, cfg0["data"])
+        data, split, what = data_section(name, args.shared, family, cfg0["data"])
         cfg = copy.deepcopy(cfg0)
-        cfg["data"].update(section)
+        cfg["data"].update(data)
         out = (args.out or args.checkpoint.parent / f"eval_{args.checkpoint.stem}") / name
         rep = evaluate_checkpoint(args.checkpoint, cfg, split, out, tta_flip=args.tta, progress=False)
         val = rep.get("valence", {})
@@ -76,22 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     table = ["| data (split) | faces | accuracy (its classes) | mean class accuracy | 3-class valence accuracy |",
              "|---|---:|---:|---:|---:|"]
     table += [f"| {w} | {n} | {a:.4f} | {m:.4f} | {v:.4f} |" for w, n, a, m, v in rows]
-    section = "\n".join([
-        f"## Face expression accuracy: `{cfg0['model']['name']}` — {dt.date.today().isoformat()}",
-        "",
+    text = section(f"Face expression accuracy: `{cfg0['model']['name']}`", args.threads, load_start, [
         f"Model: `{args.checkpoint}` (trained with `data.kind={cfg0['data'].get('kind')}`, "
-        f"`root={cfg0['data'].get('root')}`, target {cfg0['data'].get('target')})  ",
-        f"Command: `{command_line()}`  ",
-        f"Machine: {machine_line(args.threads)}; load {load_start} / {loadavg()}  ",
-        f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes "
-        "present in the data (CK+ has no neutral; JAFFE has no contempt); valence maps happiness to "
-        "Positive, neutral to Neutral, surprise to Positive, the rest to Negative.",
-        "",
-        *table,
-    ])
-    print("\n" + section)
+        f"`root={cfg0['data'].get('root')}`, target {cfg0['data'].get('target')})",
+        f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes; the "
+        "data may lack some (CK+ has no neutral, JAFFE no contempt). Valence maps happiness to Positive, "
+        "neutral to Neutral, surprise to Positive, the rest to Negative."], table)
+    print("\n" + text)
     if not args.no_write:
-        append_results(section)
+        append_results(text)
     return 0
 
 

@@ -10,12 +10,11 @@ SGD steps (forward, loss, backward, update) at ``--batch`` and inference passes 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
 
 import torch
 
-from _common import append_results, command_line, loadavg, machine_line
+from _common import append_results, loadavg, section
 
 
 def _time(fn, steps: int, warmup: int) -> float:
@@ -79,22 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
     table = ["| model | family | input (CxHxW) | params (M) | train img/s (batch %d) | inference img/s (batch %d) |"
              % (args.batch, args.infer_batch), "|---|---|---|---:|---:|---:|"]
-    table += [f"| {r['model']} | {r['family']} | {r['input']} | {r['params_m']:.2f} | {r['train_ips']:.1f} | "
+    table += [f"| {r['model']} | {r['family']} | {r['input']} | {r['params_m']:.3f} | {r['train_ips']:.1f} | "
               f"{r['infer_ips']:.1f} |" for r in rows]
-    section = "\n".join([
-        f"## Model throughput — {dt.date.today().isoformat()}",
-        "",
-        f"Command: `{command_line()}`  ",
-        f"Machine: {machine_line(args.threads)}, device {args.device}  ",
-        f"Load average at start / end: {load_start} / {loadavg()} (1/5/15 min; the machine may be shared)  ",
-        "Random inputs at each model's own size; SGD steps with cross-entropy; BatchNorm in train mode "
-        "(global models keep theirs frozen).",
-        "",
-        *table,
-    ])
-    print("\n" + section)
+    text = section("Model throughput", args.threads, load_start, [
+        f"Device {args.device}. Random inputs at each model's own size; SGD steps with cross-entropy; "
+        "BatchNorm in train mode (global models keep theirs frozen)."], table)
+    print("\n" + text)
     if not args.no_write:
-        append_results(section)
+        append_results(text)
     return 0
 
 

@@ -26,6 +26,15 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny tensors: more gain nothing, and the box may be shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def skimage_data_dir() -> Path:
     import skimage.data

@@ -21,12 +21,7 @@ from groupmood.models import model_info
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _img(path: Path, fmt: str = "JPEG", size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:

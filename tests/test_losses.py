@@ -19,13 +19,7 @@ from groupmood.models import create_model
 from groupmood.models.heads import ClassifierHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny tensors gain nothing from more, and the box is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _psi_via_acos(theta: torch.Tensor, m: int) -> torch.Tensor:

@@ -13,13 +13,7 @@ TINY = ("sphereface_tiny", "resnet_tiny_48")
 BIG = {"sphereface36", "sphereface64", "resnet101_48"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: small batches gain little from more, and the box is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _input(name: str, batch: int) -> torch.Tensor:

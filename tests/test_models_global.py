@@ -20,13 +20,7 @@ GLOBAL = ("bninception", "efficientnet_lite0", "efficientnet_lite2", "mobilenet_
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the box is shared with a long training run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:

@@ -25,17 +25,14 @@ from ..detect import CascadeSettings, Face, FaceDetector
 from ..errors import ImageLoadError
 from ..images import load_image
 from ..io import atomic_write_bytes
+from ..weights import sha256_file
 
 CACHE_VERSION = 1
 
 
 def file_key(path: str | Path) -> str:
     """sha256 of the file's bytes (the cache key of an image)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 @dataclass(frozen=True)

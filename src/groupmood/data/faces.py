@@ -518,6 +518,19 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
         raise DatasetError(f"cannot read the split file {path} ({exc}); delete it to make a new split") from None
 
 
+def split_indices(path: Path, names: Sequence[str], source: str, fix: str) -> dict[str, np.ndarray]:
+    """The sorted indices into ``names`` of each split of a split file; a foreign name raises DatasetError."""
+    where = {str(n): i for i, n in enumerate(names)}
+    out = {}
+    for split, members in read_split(path).items():
+        missing = [n for n in members if n not in where]
+        if missing:
+            raise DatasetError(f"split file {path} names {len(missing)} sample(s) that {source} lacks "
+                               f"(e.g. {missing[0]!r}), so it belongs to other data; {fix}")
+        out[split] = np.asarray(sorted(where[n] for n in members), dtype=np.int64)
+    return out
+
+
 def resolve_split(table: FaceTable, targets: np.ndarray, data: Mapping[str, Any], run_dir: Path,
                   source: str) -> dict[str, np.ndarray]:
     """Reuse the split file of ``data.split_file`` (or ``run_dir/split.json``), or make and write it."""
@@ -525,16 +538,8 @@ def resolve_split(table: FaceTable, targets: np.ndarray, data: Mapping[str, Any]
     if len(set(table.names.tolist())) != len(table.names):
         raise DatasetError(f"{source} has repeated sample names; a split file needs each name once")
     if path.is_file():
-        where = {str(n): i for i, n in enumerate(table.names)}
-        out = {}
-        for split, names in read_split(path).items():
-            missing = [n for n in names if n not in where]
-            if missing:
-                raise DatasetError(f"split file {path} names {len(missing)} sample(s) that {source} lacks "
-                                   f"(e.g. {missing[0]!r}), so it belongs to another dataset; point data.split_file at a "
-                                   "new file (or evaluate with --split all)")
-            out[split] = np.asarray(sorted(where[n] for n in names), dtype=np.int64)
-        return out
+        return split_indices(path, table.names, source, "point data.split_file at a new file (or evaluate "
+                             "with --split all)")
     splits = group_split(table.groups, targets, data["split"], data.get("split_seed", 0))
     write_split(path, table.names, splits, {"source": source, "fractions": dict(data["split"]),
                                             "seed": data.get("split_seed", 0), "group_regex": data.get("group_regex")})

@@ -57,7 +57,7 @@ from ..errors import ConfigError, DatasetError, ImageLoadError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import GROUP_CLASSES
 from . import DataBundle
-from .faces import group_split, read_split, write_split
+from .faces import group_split, split_indices, write_split
 from .transforms import GLOBAL_RESIZE, eval_transform, train_transform
 
 __all__ = [
@@ -361,15 +361,8 @@ def split_source(table: ImageTable, mode: str | Mapping[str, Any], fractions: Ma
     if mode == "auto" and table.fixed_split is not None:
         return {s: np.flatnonzero(table.fixed_split == s) for s in SPLITS if (table.fixed_split == s).any()}
     if split_file.is_file():
-        where = {str(nm): i for i, nm in enumerate(table.names)}
-        out = {}
-        for split, names in read_split(split_file).items():
-            missing = [nm for nm in names if nm not in where]
-            if missing:
-                raise DatasetError(f"split file {split_file} names {len(missing)} image(s) that source {table.source} "
-                                   f"lacks (e.g. {missing[0]!r}); it belongs to other data: delete it or set "
-                                   "data.split_dir to a new folder")
-            out[split] = np.asarray(sorted(where[nm] for nm in names), dtype=np.int64)
+        out = split_indices(split_file, table.names, f"source {table.source}",
+                            "delete it or set data.split_dir to a new folder")
         unassigned = n - sum(len(v) for v in out.values())
         if unassigned:
             tqdm.write(f"note: {unassigned} image(s) of {table.source} are not in {split_file} and are left out; "
