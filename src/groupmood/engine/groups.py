@@ -175,6 +175,9 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     atomic_write_text(score_dir / "labels.csv",
                       "name,label\n" + "".join(_csv_row(n, GROUP_CLASSES[v]) for n, v in zip(names, y)))
     files["labels"] = str(score_dir / "labels.csv")
+    atomic_write_text(score_dir / "faces.csv",
+                      "name,faces\n" + "".join(_csv_row(n, str(len(a))) for n, a in zip(names, areas)))
+    files["faces"] = str(score_dir / "faces.csv")
     for n, t in tables["bundle"]["models"].items():
         png = plot_confusion(t["confusion"], GROUP_CLASSES, out / f"confusion_{n}.png",
                              f"{n}: acc {t['accuracy']:.3f}, n={t['n']}")
