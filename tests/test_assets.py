@@ -1,0 +1,51 @@
+"""The shipped default bundle: every weight file has a model card and its sha256, and the whole
+system runs offline on real photos (a group, a portrait, a photo without a face)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from groupmood.labels import GROUP_CLASSES
+from groupmood.pipeline import GroupEmotionRecognizer, default_bundle_path
+from groupmood.weights import sha256_file
+
+ASSETS = Path(default_bundle_path()).parent
+
+
+def test_every_shipped_weight_file_has_card_and_hash():
+    bundle = yaml.safe_load(default_bundle_path().read_text())
+    files = sorted(ASSETS.glob("*.safetensors"))
+    assert files, "no shipped weights"
+    listed = {b["model"]: b for b in bundle["branches"]}
+    for f in files:
+        card = f.with_suffix(".md")
+        assert card.is_file(), f"{f.name} has no model card"
+        assert sha256_file(f) in card.read_text(), f"{card.name} does not state the file's sha256"
+        assert f.name in listed and listed[f.name]["sha256"] == sha256_file(f)
+        assert f.stat().st_size <= 10 * 2**20
+    assert bundle["chosen_on"], "the bundle must say what its fusion weights were chosen on"
+
+
+@pytest.fixture(scope="module")
+def recognizer(detector):
+    return GroupEmotionRecognizer.default(detector=detector)
+
+
+def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
+    from groupmood.samples import sample_path
+    from groupmood.images import load_image
+
+    group = load_image(sample_path("group"))
+    results = recognizer.predict([group, astronaut, coffee])
+    for r in results:
+        assert r.label in GROUP_CLASSES
+        assert np.isclose(sum(r.probs.values()) if isinstance(r.probs, dict) else float(np.sum(r.probs)), 1.0,
+                          atol=1e-4)
+        assert r.branches["global"].spoke
+    g, a, c = results
+    assert len(g.faces) == 5 and not g.no_face
+    assert len(a.faces) == 1
+    assert c.no_face and c.faces == []
+    assert not any(b.spoke for n, b in c.branches.items() if n != "global")
+    assert g.label == "Positive"  # five people laughing into the camera
