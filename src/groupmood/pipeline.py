@@ -80,7 +80,7 @@ LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
 _FAMILIES = ("face_aligned", "face_nonaligned", "global")
 _DEFAULT_TTA = {"face_aligned": True, "face_nonaligned": False, "global": True}
 _DEFAULT_TOPK: dict[str, int | None] = {"face_aligned": None, "face_nonaligned": 3, "global": None}
-_BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin"}
+_BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
@@ -98,11 +98,13 @@ class Branch:
     ``info`` is the model's registry entry (``groupmood.models.model_info(name)``): its family
     (``face_aligned``, ``face_nonaligned`` or ``global``) picks the crops, its input size and
     normalisation the rest. ``top_k`` is the face pooling (None: all faces); ``tta_flip`` averages
-    the logits of the input and its horizontal flip.
+    the logits of the input and its horizontal flip. ``grey`` feeds a 3-channel model grey crops
+    (replicated channels) when it was trained on grey photos, as the shipped aligned model was.
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
-                 top_k: int | None = None, margin: float = 0.0, batch_size: int = 128, source: str = "") -> None:
+                 top_k: int | None = None, margin: float = 0.0, batch_size: int = 128, source: str = "",
+                 grey: bool = False) -> None:
         if info.family not in _FAMILIES:
             raise ConfigError(f"model family {info.family!r} is not one of {', '.join(_FAMILIES)}")
         if info.family == "global" and tuple(info.input_size) != (GLOBAL_CROP, GLOBAL_CROP):
@@ -121,6 +123,7 @@ class Branch:
         self.margin = float(margin)
         self.batch_size = int(batch_size)
         self.source = source
+        self.grey = bool(grey)
         self._to_group = _group_matrix(self.classes)
 
     def __repr__(self) -> str:
@@ -129,7 +132,8 @@ class Branch:
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu", tta_flip: bool | None = None,
-                  pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None) -> Branch:
+                  pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None,
+                  grey: bool = False) -> Branch:
         """Load a ``.safetensors`` export or ``.pt`` checkpoint; None options take the family's default."""
         from .engine.evaluate import load_model
         from .models import model_info
@@ -144,7 +148,7 @@ class Branch:
         info = model_info(meta["config"]["model"]["name"])
         top_k = _DEFAULT_TOPK[info.family] if pooling is None else parse_pooling(pooling)
         return cls(model, meta["classes"], info, _DEFAULT_TTA[info.family] if tta_flip is None else tta_flip,
-                   top_k, margin, source=str(p))
+                   top_k, margin, source=str(p), grey=grey)
 
     @property
     def is_face(self) -> bool:
@@ -171,7 +175,9 @@ class Branch:
         if self.family == "face_aligned":
             lm = np.stack([f.landmarks for f in faces]) if faces else np.zeros((0, 5, 2))
             out = align_faces(image, lm, size=(h, w))
-            return out if self.in_chans == 3 else _grey(out)
+            if self.in_chans == 1:
+                return _grey(out)
+            return np.repeat(_grey(out), 3, axis=3) if self.grey else out
         boxes = np.stack([f.box for f in faces]) if faces else np.zeros((0, 4))
         if h != w:
             raise ConfigError(f"non-aligned models take square crops, this one wants {h}x{w}")
@@ -415,7 +421,8 @@ class GroupEmotionRecognizer:
         branches = {}
         for b in spec["branches"]:
             branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
-                                                   float(b.get("margin", 0.0)), b.get("sha256"))
+                                                   float(b.get("margin", 0.0)), b.get("sha256"),
+                                                   bool(b.get("grey", False)))
         if detector is None:
             det = dict(spec["detector"])
             if "thresholds" in det:
