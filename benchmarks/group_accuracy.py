@@ -106,15 +106,16 @@ def subset_line(out: Path, branches: list[str], pooling: dict[str, str], weights
 
 def table_rows(title: str, report: dict) -> list[str]:
     rows = [f"**{title}** ({report['n']} photos)", "",
-            "| pooling | branch | accuracy | Negative | Neutral | Positive | photos where it spoke |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+            "| pooling | branch | accuracy (abstain = wrong) | Negative | Neutral | Positive | photos where it spoke "
+            "| accuracy where it spoke |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for variant in ("all", "top3"):
         for name, t in report["tables"][variant]["models"].items():
             per = t.get("per_class", {})
             cells = [f"{per[c]['accuracy']:.3f} (n={per[c]['support']})" if per.get(c, {}).get("support") else "-"
                      for c in ("Negative", "Neutral", "Positive")]
             rows.append(f"| {variant} | {name} | {t['accuracy']:.3f} | {' | '.join(cells)} | "
-                        f"{round(t['coverage'] * t['n'])} |")
+                        f"{round(t['coverage'] * t['n'])} | {t['accuracy_spoke']:.3f} |")
     return rows + [""]
 
 

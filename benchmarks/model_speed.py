@@ -5,7 +5,7 @@ SGD steps (forward, loss, backward, update) at ``--batch`` and inference passes 
 ``--infer-batch``. Prints a markdown table and appends it to benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/model_speed.py                      # every model
-    .venv/bin/python benchmarks/model_speed.py --models 'resnet*_48' --steps 5
+    .venv/bin/python benchmarks/model_speed.py --models 'resnet*_48,sphereface*' --steps 5
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def measure(name: str, batch: int, infer_batch: int, steps: int, warmup: int, de
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="*", help="shell pattern over registered model names")
+    ap.add_argument("--models", default="*", help="comma-separated shell patterns over registered model names")
     ap.add_argument("--batch", type=int, default=16, help="training batch")
     ap.add_argument("--infer-batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start = loadavg()
     rows = []
-    for name in list_models(args.models):
+    names = sorted({n for pattern in args.models.split(",") for n in list_models(pattern.strip())})
+    for name in names:
         r = measure(name, args.batch, args.infer_batch, args.steps, args.warmup, torch.device(args.device))
         print(f"{r['model']:22s} train {r['train_ips']:8.1f} img/s  infer {r['infer_ips']:8.1f} img/s", flush=True)
         rows.append(r)
