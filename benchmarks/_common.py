@@ -66,3 +66,10 @@ def section(title: str, threads: int, load_start: str, notes: list[str], table: 
         "",
         *table,
     ])
+
+
+def publish(text: str, write: bool) -> None:
+    """Print a section and, unless told not to, append it to RESULTS.md."""
+    print("\n" + text)
+    if write:
+        append_results(text)

@@ -16,7 +16,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from _common import REPO, append_results, loadavg, section
+from _common import REPO, loadavg, publish, section
 
 SETS = ("ferplus", "ckplus", "jaffe", "lfw")
 
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes; the "
         "data may lack some (CK+ has no neutral, JAFFE no contempt). Valence maps happiness to Positive, "
         "neutral to Neutral, surprise to Positive, the rest to Negative."], table)
-    print("\n" + text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
     return 0
 
 

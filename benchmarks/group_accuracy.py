@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import REPO, append_results, loadavg, section
+from _common import REPO, loadavg, publish, section
 
 
 def sentiment_items(shared: Path, split: str) -> list[tuple[Path, int, str]]:
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from groupmood.engine.groups import evaluate_groups
+    from groupmood.io import atomic_write_text
     from groupmood.pipeline import GroupEmotionRecognizer
 
     torch.set_num_threads(args.threads)
@@ -157,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             "photos": found["n"], "method": f"grid over the simplex, step {args.step}, {found['trials']} sets",
             "accuracy": round(float(found["accuracy"]), 4),
             "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"}
-        from groupmood.io import atomic_write_text
-
         atomic_write_text(args.bundle, yaml.safe_dump(doc, sort_keys=False))
         rec = GroupEmotionRecognizer.from_bundle(args.bundle)
     rows += table_rows("Sentiment validation photos (weights chosen here)", val)
@@ -171,10 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     text = section("Group accuracy of the bundle", args.threads, load_start, notes + [
         "Labels of the sentiment sets are photo sentiment, not group emotion; the Twitter sets have no Neutral. "
         "'photos where it spoke': face branches abstain on photos without a face."], rows)
-    print("\n" + text)
-    (args.out / "summary.json").write_text(json.dumps({"search": found}, indent=1, default=float))
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
+    atomic_write_text(args.out / "summary.json", json.dumps({"search": found}, indent=1, default=float))
     return 0
 
 

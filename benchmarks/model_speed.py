@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from _common import append_results, loadavg, section
+from _common import loadavg, publish, section
 
 
 def _time(fn, steps: int, warmup: int) -> float:
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section("Model throughput", args.threads, load_start, [
         f"Device {args.device}. Random inputs at each model's own size; SGD steps with cross-entropy; "
         "BatchNorm in train mode (global models keep theirs frozen)."], table)
-    print("\n" + text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
     return 0
 
 

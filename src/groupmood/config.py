@@ -10,18 +10,16 @@ default of ``{}`` is an open mapping (any keys). The resolved config is written 
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_write
 
-__all__ = ["DEFAULTS", "apply_overrides", "atomic_write", "dump_config", "load_config", "merge", "parse_override",
+__all__ = ["DEFAULTS", "apply_overrides", "dump_config", "load_config", "merge", "parse_override",
            "validate_keys"]
 
 #: Every known option with its default. Recipes in ``configs/`` change a few of them.
@@ -206,25 +204,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         validate_keys(recipe)
         cfg = merge(cfg, recipe)
     return apply_overrides(cfg, overrides)
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` (os.replace).
-
-    Readers never see a half-written file, and a crash leaves the old file in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> Path:

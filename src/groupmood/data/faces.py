@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..config import atomic_write
+from ..io import atomic_write
 from ..errors import DatasetError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, valence_map, valence_matrix

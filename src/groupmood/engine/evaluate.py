@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..config import atomic_write
+from ..io import atomic_write
 from ..errors import ConfigError
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
 from ..data.transforms import normalize

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..config import atomic_write, dump_config, load_config
+from ..config import dump_config, load_config
+from ..io import atomic_write
 from ..errors import ConfigError
 from ..data import DataBundle, build_data
 from ..data.transforms import normalize
