@@ -1,11 +1,12 @@
 """The MTCNN cascade, batched over images of different sizes.
 
-Stage 1 packs every pyramid level (area-resized like the reference) of every image into one canvas (shelf packing, even offsets so
-that P-Net's stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once
-per scale per image. A P-Net output cell sees exactly a 12x12 window, so a cell whose window lies
+Stage 1 packs every pyramid level of every image (area-resized with the reference's own
+``interpolate(mode="area")``) into one canvas (shelf packing, even offsets so that P-Net's
+stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once per scale
+per image. A P-Net output cell sees exactly a 12x12 window, so a cell whose window lies
 inside one tile scores the same as on that tile alone. Stages 2 and 3 crop every candidate of
-every image with the reference's area averaging (separable matrices, no per-box torch call)
-and run R-Net / O-Net in chunks. NMS is per image (and per scale in stage 1) with
+every image with the reference's area averaging read from summed-area tables (no per-box torch
+call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in stage 1) with
 ``torchvision.ops.batched_nms``.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from .nets import ONet, PNet, RNet
@@ -98,7 +100,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
 
-def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
+def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net on packed pyramids. Returns boxes (N, 9: x1 y1 x2 y2 score reg4) and image indices."""
     tiles = [
@@ -110,14 +112,16 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg:
     if not tiles:
         return empty
     sizes = _pack(tiles, cfg.max_canvas_pixels)
-    canvases = [np.zeros((h, w, 3), np.float32) for h, w in sizes]
+    canvases = [torch.zeros(1, 3, h, w) for h, w in sizes]
+    sources = [torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] for img in images]
     for t in tiles:
-        full = np.array([[0, 0, images[t.image].shape[1], images[t.image].shape[0]]])
-        canvases[t.canvas][t.y:t.y + t.h, t.x:t.x + t.w] = area_resize(tables[t.image], full, t.h, t.w)[0]
+        # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling
+        level = F.interpolate(sources[t.image], size=(t.h, t.w), mode="area")
+        canvases[t.canvas][:, :, t.y:t.y + t.h, t.x:t.x + t.w] = level
 
     boxes, image_ids, tile_ids = [], [], []
     for c, canvas in enumerate(canvases):
-        x = _normalise(torch.from_numpy(canvas).to(device).permute(2, 0, 1)[None])
+        x = _normalise(canvas.to(device))
         reg, prob = pnet(x.contiguous(memory_format=torch.channels_last))
         reg, prob = reg[0], prob[0]
         ho, wo = prob.shape
@@ -282,10 +286,10 @@ def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet,
                for _ in range(n)]
     if n == 0:
         return results
-    tables = [integral_image(img) for img in images]
-    boxes, img_ids = _stage1(images, tables, pnet, cfg, device)
+    boxes, img_ids = _stage1(images, pnet, cfg, device)
     if len(boxes) == 0:
         return results
+    tables = [integral_image(img) for img in images]
     sizes_all = torch.tensor([img.shape[:2] for img in images], dtype=torch.float32, device=device)
 
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
