@@ -430,9 +430,7 @@ def _with_images(table: FaceTable, files: Sequence[Path], tag: str, size: Sequen
         if not found.all():
             print(f"note: MTCNN found no face in {int((~found).sum())} of {len(paths)} {desc} images; "
                   "they are left out")
-        crops = np.stack([fit_face(c, size, in_chans).reshape(tuple(size) + ((in_chans,) if in_chans > 1 else ()))
-                          for c in crops]) if tuple(crops.shape[1:3]) != tuple(size) else crops
-        return FaceTable(crops, table.names[found], table.labels[found], table.groups[found])
+        return FaceTable(_fit_all(crops, size, in_chans), table.names[found], table.labels[found], table.groups[found])
     if faces != "file":
         raise DatasetError(f"data.faces must be file or mtcnn, got {faces!r}")
     key = f"{_CACHE_VERSION}|{tuple(size)}|{in_chans}|{crop}|{_file_key(files)}"
@@ -456,9 +454,7 @@ def read_npz(path: str | Path, size: Sequence[int], in_chans: int) -> FaceTable:
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
         raise DatasetError(f"{path}: 'images' must be uint8 (N, H, W[, C]) with one label each; got "
                            f"{images.dtype} {images.shape} and {len(labels)} labels")
-    want = (int(size[0]), int(size[1])) + ((in_chans,) if in_chans > 1 else ())
-    if images.shape[1:] != want:
-        images = np.stack([fit_face(img, size, in_chans).reshape(want) for img in images])
+    images = _fit_all(images, size, in_chans)
     names = arrays["names"].astype(str) if "names" in arrays else np.asarray([f"{i:07d}" for i in range(len(labels))])
     groups = arrays["groups"].astype(str) if "groups" in arrays else names
     return FaceTable(images, names, np.asarray([canonical_expression(s) for s in labels]), groups)
@@ -643,12 +639,12 @@ def _load_table(data: Mapping[str, Any], info: Any, progress: bool) -> FaceTable
     raise DatasetError(f"data.kind {kind!r} is not a face source; use ferplus, folder, named, legend or npz")
 
 
-def _fit_all(images: np.ndarray, info: Any) -> np.ndarray:
-    """FERPlus 48x48 grey -> the model's size and channels (identity for the non-aligned nets)."""
-    want = tuple(info.input_size) + ((info.in_chans,) if info.in_chans > 1 else ())
+def _fit_all(images: np.ndarray, size: Sequence[int], in_chans: int) -> np.ndarray:
+    """Faces (N, H, W[, C]) -> the model's (size, in_chans); unchanged when they already fit."""
+    want = (int(size[0]), int(size[1])) + ((in_chans,) if in_chans > 1 else ())
     if images.shape[1:] == want:
         return images
-    return np.stack([fit_face(img, info.input_size, info.in_chans).reshape(want) for img in images])
+    return np.stack([fit_face(img, size, in_chans).reshape(want) for img in images])
 
 
 def _ferplus_datasets(cfg: Mapping[str, Any], info: Any, cmap: ClassMap, splits: Sequence[str],
@@ -668,7 +664,7 @@ def _ferplus_datasets(cfg: Mapping[str, Any], info: Any, cmap: ClassMap, splits:
         ok = dist.sum(axis=1) > 0
         keep, dist = keep[ok], dist[ok]
         targets = dist if split_mode != "majority" else dist.argmax(axis=1).astype(np.int64)
-        out[split] = make(_fit_all(raw["images"][keep], info), targets, raw["names"][keep], split,
+        out[split] = make(_fit_all(raw["images"][keep], info.input_size, info.in_chans), targets, raw["names"][keep], split,
                           sample_labels=split_mode == "probability")
     return out
 
