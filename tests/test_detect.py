@@ -44,6 +44,26 @@ def test_batch_equals_one_at_a_time(detector, astronaut, coffee, skimage_data_di
             assert abs(fb.score - fs.score) < 1e-4
 
 
+def test_packed_canvas_equals_one_level_per_call(detector, astronaut, coffee, skimage_data_dir):
+    """The GPU path (pyramid levels packed into canvases) gives the CPU path's faces, on a CPU."""
+    from PIL import Image
+
+    from groupmood.detect.cascade import run_cascade
+
+    camera = np.asarray(Image.open(skimage_data_dir / "camera.png").convert("RGB"))
+    small = np.asarray(Image.fromarray(astronaut).resize((300, 260)))
+    images = [astronaut, coffee, camera, small]
+    nets = (detector.pnet, detector.rnet, detector.onet)
+    packed = run_cascade(images, *nets, detector.settings, detector.device, pack=True)
+    levels = run_cascade(images, *nets, detector.settings, detector.device, pack=False)
+    assert sum(len(p[0]) for p in packed) >= 3
+    for (bp, sp, lp), (bl, sl, ll) in zip(packed, levels):
+        assert len(bp) == len(bl)
+        np.testing.assert_allclose(bp, bl, atol=1e-2)
+        np.testing.assert_allclose(lp, ll, atol=1e-2)
+        np.testing.assert_allclose(sp, sl, atol=1e-4)
+
+
 def test_no_face_is_empty_list_not_none(detector, coffee):
     assert detector.detect([coffee]) == [[]]
     assert detector.detect([]) == []

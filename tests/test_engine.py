@@ -194,6 +194,23 @@ def test_init_from_skips_the_mismatched_head(trained_run, faces, tmp_path):
     assert torch.equal(src[conv], dst[conv])
 
 
+def test_trunk_frozen_and_head_lr_mult(trained_run, faces, tmp_path):
+    """trunk_lr_mult 0 leaves every trunk parameter as loaded; head_lr_mult scales the head's lr.
+
+    (BatchNorm statistics are buffers: they follow the model's own freeze_bn, not the optimizer.)"""
+    cfg = _tiny_cfg(faces, "train.max_steps=3", "optim.trunk_lr_mult=0", "optim.head_lr_mult=10",
+                    "sched.name=constant", "optim.lr=0.01", f"init_from={trained_run / 'best.pt'}")
+    train(cfg, tmp_path / "head")
+    src, dst = _weights(trained_run / "best.pt"), _weights(tmp_path / "head" / "last.pt")
+    trunk = [k for k in src if not k.startswith("head.") and "running_" not in k and src[k].is_floating_point()]
+    assert trunk and all(torch.equal(src[k], dst[k]) for k in trunk)
+    assert not torch.equal(src["head.fc.weight"], dst["head.fc.weight"])
+    groups = torch.load(tmp_path / "head" / "last.pt", map_location="cpu", weights_only=True)["optimizer"]
+    assert [g["lr"] for g in groups["param_groups"]] == [pytest.approx(0.1)]  # the head's group only
+    with pytest.raises(ConfigError, match="head_lr_mult"):
+        train(_tiny_cfg(faces, "optim.head_lr_mult=0"), tmp_path / "bad")
+
+
 # --------------------------------------------------------------------------- evaluation and export
 
 def test_classification_report_valence():

@@ -18,7 +18,8 @@ from groupmood.errors import ConfigError, WeightsError
 from groupmood.fusion import ABSTAIN
 from groupmood.labels import FERPLUS_EMOTIONS, GROUP_CLASSES
 from groupmood.models import create_model
-from groupmood.pipeline import GroupEmotionRecognizer, annotate
+from groupmood.pipeline import GroupEmotionRecognizer
+from groupmood.report import annotate
 
 
 def _save(path, name, classes):
@@ -124,9 +125,10 @@ def test_top_k_pooling_uses_largest_faces(recognizer, astronaut):
                                np.mean([f.branch_probs["nonaligned"] for f in every.faces], axis=0))
 
 
-def test_annotate_adds_banner(results, astronaut):
-    out = annotate(astronaut, results[0])
-    assert out.shape[1] == astronaut.shape[1] and out.shape[0] > astronaut.shape[0] and out.dtype == np.uint8
+def test_annotate_real_result_adds_banner(results, astronaut, coffee):
+    for photo, res in zip((astronaut, coffee), results):  # a face, and no face (face branches abstain)
+        out = annotate(photo, res)
+        assert out.shape[1] == photo.shape[1] and out.shape[0] > photo.shape[0] and out.dtype == np.uint8
 
 
 def test_bundle_errors(tmp_path, bundle, monkeypatch):
@@ -181,6 +183,7 @@ def test_predict_cli_jsonl_annotate_report(tmp_path, bundle, astronaut, coffee, 
     page = report.read_text(encoding="utf-8")
     assert html.escape("cup <b>&amp.png") in page and "cup <b>" not in page
     assert page.count("data:image/jpeg;base64,") == 2 and "broken.jpg" in page and "abstained" in page
+    assert f"bundle: {bundle}" in page and "weights: aligned=3, nonaligned=0.5, global=0.5" in page
     assert not list(tmp_path.rglob("*.partial"))
 
 

@@ -41,13 +41,19 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "kind": "ferplus",          # ferplus | folder | named | legend | npz (see groupmood.data.faces); gaf |
                                     # image_csv | twitter_you2015 | twitter_sentibank603 | emotion6 | images
-                                    # (whole-image sets, see groupmood.data.groups)
+                                    # (whole-image sets, see groupmood.data.groups); group_faces: a face model
+                                    # on every MTCNN face of whole-image photos, each labelled with its photo's
+                                    # group class, split per photo with the global branch's split files
+                                    # (val / test accuracy per face; see groupmood.data.group_faces)
+        "source": None,             # group_faces: the photos' whole-image kind (gaf | image_csv | twitter_you2015
+                                    # | twitter_sentibank603 | emotion6, read from root), or images / None for
+                                    # the data.sources list
         "root": None,               # dataset folder (or .npz file for kind npz)
         "mode": "majority",         # FERPlus training labels: majority | probability | crossentropy
         "target": "expressions",    # expressions (8 FERPlus classes) | valence (3 group classes)
         "surprise": "Positive",     # group class of surprise when reading expressions as valence
         "classes": None,            # expression classes to train on (None: the 8 FERPlus emotions); whole-image
-                                    # data: a subset of Negative, Neutral, Positive (None: all three)
+                                    # data and group_faces: a subset of Negative, Neutral, Positive (None: all three)
         "csv": "legend.csv",        # kind legend: the label file, relative to root
         "image_dir": "images",      # kind legend: the image folder, relative to root
         "group_regex": None,        # regex on the file stem whose group 1 is the subject / person
@@ -57,8 +63,15 @@ DEFAULTS: dict[str, Any] = {
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},  # group-disjoint split (not FERPlus)
         "split_seed": 0,
         "split_file": None,         # JSON split to reuse or create (None: <run>/split.json)
-        "split_dir": None,          # whole-image data: one split JSON per source, reused (None: <run>/splits)
-        "sources": [],              # kind images: list of {kind, root, name, split, valence_cut, test_agree}
+        "split_dir": None,          # whole-image data and group_faces: one split JSON per source, reused
+                                    # (None: <run>/splits)
+        "sources": [],              # kind images (and group_faces): list of {kind, root, name, split, valence_cut,
+                                    # test_agree}
+        "top_k_faces": None,        # group_faces: keep the k largest faces (box area) of each photo (None: all)
+        "grey": False,              # group_faces, aligned models: grey crops over 3 channels (a model trained on
+                                    # grey photos, like the shipped face_aligned: its bundle feeds it grey)
+        "face_cache": None,         # group_faces: face cache root (None: <GROUPMOOD_HOME>/face_cache)
+        "cache_workers": 1,         # group_faces: detector processes building the face cache (one thread each)
         "valence_cut": [4.5, 5.5],  # emotion6: valence <= first is Negative, >= second Positive, else Neutral
         "test_agree": 5,            # twitter_you2015: test images only among those this many of 5 agreed on
         "cache": True,              # cache decoded images as .npz under groupmood.weights.home()
@@ -78,6 +91,9 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,
         "weight_decay": 5.0e-4,
         "nesterov": False,
+        "head_lr_mult": 1.0,        # lr factor of the classifier head (Caffe's lr_mult on a new layer when fine-tuning)
+        "trunk_lr_mult": 1.0,       # lr factor of everything but the head; 0 freezes the trunk's parameters
+                                    # (the head alone trains; BatchNorm statistics follow model.kwargs.freeze_bn)
     },
     "sched": {
         "name": "step",             # step | multistep | cosine | constant

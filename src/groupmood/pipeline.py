@@ -68,14 +68,9 @@ from .labels import GROUP_CLASSES, valence_matrix
 from .models.registry import ModelInfo
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
-           "LABEL_COLOURS", "annotate", "default_bundle_path", "read_bundle"]
+           "default_bundle_path", "read_bundle"]
 
 BUNDLE_FORMAT = "groupmood-bundle-1"
-
-#: RGB colour per group class for drawings: Negative red, Neutral amber, Positive green.
-LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
-    "Negative": (220, 50, 47), "Neutral": (230, 190, 40), "Positive": (40, 180, 70), ABSTAIN: (150, 150, 150),
-}
 
 _FAMILIES = ("face_aligned", "face_nonaligned", "global")
 _DEFAULT_TTA = {"face_aligned": True, "face_nonaligned": False, "global": True}
@@ -514,38 +509,3 @@ def _pooling_overrides(pooling: str | Mapping[str, str] | None,
         return {n: parse_pooling(v) for n, v in pooling.items()}
     k = parse_pooling(pooling)
     return {n: k for n, br in branches.items() if br.is_face}
-
-
-# --------------------------------------------------------------------------- drawing
-
-def annotate(image: np.ndarray, result: GroupResult) -> np.ndarray:
-    """The photo with each face boxed in its label's colour (label and probability), and a banner
-    above it with the group label, the fused probabilities and each branch's contribution."""
-    from .report import draw_faces
-
-    img = as_rgb_array(image)
-    faces = [Face(f.box, f.score, f.landmarks) for f in result.faces]
-    colours = [LABEL_COLOURS[f.label] for f in result.faces]
-    labels = [f"{f.label} {f.probs.max():.2f}" for f in result.faces]
-    drawn = draw_faces(img, faces, colours, labels) if faces else img.copy()
-    probs = " ".join(f"{c[:3]} {p:.2f}" for c, p in zip(GROUP_CLASSES, result.probs))
-    lines = [(f"Group: {result.label}  ({probs})", LABEL_COLOURS[result.label])]
-    for name, br in result.branches.items():
-        if br.spoke:
-            top = int(np.argmax(br.probs))
-            text = f"{name} x{br.effective_weight:.2f}: {GROUP_CLASSES[top]} {br.probs[top]:.2f}"
-            colour = LABEL_COLOURS[GROUP_CLASSES[top]]
-        else:
-            text, colour = f"{name}: abstained (no face)", LABEL_COLOURS[ABSTAIN]
-        lines.append((text, colour))
-    w = drawn.shape[1]
-    font = max(0.4, min(1.2, w / 900))
-    thick = max(1, int(round(font * 1.5)))
-    line_h = int(cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font, thick)[0][1] * 1.9) + 2
-    banner = np.full((line_h * len(lines) + 6, w, 3), 24, np.uint8)
-    for k, (text, colour) in enumerate(lines):
-        y = line_h * (k + 1) - line_h // 4
-        cv2.rectangle(banner, (4, y - line_h // 2), (4 + line_h // 2, y), colour, -1)
-        cv2.putText(banner, text, (10 + line_h // 2, y), cv2.FONT_HERSHEY_SIMPLEX, font, (240, 240, 240), thick,
-                    cv2.LINE_AA)
-    return np.concatenate([banner, drawn], axis=0)

@@ -1,9 +1,7 @@
 """``groupmood predict``: the group label of each photo, with annotated images and an HTML report."""
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -11,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from ..fusion import ABSTAIN, parse_weights, pooling_name, preset_weights
-from ..io import atomic_write_text, write_image
+from ..fusion import ABSTAIN, parse_weights, preset_weights
+from ..io import write_image
 from ..labels import GROUP_CLASSES
-from ..pipeline import LABEL_COLOURS, GroupEmotionRecognizer, GroupResult, annotate, default_bundle_path
+from ..pipeline import GroupEmotionRecognizer, default_bundle_path
+from ..report import HtmlReport, annotate, describe_fusion
 from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, detector_options, output_names,
                      run_photos)
 
@@ -92,96 +90,6 @@ class CsvSink(PartialFileSink):
         self._fh.flush()
 
 
-# --------------------------------------------------------------------------- HTML report
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
-.photo{display:flex;gap:1.2em;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
-padding:1em;margin-bottom:1.2em;flex-wrap:wrap}
-.photo img{max-width:480px;height:auto;border-radius:4px}
-.info{flex:1;min-width:320px}
-h2{font-size:1em;margin:0 0 .4em;word-break:break-all}
-.label{font-size:1.3em;font-weight:600;padding:.1em .5em;border-radius:4px;color:#fff;display:inline-block}
-.bar{display:flex;align-items:center;gap:.4em;font-size:.85em;margin:.1em 0}
-.bar .name{width:5.5em}.bar .track{width:180px;height:.8em;background:#eee;border-radius:3px;overflow:hidden}
-.bar .fill{display:block;height:100%}
-table{border-collapse:collapse;font-size:.82em;margin-top:.6em}
-td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}
-.muted{color:#888}.error{color:#b00}
-"""
-
-
-def _hex(rgb: Sequence[int]) -> str:
-    return "#%02x%02x%02x" % tuple(int(c) for c in rgb)
-
-
-def _bars(probs: Mapping[str, float]) -> str:
-    out = []
-    for c, p in probs.items():
-        out.append(f'<div class="bar"><span class="name">{html.escape(c)}</span><span class="track">'
-                   f'<span class="fill" style="width:{100 * float(p):.1f}%;background:{_hex(LABEL_COLOURS[c])}">'
-                   f'</span></span><span>{float(p):.3f}</span></div>')
-    return "".join(out)
-
-
-def _thumbnail(rgb: np.ndarray, max_side: int = 640, quality: int = 80) -> str:
-    """A base64 JPEG of the image scaled to at most ``max_side`` pixels."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise OSError("OpenCV could not encode a JPEG thumbnail")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def report_entry(name: str, image: np.ndarray, result: GroupResult) -> str:
-    """The HTML block of one photo: thumbnail with faces drawn, label, fused and branch bars, faces."""
-    rec = result.to_dict()
-    colour = _hex(LABEL_COLOURS[result.label])
-    parts = [f'<div class="photo"><img alt="{html.escape(name)}" src="data:image/jpeg;base64,'
-             f'{_thumbnail(annotate(image, result))}"><div class="info"><h2>{html.escape(name)}</h2>',
-             f'<span class="label" style="background:{colour}">{html.escape(result.label)}</span>',
-             f' <span class="muted">{len(result.faces)} face(s)'
-             f'{" - no face found: face branches abstained" if result.no_face else ""}</span>',
-             _bars(rec["probs"]), "<table><tr><th>branch</th><th>weight</th><th>share</th><th>scores</th></tr>"]
-    for b, br in rec["branches"].items():
-        scores = _bars(br["probs"]) if br["spoke"] else '<span class="muted">abstained (no face)</span>'
-        parts.append(f"<tr><td>{html.escape(b)}<br><span class=muted>{html.escape(br['pooling'])}</span></td>"
-                     f"<td>{br['weight']:g}</td><td>{br['effective_weight']:.2f}</td><td>{scores}</td></tr>")
-    parts.append("</table>")
-    if rec["faces"]:
-        branches = list(rec["faces"][0]["branches"])
-        head = "".join(f"<th>{html.escape(b)}</th>" for b in branches)
-        parts.append(f"<table><tr><th>#</th><th>box</th><th>det.</th><th>label</th>{head}<th>pooled in</th></tr>")
-        for k, f in enumerate(rec["faces"]):
-            cells = "".join("<td>" + " ".join(f"{c[:3]}&nbsp;{v:.2f}" for c, v in f["branches"][b].items())
-                            + "</td>" for b in branches)
-            box = ", ".join(f"{v:.0f}" for v in f["box"])
-            parts.append(f"<tr><td>{k}</td><td>{box}</td><td>{f['score']:.3f}</td>"
-                         f"<td style=\"color:{_hex(LABEL_COLOURS[f['label']])}\">{html.escape(f['label'])} "
-                         f"{max(f['probs'].values()):.2f}</td>{cells}"
-                         f"<td>{html.escape(', '.join(f['pooled_in']))}</td></tr>")
-        parts.append("</table>")
-    parts.append("</div></div>")
-    return "".join(parts)
-
-
-def write_report(path: str | Path, entries: Sequence[str], errors: Sequence[tuple[str, str]],
-                 summary: str, settings: str) -> Path:
-    """One self-contained HTML page (images embedded), written atomically."""
-    err = ""
-    if errors:
-        items = "".join(f"<li><b>{html.escape(f)}</b>: {html.escape(r)}</li>" for f, r in errors)
-        err = f'<h2 class="error">Skipped files</h2><ul class="error">{items}</ul>'
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>groupmood report</title>'
-            f'<style>{_CSS}</style></head><body><h1>groupmood report</h1><p>{html.escape(summary)}</p>'
-            f'<p class="muted">{html.escape(settings)}</p>{err}{"".join(entries)}</body></html>\n')
-    atomic_write_text(path, page)
-    return Path(path)
-
-
 # --------------------------------------------------------------------------- command
 
 @click.command("predict")
@@ -219,7 +127,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     todo = [p for p in paths if str(p) not in sink.done]
     counts: Counter[str] = Counter()
     n_faces = 0
-    entries: list[str] = []
+    report = HtmlReport() if report_path else None
 
     def handle(good: list[tuple[Path, np.ndarray]]) -> None:
         nonlocal n_faces
@@ -229,17 +137,14 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
             sink.write({"file": str(path), **res.to_dict()})
             if annotate_dir:
                 write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), annotate(img, res))
-            if report_path:
-                entries.append(report_entry(str(names[path]), img, res))
+            if report is not None:
+                report.add(str(names[path]), img, res)
 
     run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (f"; already done: {len(paths) - len(todo)}" if resume else ""))
-    if report_path:
-        pools = ", ".join(f"{n} {pooling_name(b.top_k)}" for n, b in rec.branches.items() if b.is_face)
-        settings = (f"weights: {', '.join(f'{n}={w:g}' for n, w in rec.weights.items())}; pooling: {pools or '-'}; "
-                    f"bundle: {bundle or default_bundle_path()}")
-        write_report(report_path, entries, run.failed, summary, settings)
+    if report is not None and report_path:
+        report.write(report_path, summary, describe_fusion(rec, bundle or default_bundle_path()), run.failed)
     click.echo(summary, err=True)
     return 1 if run.failed else 0

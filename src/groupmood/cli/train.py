@@ -77,11 +77,16 @@ def evaluate_cmd(checkpoint: Path, config: Path | None, data: str | None, split:
     cfg = load_config(None, overrides, base=cfg)
     cfg["train"]["progress"] = True
     report = evaluate_checkpoint(checkpoint, cfg, split, out, resolve_device(device), tta, batch_size)
-    line = (f"{split}: accuracy {report['accuracy']:.4f}, mean class {report['mean_class_accuracy']:.4f}, "
+    unit = f" per {report['unit']}" if "unit" in report else ""
+    line = (f"{split}: accuracy{unit} {report['accuracy']:.4f}, mean class {report['mean_class_accuracy']:.4f}, "
             f"n={report['n']}")
     if "valence" in report:
         line += f"; valence accuracy {report['valence']['accuracy']:.4f}"
     click.echo(line)
+    if "per_photo" in report:
+        p = report["per_photo"]
+        click.echo(f"{split}: accuracy per photo (mean of its faces) {p['accuracy']:.4f}, mean class "
+                   f"{p['mean_class_accuracy']:.4f}, n={p['n']} photos with a face")
     click.echo(json.dumps({c: v["accuracy"] for c, v in report["per_class"].items()}))
     click.echo(f"wrote {', '.join(report['files'].values())}")
     return 0

@@ -48,6 +48,7 @@ DATASET_BUILDERS: dict[str, Builder | str] = {
     "npz": "groupmood.data.faces:build_face_data",
     **{kind: "groupmood.data.groups:build_group_data" for kind in (
         "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6", "images")},
+    "group_faces": "groupmood.data.group_faces:build_group_face_data",
 }
 
 

@@ -1,9 +1,10 @@
 """The MTCNN cascade, batched over images of different sizes.
 
-Stage 1 packs every pyramid level of every image (area-resized with the reference's own
+Stage 1 on a GPU packs every pyramid level of every image (area-resized with the reference's own
 ``interpolate(mode="area")``) into one canvas (shelf packing, even offsets so that P-Net's
 stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once per scale
-per image. A P-Net output cell sees exactly a 12x12 window, so a cell whose window lies
+per image; on a CPU, where the canvas' gaps cost as much as pixels and many small calls cost
+nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a 12x12 window, so a cell whose window lies
 inside one tile scores the same as on that tile alone. Stages 2 and 3 crop every candidate of
 every image with the reference's area averaging read from summed-area tables (no per-box torch
 call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in stage 1) with
@@ -100,9 +101,12 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
 
-def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net on packed pyramids. Returns boxes (N, 9: x1 y1 x2 y2 score reg4) and image indices."""
+def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings, device: torch.device,
+            pack: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net on the pyramids (packed into canvases when ``pack``; default: on GPUs only).
+
+    Returns boxes (N, 9: x1 y1 x2 y2 score reg4) and image indices.
+    """
     tiles = [
         _Tile(i, s, int(img.shape[0] * s + 1), int(img.shape[1] * s + 1))
         for i, img in enumerate(images)
@@ -111,14 +115,28 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
     empty = torch.zeros(0, 9, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if not tiles:
         return empty
-    sizes = _pack(tiles, cfg.max_canvas_pixels)
-    canvases = [torch.zeros(1, 3, h, w) for h, w in sizes]
     sources = [torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] for img in images]
-    for t in tiles:
-        # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling
-        level = F.interpolate(sources[t.image], size=(t.h, t.w), mode="area")
-        canvases[t.canvas][:, :, t.y:t.y + t.h, t.x:t.x + t.w] = level
+    # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling
+    levels = [F.interpolate(sources[t.image], size=(t.h, t.w), mode="area") for t in tiles]
+    if not (device.type != "cpu" if pack is None else pack):
+        # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
+        # while it gains nothing from fewer, larger calls
+        for i, t in enumerate(tiles):
+            t.canvas = i
+        canvases = levels
+    else:
+        sizes = _pack(tiles, cfg.max_canvas_pixels)
+        canvases = [torch.zeros(1, 3, h, w) for h, w in sizes]
+        for t, level in zip(tiles, levels):
+            canvases[t.canvas][:, :, t.y:t.y + t.h, t.x:t.x + t.w] = level
 
+    canvas_tiles: list[list[int]] = [[] for _ in canvases]
+    for ti, t in enumerate(tiles):
+        canvas_tiles[t.canvas].append(ti)
+    tiles_y = torch.tensor([t.y // 2 for t in tiles], device=device)
+    tiles_x = torch.tensor([t.x // 2 for t in tiles], device=device)
+    scales = torch.tensor([t.scale for t in tiles], device=device, dtype=torch.float32)
+    tile_image = torch.tensor([t.image for t in tiles], device=device)
     boxes, image_ids, tile_ids = [], [], []
     for c, canvas in enumerate(canvases):
         x = _normalise(canvas.to(device))
@@ -126,9 +144,8 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
         reg, prob = reg[0], prob[0]
         ho, wo = prob.shape
         owner = torch.full((ho, wo), -1, dtype=torch.long, device=device)
-        for ti, t in enumerate(tiles):
-            if t.canvas != c:
-                continue
+        for ti in canvas_tiles[c]:
+            t = tiles[ti]
             # cells whose 12x12 window starts inside the tile, as P-Net would give on the tile alone
             nh = max(0, math.ceil((t.h - 2) / 2) - 4)
             nw = max(0, math.ceil((t.w - 2) / 2) - 4)
@@ -138,9 +155,6 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
         if rr.numel() == 0:
             continue
         tid = owner[rr, cc]
-        tiles_y = torch.tensor([t.y // 2 for t in tiles], device=device)
-        tiles_x = torch.tensor([t.x // 2 for t in tiles], device=device)
-        scales = torch.tensor([t.scale for t in tiles], device=device, dtype=torch.float32)
         ly = (rr - tiles_y[tid]).float()
         lx = (cc - tiles_x[tid]).float()
         s = scales[tid]
@@ -150,7 +164,7 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
         q2y = torch.floor((STRIDE * ly + CELL) / s)
         boxes.append(torch.stack([q1x, q1y, q2x, q2y, prob[rr, cc], *reg[:, rr, cc]], dim=1))
         tile_ids.append(tid)
-        image_ids.append(torch.tensor([t.image for t in tiles], device=device)[tid])
+        image_ids.append(tile_image[tid])
     if not boxes:
         return empty
     b = torch.cat(boxes)
@@ -280,15 +294,18 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
 
 
 @torch.inference_mode()
-def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet,
-                cfg: CascadeSettings, device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Detect faces in RGB uint8 images; per image return (boxes (N,4), scores (N,), landmarks (N,5,2))."""
+def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet, cfg: CascadeSettings,
+                device: torch.device, pack: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Detect faces in RGB uint8 images; per image return (boxes (N,4), scores (N,), landmarks (N,5,2)).
+
+    ``pack`` packs the pyramid levels into canvases for P-Net (None: on GPUs only; same result).
+    """
     n = len(images)
     results = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
                for _ in range(n)]
     if n == 0:
         return results
-    boxes, img_ids = _stage1(images, pnet, cfg, device)
+    boxes, img_ids = _stage1(images, pnet, cfg, device, pack)
     if len(boxes) == 0:
         return results
     tables = [integral_image(img) for img in images]

@@ -209,6 +209,14 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
     report = classification_report(probs, labels, bundle.classes, cfg["data"].get("surprise", "Positive"))
     report.update({"checkpoint": str(checkpoint), "split": split, "tta_flip": bool(tta_flip),
                    "data": {k: cfg["data"].get(k) for k in ("kind", "root", "target", "mode")}})
+    photos = getattr(bundle.datasets[split], "photos", None)
+    if photos is not None:  # group_faces: the table above is per face; add the photos' (mean of their faces)
+        from ..data.group_faces import pool_by_photo
+
+        _, pooled, photo_labels = pool_by_photo(probs.numpy(), photos, labels.numpy())
+        report["unit"] = "face"
+        report["per_photo"] = {**_table(pooled.argmax(axis=1), photo_labels, bundle.classes),
+                               "pooling": "mean probability of the photo's faces (data.top_k_faces applied)"}
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
     report["files"] = {k: str(v) for k, v in save_report(report, out, "eval", f"{info.name} {split}").items()}
     return report

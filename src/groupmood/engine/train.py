@@ -249,7 +249,19 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg["optim"]
-        return torch.optim.SGD(self.model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
+        head_mult, trunk_mult = float(o.get("head_lr_mult", 1.0)), float(o.get("trunk_lr_mult", 1.0))
+        if head_mult <= 0 or trunk_mult < 0:
+            raise ConfigError(f"optim.head_lr_mult must be > 0 and optim.trunk_lr_mult >= 0, got {head_mult} and "
+                              f"{trunk_mult}")
+        named = list(self.model.named_parameters())
+        trunk = [p for n, p in named if not n.startswith("head.")]
+        if trunk_mult == 0:
+            for p in trunk:  # no gradient at all: the backward pass stops at the head
+                p.requires_grad_(False)
+        groups = [{"params": [p for p in trunk if p.requires_grad], "lr_mult": trunk_mult},
+                  {"params": [p for n, p in named if n.startswith("head.")], "lr_mult": head_mult}]
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.SGD(groups, lr=float(o["lr"]), momentum=float(o["momentum"]),
                                weight_decay=float(o["weight_decay"]), nesterov=bool(o.get("nesterov", False)))
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -361,7 +373,7 @@ class Trainer:
         lr = lr_at(self.state.step, float(self.cfg["optim"]["lr"]), self.cfg["sched"], self.iters_per_epoch,
                    self.total_iters)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             logits = self.model(x, target=hard)
