@@ -1,15 +1,14 @@
 """The shipped default bundle: every weight file has a model card and its sha256, and the whole
 system runs offline on real photos (a group, a portrait, a photo without a face).
 
-The default bundle has the two face branches only (no global model good enough to ship yet), so a
-photo without a face abstains, and says so."""
+The default bundle has two face branches and the global branch: on a photo without a face the
+face branches abstain, and the global branch alone gives the label."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from groupmood.fusion import ABSTAIN
 from groupmood.labels import GROUP_CLASSES
 from groupmood.pipeline import GroupEmotionRecognizer, default_bundle_path
 from groupmood.weights import sha256_file
@@ -50,5 +49,8 @@ def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
     assert len(g.faces) == 5 and not g.no_face
     assert len(a.faces) == 1
     assert g.label == "Positive"  # five people laughing into the camera
-    assert c.no_face and c.faces == [] and c.abstained and c.label == ABSTAIN
-    assert not any(b.spoke for b in c.branches.values())
+    assert set(recognizer.branches) == {"aligned", "nonaligned", "global"}
+    assert c.no_face and c.faces == [] and not c.abstained and c.label in GROUP_CLASSES
+    assert [n for n, b in c.branches.items() if b.spoke] == ["global"]
+    assert c.branches["global"].effective_weight == pytest.approx(1.0)
+    np.testing.assert_allclose(c.probs, c.branches["global"].probs, atol=1e-6)

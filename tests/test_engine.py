@@ -12,7 +12,7 @@ import yaml
 
 from groupmood.cli import main
 from groupmood.config import DEFAULTS, apply_overrides, dump_config, load_config
-from groupmood.engine.evaluate import classification_report, evaluate_checkpoint, load_model
+from groupmood.engine.evaluate import classification_report, evaluate_checkpoint, load_model, per_source
 from groupmood.engine.train import EpochBatchSampler, export, lr_at, train
 from groupmood.errors import ConfigError
 from groupmood.labels import FERPLUS_EMOTIONS
@@ -228,6 +228,17 @@ def test_classification_report_valence():
     neutral_surprise = classification_report(probs, labels, classes, surprise="Neutral")
     assert neutral_surprise["valence"]["accuracy"] == 0.75  # surprise 0.6 now reads as Neutral
     assert neutral_surprise["valence"]["confusion"][2][1] == 1
+
+
+def test_per_source_tables_with_majority_baseline():
+    pred = np.array([2, 2, 0, 2, 1, 0])
+    labels = np.array([2, 0, 0, 2, 1, 1])
+    t = per_source(pred, labels, ["a", "a", "a", "b", "b", "b"], ("Negative", "Neutral", "Positive"))
+    assert list(t) == ["a", "b"]
+    assert t["a"]["accuracy"] == pytest.approx(2 / 3) and t["a"]["balance"] == {"Negative": 2, "Neutral": 0,
+                                                                                  "Positive": 1}
+    assert t["a"]["majority_baseline"] == pytest.approx(2 / 3) and t["b"]["majority_baseline"] == pytest.approx(2 / 3)
+    assert t["b"]["confusion"] == [[0, 0, 0], [1, 1, 0], [0, 0, 1]]
 
 
 def test_evaluate_writes_json_and_png(trained_run, tmp_path):

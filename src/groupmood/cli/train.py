@@ -83,6 +83,10 @@ def evaluate_cmd(checkpoint: Path, config: Path | None, data: str | None, split:
     if "valence" in report:
         line += f"; valence accuracy {report['valence']['accuracy']:.4f}"
     click.echo(line)
+    for src, t in report.get("per_source", {}).items():
+        balance = " ".join(f"{c[:3]} {n}" for c, n in t["balance"].items())
+        click.echo(f"  {src}: accuracy {t['accuracy']:.4f} (majority class {t['majority_baseline']:.4f}), "
+                   f"mean class {t['mean_class_accuracy']:.4f}, n={t['n']} ({balance})")
     if "per_photo" in report:
         p = report["per_photo"]
         click.echo(f"{split}: accuracy per photo (mean of its faces) {p['accuracy']:.4f}, mean class "

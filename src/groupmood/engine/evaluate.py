@@ -76,6 +76,21 @@ def _table(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict
     }
 
 
+def per_source(pred: np.ndarray, labels: np.ndarray, sources: Sequence[str],
+               classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The accuracy table of each source set, with its class balance and majority-class baseline."""
+    sources = np.asarray(sources)
+    out = {}
+    for src in dict.fromkeys(sources.tolist()):
+        sel = sources == src
+        table = _table(pred[sel], labels[sel], classes)
+        counts = np.bincount(labels[sel], minlength=len(classes))
+        table["balance"] = {c: int(n) for c, n in zip(classes, counts)}
+        table["majority_baseline"] = float(counts.max() / counts.sum()) if counts.sum() else 0.0
+        out[str(src)] = table
+    return out
+
+
 def classification_report(probs: Tensor, labels: Tensor, classes: Sequence[str],
                           surprise: str = "Positive") -> dict[str, Any]:
     """Accuracy overall / per class / mean, confusion matrix (rows true, columns predicted).
@@ -209,6 +224,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
     report = classification_report(probs, labels, bundle.classes, cfg["data"].get("surprise", "Positive"))
     report.update({"checkpoint": str(checkpoint), "split": split, "tta_flip": bool(tta_flip),
                    "data": {k: cfg["data"].get(k) for k in ("kind", "root", "target", "mode")}})
+    sources = getattr(bundle.datasets[split], "sources", None)
+    if sources is not None:  # whole-image data (merged sets): one table per source set
+        report["per_source"] = per_source(probs.argmax(dim=1).numpy(), labels.numpy(), sources, bundle.classes)
     photos = getattr(bundle.datasets[split], "photos", None)
     if photos is not None:  # group_faces: the table above is per face; add the photos' (mean of their faces)
         from ..data.group_faces import pool_by_photo
