@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--out", type=Path, default=None, help="folder for eval JSON/PNG (default: beside the model)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for eval JSON/PNG (default: runs/global_accuracy/<model file stem>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -41,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         spec["root"] = str(args.shared / Path(spec["root"]).name)
     if data.get("root"):
         data["root"] = str(args.shared / Path(data["root"]).name)
-    if data.get("split_dir") and not Path(data["split_dir"]).is_absolute():
-        data["split_dir"] = str(REPO / data["split_dir"])
-    out = args.out or args.checkpoint.parent / f"eval_{args.checkpoint.stem}_{args.split}"
+    split_dir = data.get("split_dir")
+    if split_dir and not Path(split_dir).is_absolute():
+        data["split_dir"] = str(REPO / split_dir)
+    out = args.out or REPO / "runs" / "global_accuracy" / f"{args.checkpoint.stem}_{args.split}"
     report = evaluate_checkpoint(args.checkpoint, cfg, args.split, out, "cpu", tta_flip=True, progress=False)
 
     classes = report["classes"]
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| **{report['accuracy']:.1%}** | {report['mean_class_accuracy']:.1%} |")
     rows += ["", f"Confusion matrix, all sets (rows true {', '.join(classes)}; columns predicted): "
                  f"`{report['confusion']}`. Files: {', '.join(report['files'].values())}."]
-    name = args.checkpoint.relative_to(REPO) if args.checkpoint.resolve().is_relative_to(REPO) else args.checkpoint
+    ckpt = args.checkpoint.resolve()
+    name = ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt
     notes = [f"Model: `{name}` ({cfg['model']['name']}); split `{args.split}` of its own data config "
-             f"(split files `{data.get('split_dir')}`), centre crop + flip averaged."]
+             f"(split files `{split_dir}`), centre crop + flip averaged."]
     publish(section(f"Global model accuracy per set: `{cfg['model']['name']}`", args.threads, load_start, notes,
                     rows), not args.no_write)
     return 0

@@ -98,6 +98,7 @@ def test_area_resize_matches_torch_area():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (57, 83, 3)).astype(np.uint8)
     table = integral_image(img)
+    assert table.dtype == np.int32 and table[-1, -1].tolist() == img.reshape(-1, 3).sum(0).tolist()
     boxes = np.array([[0, 0, 83, 57], [5, 7, 40, 30], [10, 10, 20, 19]])
     for out in (24, 48, 13):
         got = area_resize(table, boxes, out, out)

@@ -218,9 +218,14 @@ def _crop_regions(b: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def integral_image(img: np.ndarray) -> np.ndarray:
-    """(H+1, W+1, C) float64 summed-area table of an (H, W, C) image."""
-    s = np.zeros((img.shape[0] + 1, img.shape[1] + 1, img.shape[2]), np.float64)
-    np.cumsum(img, axis=0, dtype=np.float64, out=s[1:, 1:])
+    """(H+1, W+1, C) summed-area table of an (H, W, C) uint8 image, in exact integers.
+
+    int32 while every sum fits (H * W * 255 < 2**31, about 8.4 megapixels), else int64: half the
+    memory and time of float64 for ordinary photos, and the same sums.
+    """
+    dtype = np.int32 if img.shape[0] * img.shape[1] * 255 < 2**31 else np.int64
+    s = np.zeros((img.shape[0] + 1, img.shape[1] + 1, img.shape[2]), dtype)
+    np.cumsum(img, axis=0, dtype=dtype, out=s[1:, 1:])
     np.cumsum(s[1:, 1:], axis=1, out=s[1:, 1:])
     return s
 
@@ -246,7 +251,7 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
     flat = table.reshape(-1, table.shape[2])  # one flat gather per corner: 3-4x faster than 2-D indexing
     a, b = r0[:, :, None] * stride, r1[:, :, None] * stride
     c, d = c0[:, None, :], c1[:, None, :]
-    total = flat[b + d] - flat[a + d] - flat[b + c] + flat[a + c]
+    total = flat[b + d] - flat[a + d] - flat[b + c] + flat[a + c]  # exact: integer sums
     count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[..., None]
     return (total / count).astype(np.float32)
 
