@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts: machine description, load, RESULTS.md appends."""
 from __future__ import annotations
 
+import argparse
+
 import os
 import platform
 import shlex
@@ -73,3 +75,15 @@ def publish(text: str, write: bool) -> None:
     print("\n" + text)
     if write:
         append_results(text)
+
+
+def photo_benchmark_parser(doc: str, threads_help: str, memory_help: str) -> argparse.ArgumentParser:
+    """The options shared by the photo benchmarks (detect.py, predict.py): data, threads, size, output."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data",
+                    help="shared data folder (default: ../shared/data from the repo root)")
+    ap.add_argument("--threads", type=int, default=2, help=threads_help)
+    ap.add_argument("--limit", type=int, default=None, help="use only N photos (quick run)")
+    ap.add_argument("--no-memory", action="store_true", help=memory_help)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    return ap

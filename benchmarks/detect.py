@@ -36,7 +36,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from _common import REPO, append_results, loadavg, machine_line
+from _common import REPO, append_results, loadavg, machine_line, photo_benchmark_parser
 
 PEERS = REPO / "benchmarks" / ".peers"
 PEER_PACKAGES = ["facenet-pytorch==2.6.0", "requests", "urllib3", "idna", "certifi", "charset-normalizer"]
@@ -449,16 +449,9 @@ def benchmark(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data",
-                    help="shared data folder (default: ../shared/data from the repo root)")
+    ap = photo_benchmark_parser(__doc__, "torch.set_num_threads (default 2)", "skip the peak-RSS subprocesses")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
                     help="markdown file to append to (default: benchmarks/RESULTS.md)")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--limit", type=int, default=None, help="use only N photos (quick run)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "facenet"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv

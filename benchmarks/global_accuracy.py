@@ -7,7 +7,7 @@ one row per set: photos, class balance, majority-class baseline, accuracy, mean 
 and the confusion matrix of all sets together. The data roots of the config are re-pointed at
 ``--shared`` so the numbers come from the same photos wherever the repo lives.
 
-    .venv/bin/python benchmarks/global_accuracy.py --checkpoint src/groupmood/assets/global_mobilenet_v2.safetensors
+    .venv/bin/python benchmarks/global_accuracy.py --checkpoint src/groupmood/assets/global_efficientnet_lite0.safetensors
 """
 from __future__ import annotations
 

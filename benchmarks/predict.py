@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, loadavg, publish, section
+from _common import REPO, loadavg, photo_benchmark_parser, publish, section
 from detect import FOLDERS, photo_paths
 
 FER_PEERS = REPO / "benchmarks" / ".peers-fer"
@@ -425,14 +425,8 @@ def benchmark(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data",
-                    help="shared data folder (default: ../shared/data from the repo root)")
-    ap.add_argument("--threads", type=int, default=2, help="torch (and tensorflow) threads (default 2)")
-    ap.add_argument("--limit", type=int, default=None, help="use only N photos (quick run)")
-    ap.add_argument("--no-memory", action="store_true", help="skip groupmood's peak-RSS subprocesses")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    ap = photo_benchmark_parser(__doc__, "torch (and tensorflow) threads (default 2)",
+                                "skip groupmood's peak-RSS subprocesses")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "fer"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker == "fer":

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DatasetError
 from . import DataBundle
 from .faces import FaceDataset, _fit_all
-from .groups import GROUP_DATA_KINDS, ImageTable, _classes, read_source, source_specs, split_source
+from .groups import GROUP_DATA_KINDS, _classes, source_specs, split_parts
 from .transforms import batch_augment, train_transform
 
 __all__ = ["GROUP_FACE_KINDS", "GroupFaceDataset", "build_group_face_data", "collect_faces", "photo_specs",
@@ -141,21 +141,9 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
     top_k = _top_k(data.get("top_k_faces"))
     aligned = info.family == "face_aligned"
     grey = bool(data.get("grey", False))
-    seed = int(data.get("split_seed", 0))
     split_dir = Path(data.get("split_dir") or Path(run_dir) / "splits")
     specs = photo_specs(data)
-
-    parts: dict[str, list[tuple[ImageTable, np.ndarray]]] = {s: [] for s in splits}
-    for spec in specs:
-        table = read_source(spec)
-        if "all" in splits:
-            by_split = {"all": np.arange(len(table))}
-        else:
-            by_split = split_source(table, spec["split"], data.get("split") or {}, seed,
-                                    split_dir / f"{spec['name']}.json")
-        for s in splits:
-            idx = by_split.get(s, np.zeros(0, dtype=np.int64))
-            parts[s].append((table, idx[np.isin(table.labels[idx], classes)]))
+    parts = split_parts(specs, data, splits, classes, split_dir)
 
     cache = FaceCache(data.get("face_cache") or default_cache_root())
     wanted = list(dict.fromkeys(t.paths[i] for s in splits for t, idx in parts[s] for i in idx))

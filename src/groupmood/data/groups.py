@@ -471,19 +471,16 @@ def _classes(data: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(c for c in GROUP_CLASSES if c in names)
 
 
-def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: Sequence[str]) -> DataBundle:
-    """The DataBundle of whole-image data (``data.kind`` one of :data:`GROUP_DATA_KINDS`)."""
-    if info.family != "global":
-        raise DatasetError(f"model {info.name} is a {info.family} model; whole-image datasets need a global "
-                           "model (groupmood.models.list_models(family='global'))")
-    data = cfg["data"]
-    progress = bool(cfg["train"].get("progress", True))
-    classes = _classes(data)
+def split_parts(specs: Sequence[Mapping[str, Any]], data: Mapping[str, Any], splits: Sequence[str],
+                classes: Sequence[str], split_dir: Path) -> dict[str, list[tuple[ImageTable, np.ndarray]]]:
+    """Per split, each source's table with the indices of its photos there (of the wanted classes).
+
+    Each source's split is read from (or written once to) ``split_dir/<name>.json``; ``"all"``
+    takes every photo.
+    """
     seed = int(data.get("split_seed", 0))
-    split_dir = Path(data.get("split_dir") or Path(run_dir) / "splits")
     parts: dict[str, list[tuple[ImageTable, np.ndarray]]] = {s: [] for s in splits}
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    for spec in source_specs(data):
+    for spec in specs:
         table = read_source(spec)
         if "all" in splits:
             by_split = {"all": np.arange(len(table))}
@@ -492,9 +489,22 @@ def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: S
                                     split_dir / f"{spec['name']}.json")
         for s in splits:
             idx = by_split.get(s, np.zeros(0, dtype=np.int64))
-            idx = idx[np.isin(table.labels[idx], classes)]
-            parts[s].append((table, idx))
-            counts.setdefault(s, {})[table.source] = {c: int((table.labels[idx] == c).sum()) for c in classes}
+            parts[s].append((table, idx[np.isin(table.labels[idx], classes)]))
+    return parts
+
+
+def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: Sequence[str]) -> DataBundle:
+    """The DataBundle of whole-image data (``data.kind`` one of :data:`GROUP_DATA_KINDS`)."""
+    if info.family != "global":
+        raise DatasetError(f"model {info.name} is a {info.family} model; whole-image datasets need a global "
+                           "model (groupmood.models.list_models(family='global'))")
+    data = cfg["data"]
+    progress = bool(cfg["train"].get("progress", True))
+    classes = _classes(data)
+    split_dir = Path(data.get("split_dir") or Path(run_dir) / "splits")
+    parts = split_parts(source_specs(data), data, splits, classes, split_dir)
+    counts = {s: {t.source: {c: int((t.labels[idx] == c).sum()) for c in classes} for t, idx in parts[s]}
+              for s in splits}
     aug, cfg_seed = cfg["aug"], int(cfg.get("seed", 0))
     workers = int(data.get("workers") or 0)
     datasets: dict[str, GroupImageDataset] = {}

@@ -115,9 +115,15 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings, device: 
     empty = torch.zeros(0, 9, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if not tiles:
         return empty
-    sources = [torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] for img in images]
-    # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling
-    levels = [F.interpolate(sources[t.image], size=(t.h, t.w), mode="area") for t in tiles]
+    # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling; one
+    # float copy of one photo at a time (8 large photos at once would hold about 1 GB of floats)
+    levels: list[torch.Tensor] = [torch.empty(0)] * len(tiles)
+    for i, img in enumerate(images):
+        source = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+        for k, t in enumerate(tiles):
+            if t.image == i:
+                levels[k] = F.interpolate(source, size=(t.h, t.w), mode="area")
+        del source
     if not (device.type != "cpu" if pack is None else pack):
         # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
         # while it gains nothing from fewer, larger calls
