@@ -87,3 +87,24 @@ def photo_benchmark_parser(doc: str, threads_help: str, memory_help: str) -> arg
     ap.add_argument("--no-memory", action="store_true", help=memory_help)
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     return ap
+
+
+def run_memory_workers(script: str | Path, kinds: tuple[str, ...], shared: Path, threads: int,
+                       limit: int | None) -> dict:
+    """Run ``script --worker KIND`` once per kind in a fresh process; return each one's last JSON line.
+
+    Peak RSS is only honest per process, so each measured tool runs alone in its own subprocess.
+    """
+    import json
+    import subprocess
+
+    out = {}
+    for kind in kinds:
+        cmd = [sys.executable, str(Path(script).resolve()), "--worker", kind, "--shared", str(shared),
+               "--threads", str(threads)] + (["--limit", str(limit)] if limit else [])
+        print(f"memory worker: {kind} ...", flush=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if r.returncode != 0:
+            raise SystemExit(f"worker {kind} failed:\n{r.stderr[-3000:]}")
+        out[kind] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out

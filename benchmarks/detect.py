@@ -36,7 +36,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from _common import REPO, append_results, loadavg, machine_line, photo_benchmark_parser
+from _common import (REPO, append_results, loadavg, machine_line, photo_benchmark_parser,
+                     run_memory_workers)
 
 PEERS = REPO / "benchmarks" / ".peers"
 PEER_PACKAGES = ["facenet-pytorch==2.6.0", "requests", "urllib3", "idna", "certifi", "charset-normalizer"]
@@ -171,16 +172,7 @@ def worker(kind: str, shared: Path, threads: int, limit: int | None) -> int:
 
 
 def measure_memory(shared: Path, threads: int, limit: int | None) -> dict:
-    out = {}
-    for kind in ("ours", "ours-batch", "facenet"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--shared", str(shared),
-               "--threads", str(threads)] + (["--limit", str(limit)] if limit else [])
-        print(f"memory worker: {kind} ...", flush=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if r.returncode != 0:
-            raise SystemExit(f"worker {kind} failed:\n{r.stderr[-3000:]}")
-        out[kind] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return run_memory_workers(__file__, ("ours", "ours-batch", "facenet"), shared, threads, limit)
 
 
 # ---------------------------------------------------------------------------------------- metrics

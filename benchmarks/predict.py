@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, loadavg, photo_benchmark_parser, publish, section
+from _common import REPO, loadavg, photo_benchmark_parser, publish, run_memory_workers, section
 from detect import FOLDERS, photo_paths
 
 FER_PEERS = REPO / "benchmarks" / ".peers-fer"
@@ -214,16 +214,7 @@ class FerClient:
 
 
 def measure_memory(shared: Path, threads: int, limit: int | None) -> dict:
-    out = {}
-    for kind in ("ours", "ours-batch"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--shared", str(shared),
-               "--threads", str(threads)] + (["--limit", str(limit)] if limit else [])
-        print(f"memory worker: {kind} ...", flush=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if r.returncode != 0:
-            raise SystemExit(f"worker {kind} failed:\n{r.stderr[-3000:]}")
-        out[kind] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return run_memory_workers(__file__, ("ours", "ours-batch"), shared, threads, limit)
 
 
 # ---------------------------------------------------------------------------------------- report
