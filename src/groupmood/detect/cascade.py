@@ -4,11 +4,11 @@ Stage 1 on a GPU packs every pyramid level of every image (area-resized with the
 ``interpolate(mode="area")``) into one canvas (shelf packing, even offsets so that P-Net's
 stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once per scale
 per image; on a CPU, where the canvas' gaps cost as much as pixels and many small calls cost
-nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a 12x12 window, so a cell whose window lies
-inside one tile scores the same as on that tile alone. Stages 2 and 3 crop every candidate of
-every image with the reference's area averaging read from summed-area tables (no per-box torch
-call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in stage 1) with
-``torchvision.ops.batched_nms``.
+nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a 12x12 window, so a
+cell whose window lies inside one tile scores the same as on that tile alone. Stages 2 and 3 crop
+every candidate of every image with the reference's area averaging read from summed-area tables
+(no per-box torch call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in
+stage 1) with ``torchvision.ops.batched_nms``.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
 landmark formulas), so detections match the original implementation.

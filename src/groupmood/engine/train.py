@@ -253,13 +253,14 @@ class Trainer:
         if head_mult <= 0 or trunk_mult < 0:
             raise ConfigError(f"optim.head_lr_mult must be > 0 and optim.trunk_lr_mult >= 0, got {head_mult} and "
                               f"{trunk_mult}")
-        named = list(self.model.named_parameters())
-        trunk = [p for n, p in named if not n.startswith("head.")]
+        head, trunk = [], []
+        for name, p in self.model.named_parameters():
+            (head if name.startswith("head.") else trunk).append(p)
         if trunk_mult == 0:
             for p in trunk:  # no gradient at all: the backward pass stops at the head
                 p.requires_grad_(False)
         groups = [{"params": [p for p in trunk if p.requires_grad], "lr_mult": trunk_mult},
-                  {"params": [p for n, p in named if n.startswith("head.")], "lr_mult": head_mult}]
+                  {"params": head, "lr_mult": head_mult}]
         groups = [g for g in groups if g["params"]]
         return torch.optim.SGD(groups, lr=float(o["lr"]), momentum=float(o["momentum"]),
                                weight_decay=float(o["weight_decay"]), nesterov=bool(o.get("nesterov", False)))
