@@ -42,12 +42,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def encode_image(rgb: np.ndarray, suffix: str = ".png", quality: int = 92) -> bytes:
+    """An RGB (or grey) uint8 array encoded in the format of ``suffix`` (``.jpg`` at ``quality``)."""
+    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, arr, params)
+    if not ok:
+        raise OSError(f"OpenCV could not encode the image as {suffix}")
+    return buf.tobytes()
+
+
 def write_image(path: str | Path, rgb: np.ndarray, quality: int = 92) -> None:
     """Encode an RGB (or grey) uint8 array by the file's extension and write it atomically."""
     p = Path(path)
-    arr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if p.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(p.suffix or ".png", arr, params)
-    if not ok:
-        raise OSError(f"{p}: OpenCV could not encode the image as {p.suffix or '.png'}")
-    atomic_write_bytes(p, buf.tobytes())
+    try:
+        data = encode_image(rgb, p.suffix or ".png", quality)
+    except OSError as exc:
+        raise OSError(f"{p}: {exc}") from None
+    atomic_write_bytes(p, data)

@@ -20,7 +20,7 @@ import numpy as np
 from .detect import Face
 from .detect.detector import as_rgb_array
 from .fusion import ABSTAIN, pooling_name
-from .io import atomic_write_text
+from .io import atomic_write_text, encode_image
 from .labels import GROUP_CLASSES
 
 if TYPE_CHECKING:
@@ -136,10 +136,7 @@ def _jpeg_base64(rgb: np.ndarray, max_side: int, quality: int) -> str:
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise OSError("OpenCV could not encode a JPEG thumbnail")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
+    return base64.b64encode(encode_image(rgb, ".jpg", quality)).decode("ascii")
 
 
 def _photo_block(name: str, thumbnail: str, result: GroupResult) -> str:

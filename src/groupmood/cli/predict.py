@@ -144,7 +144,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (f"; already done: {len(paths) - len(todo)}" if resume else ""))
-    if report is not None and report_path:
+    if report is not None:
         report.write(report_path, summary, describe_fusion(rec, bundle or default_bundle_path()), run.failed)
     click.echo(summary, err=True)
     return 1 if run.failed else 0
