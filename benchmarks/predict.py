@@ -12,12 +12,20 @@ misc-group; 228 in all), in one run it measures, per photo set and overall:
 * peak RSS of each alone, each in its own subprocess (``ru_maxrss``);
 * model load time of each, reported apart from the per-photo timings (models load once first).
 
+fer's ``mtcnn=True`` detector changed between releases, and its speed with it, so several fer
+releases can be measured in one run (``--fer``, default all of ``PEERS``):
+
+* ``22.5.1`` (and later): facenet-pytorch's MTCNN in PyTorch, the classifier called directly;
+* ``22.4.0+mtcnn0.1.1``: fer 22.4.0 with the ``mtcnn`` package it was released against
+  (ipazc's MTCNN in TensorFlow/Keras, one ``predict`` per pyramid scale and stage);
+* ``22.4.0+mtcnn1.0.0``: fer 22.4.0 with the ``mtcnn`` release pip resolves today (a 2024 rewrite).
+
 Photos are decoded before timing (groupmood's ``load_image``, fer's ``cv2.imread``); only the
-calls are timed. fer runs in a long-lived subprocess (hidden ``--worker fer`` mode) that times each
-call itself; the parent alternates on each photo: groupmood's batched call on up to 8 photos of
-one folder, then for each of them groupmood one photo per call, then fer on the same photo. That
-subprocess is started while this process holds the standard library only, so its ``ru_maxrss``
-is fer's own peak over the whole run.
+calls are timed. Each fer runs in a long-lived subprocess (hidden ``--worker fer`` mode) that times
+each call itself; the parent alternates on each photo: groupmood's batched call on up to 8 photos
+of one folder, then for each of them groupmood one photo per call, then each fer on the same photo.
+Those subprocesses start while this process holds the standard library only, so each one's
+``ru_maxrss`` is that fer's own peak over the whole run.
 
 Targets (issue): >= 10x faster per photo than fer while finding at least as many faces; peak RSS
 <= 1.5 GB. Prints markdown tables and appends a dated section to ``benchmarks/RESULTS.md``.
@@ -28,12 +36,15 @@ the git-ignored ``benchmarks/.peers-fer`` (about 2 GB; needs the network once): 
 facenet-pytorch 2.6.0 with ``--no-deps`` (facenet-pytorch pins torch<2.3; the project's torch is
 used), plus tensorflow-cpu, opencv-contrib-python 4.x (fer needs OpenCV 4; the project has 5),
 moviepy 1.x (fer 22.5.1 imports ``moviepy.editor``) and setuptools<81 (fer uses
-``pkg_resources``). Only the fer subprocess puts that folder on ``sys.path``, so groupmood is
-measured with the project's own OpenCV; it imports torch and torchvision.ops before fer
-(tensorflow imported first crashes the process).
+``pkg_resources``). Each other fer release goes, with ``--no-deps``, into its own small folder
+under ``benchmarks/.peers-fer/overlays`` that its worker puts in front of the shared one. Only the
+fer subprocesses put those folders on ``sys.path``, so groupmood is measured with the project's
+own OpenCV; they import torch and torchvision.ops before fer (tensorflow imported first crashes
+the process).
 
-    .venv/bin/python benchmarks/predict.py                        # all 228 photos, several minutes on 2 cores
-    .venv/bin/python benchmarks/predict.py --limit 3 --no-write   # quick check, prints only
+    .venv/bin/python benchmarks/predict.py                          # all 228 photos, about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/predict.py --limit 3 --no-write     # quick check, prints only
+    .venv/bin/python benchmarks/predict.py --fer 22.5.1             # one fer release only
 """
 from __future__ import annotations
 
@@ -47,15 +58,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import REPO, loadavg, photo_benchmark_parser, publish, run_memory_workers, section
 from detect import FOLDERS, photo_paths
 
 FER_PEERS = REPO / "benchmarks" / ".peers-fer"
-FER_VERSION = "22.5.1"
 # fer pulls in keras, "ffmpeg==1.4" and facenet-pytorch (which pins torch<2.3): installed without deps
-FER_NO_DEPS = [f"fer=={FER_VERSION}", "facenet-pytorch==2.6.0"]
+FER_NO_DEPS = ["fer==22.5.1", "facenet-pytorch==2.6.0"]
 # what fer 22.5.1 imports, with what it needs; numpy resolves to the project's version
 FER_DEPS = ["tensorflow-cpu==2.21.0", "opencv-contrib-python>=4.5,<5", "moviepy==1.0.3", "pandas",
             "setuptools<81", "requests", "tqdm", "pillow"]
@@ -64,23 +75,62 @@ SPEEDUP_TARGET = 10.0
 RSS_TARGET_MB = 1.5e9 / 2**20  # 1.5 GB in MiB (the unit of ru_maxrss / 1024)
 
 
+@dataclass(frozen=True)
+class FerPeer:
+    """One fer release to measure: the packages laid over the shared folder, and its detector."""
+
+    name: str
+    overlay: tuple[str, ...]  # installed --no-deps into overlays/<name>; empty: the shared folder's fer
+    detector: str             # what FER(mtcnn=True) detects faces with, for the notes
+
+    @property
+    def folder(self) -> Path | None:
+        return FER_PEERS / "overlays" / self.name if self.overlay else None
+
+
+PEERS = {p.name: p for p in [
+    FerPeer("22.5.1", (), "facenet-pytorch 2.6.0 MTCNN (PyTorch): thresholds 0.6/0.7/0.7, factor 0.709, "
+            "minimum face 20 px"),
+    FerPeer("22.4.0+mtcnn0.1.1", ("fer==22.4.0", "mtcnn==0.1.1"),
+            "mtcnn 0.1.1 (ipazc, TensorFlow/Keras, a Keras `predict` per pyramid scale and stage): thresholds "
+            "0.6/0.7/0.7, factor 0.709, minimum face 20 px"),
+    FerPeer("22.4.0+mtcnn1.0.0", ("fer==22.4.0", "mtcnn==1.0.0", "joblib==1.4.2", "lz4==4.4.5"),
+            "mtcnn 1.0.0 (ipazc's 2024 TensorFlow rewrite, what `pip install fer==22.4.0` resolves today): "
+            "thresholds 0.6/0.7/0.8, factor 0.709, minimum face 20 px"),
+]}
+
+
 # ---------------------------------------------------------------------------------------- setup
 
-def ensure_fer() -> None:
-    """pip-install fer and what it needs into benchmarks/.peers-fer when missing or outdated."""
-    want = {"no_deps": FER_NO_DEPS, "deps": FER_DEPS}
+def _pip(target: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(target)]
+
+
+def _installed(marker: Path, want: dict) -> bool:
     try:
-        if json.loads(FER_MARKER.read_text()) == want:
-            return
+        return json.loads(marker.read_text()) == want
     except (OSError, ValueError):
-        pass
-    if FER_PEERS.exists():
-        shutil.rmtree(FER_PEERS)
-    print(f"installing fer {FER_VERSION} and tensorflow into {FER_PEERS} (about 2 GB, once) ...", flush=True)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(FER_PEERS)]
-    subprocess.run([*pip, "--no-deps", *FER_NO_DEPS], check=True)
-    subprocess.run([*pip, *FER_DEPS], check=True)
-    FER_MARKER.write_text(json.dumps(want, indent=1) + "\n")
+        return False
+
+
+def ensure_fer(peers: list[FerPeer]) -> None:
+    """pip-install fer and what it needs into benchmarks/.peers-fer, and each peer's overlay, when missing."""
+    want = {"no_deps": FER_NO_DEPS, "deps": FER_DEPS}
+    if not _installed(FER_MARKER, want):
+        if FER_PEERS.exists():
+            shutil.rmtree(FER_PEERS)
+        print(f"installing fer and tensorflow into {FER_PEERS} (about 2 GB, once) ...", flush=True)
+        subprocess.run([*_pip(FER_PEERS), "--no-deps", *FER_NO_DEPS], check=True)
+        subprocess.run([*_pip(FER_PEERS), *FER_DEPS], check=True)
+        FER_MARKER.write_text(json.dumps(want, indent=1) + "\n")
+    for peer in peers:
+        if peer.folder is None or _installed(peer.folder / "INSTALLED.json", {"no_deps": list(peer.overlay)}):
+            continue
+        if peer.folder.exists():
+            shutil.rmtree(peer.folder)
+        print(f"installing {', '.join(peer.overlay)} into {peer.folder} ...", flush=True)
+        subprocess.run([*_pip(peer.folder), "--no-deps", *peer.overlay], check=True)
+        (peer.folder / "INSTALLED.json").write_text(json.dumps({"no_deps": list(peer.overlay)}, indent=1) + "\n")
 
 
 def cli_defaults() -> dict:
@@ -135,14 +185,14 @@ def ours_worker(kind: str, shared: Path, threads: int, limit: int | None) -> int
     return 0
 
 
-def fer_worker(threads: int) -> int:
-    """Serve fer: one JSON request per stdin line ({"path"} or {"quit"}), one JSON answer per line.
+def fer_worker(threads: int, peer: FerPeer) -> int:
+    """Serve one fer release: one JSON request per stdin line ({"path"} or {"quit"}), one JSON answer per line.
 
     Each answer carries the seconds of ``detect_emotions`` alone (``cv2.imread`` is not timed);
     the last one, after {"quit"}, the peak RSS of this process.
     """
     proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # whatever tensorflow, moviepy or fer print goes to stderr, not into the answers
+    os.dup2(2, 1)  # whatever tensorflow, keras, moviepy or fer print goes to stderr, not into the answers
 
     def send(obj: dict) -> None:
         proto.write(json.dumps(obj) + "\n")
@@ -152,6 +202,8 @@ def fer_worker(threads: int) -> int:
     import torch
     import torchvision.ops  # noqa: F401  (before tensorflow: the other order crashes the process)
     sys.path.insert(0, str(FER_PEERS))
+    if peer.folder is not None:
+        sys.path.insert(0, str(peer.folder))
     import cv2
     import keras
     import tensorflow as tf
@@ -162,6 +214,7 @@ def fer_worker(threads: int) -> int:
     torch.set_num_threads(threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+    keras.utils.disable_interactive_logging()  # mtcnn 0.1.1's Keras predict() would draw a bar per call
     t0 = clock()
     detector = FER(mtcnn=True)
     send({"ready": True, "import_s": t_import, "load_s": clock() - t0, "after_load_mb": rss_mb(),
@@ -183,14 +236,15 @@ def fer_worker(threads: int) -> int:
 
 
 class FerClient:
-    """The parent's end of the fer worker subprocess."""
+    """The parent's end of one fer worker subprocess."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, peer: FerPeer) -> None:
+        self.peer = peer
         self.log = tempfile.TemporaryFile("w+")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "fer",
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, cwd=REPO, env=env)
+                                      "--fer", peer.name, "--threads", str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO, env=env)
         self.ready = self._read()
 
     def _read(self) -> dict:
@@ -198,7 +252,8 @@ class FerClient:
         if not line:
             self.proc.wait()
             self.log.seek(0)
-            raise SystemExit(f"the fer worker died (exit {self.proc.returncode}):\n{self.log.read()[-3000:]}")
+            raise SystemExit(f"the fer {self.peer.name} worker died (exit {self.proc.returncode}):\n"
+                             f"{self.log.read()[-3000:]}")
         return json.loads(line)
 
     def ask(self, obj: dict) -> dict:
@@ -236,20 +291,94 @@ def yes(ok: bool) -> str:
     return "**yes**" if ok else "**no**"
 
 
-def folder_row(label: str, rows: list[dict], batches: list[tuple[float, int]]) -> str:
-    """One line of the per-set table from the per-photo records and the (seconds, photos) of each batch."""
-    o_mean, o_med = summary([r["ours_s"] for r in rows])
-    f_mean, f_med = summary([r["fer_s"] for r in rows])
-    n = len(rows)
-    b_mean = ratio(sum(t for t, _ in batches), sum(k for _, k in batches))
-    b_med = statistics.median([t / k for t, k in batches]) if batches else float("nan")
-    fo, ff = sum(r["ours_faces"] for r in rows), sum(r["fer_faces"] for r in rows)
-    ms_o = 1000 * ratio(sum(r["ours_s"] for r in rows), fo)
-    ms_b = 1000 * ratio(sum(t for t, _ in batches), fo)
-    ms_f = 1000 * ratio(sum(r["fer_s"] for r in rows), ff)
-    return (f"| {label} | {n} | {fo} | {ff} | {o_mean:.3f} / {o_med:.3f} | {b_mean:.3f} / {b_med:.3f} | "
-            f"{f_mean:.3f} / {f_med:.3f} | {num(ms_o, '.1f')} / {num(ms_b, '.1f')} | {num(ms_f, '.1f')} | "
-            f"{num(ratio(f_mean, o_mean), '.1f', 'x')} / {num(ratio(f_mean, b_mean), '.1f', 'x')} |")
+@dataclass
+class Timings:
+    """The per-photo records of one photo set (or all) and groupmood's batched calls on them."""
+
+    rows: list[dict]
+    batches: list[tuple[float, int]]  # (seconds, photos) of each batched call
+
+    def ours(self) -> tuple[float, float]:
+        return summary([r["ours_s"] for r in self.rows])
+
+    def batched(self) -> tuple[float, float]:
+        mean = ratio(sum(t for t, _ in self.batches), sum(k for _, k in self.batches))
+        med = statistics.median([t / k for t, k in self.batches]) if self.batches else float("nan")
+        return mean, med
+
+    def fer(self, peer: str) -> tuple[float, float]:
+        return summary([r["fer"][peer]["s"] for r in self.rows])
+
+    def faces(self, peer: str | None = None) -> int:
+        return sum(r["ours_faces"] if peer is None else r["fer"][peer]["faces"] for r in self.rows)
+
+    def ms_per_face(self, peer: str | None = None) -> float:
+        secs = sum(r["ours_s"] if peer is None else r["fer"][peer]["s"] for r in self.rows)
+        return 1000 * ratio(secs, self.faces(peer))
+
+
+def set_row(label: str, t: Timings, peers: list[str]) -> str:
+    """One line of the per-set table."""
+    (o_mean, o_med), (b_mean, b_med) = t.ours(), t.batched()
+    cells = [label, str(len(t.rows)), str(t.faces()), f"{o_mean:.3f} / {o_med:.3f}", f"{b_mean:.3f} / {b_med:.3f}"]
+    for p in peers:
+        f_mean, f_med = t.fer(p)
+        cells += [str(t.faces(p)), f"{f_mean:.3f} / {f_med:.3f}",
+                  f"{num(ratio(f_mean, o_mean), '.1f', 'x')} / {num(ratio(f_mean, b_mean), '.1f', 'x')}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def tables(t: Timings, sets: dict[str, Timings], peers: list[str], ready: dict[str, dict], fer_mem: dict[str, dict],
+           memory: dict | None, load: tuple[float, float], batch: int, batch_diff: int) -> list[str]:
+    """The markdown tables: measures side by side, the targets per fer release, the photo sets."""
+    (o_mean, o_med), (b_mean, b_med) = t.ours(), t.batched()
+    fer = {p: t.fer(p) for p in peers}
+    label = {p: f"fer {p}" for p in peers}
+
+    def row(measure: str, ours: str, per_peer: dict[str, str]) -> str:
+        return "| " + " | ".join([measure, ours, *[per_peer.get(p, "") for p in peers]]) + " |"
+
+    out = ["| Measure | groupmood predict (default bundle) | " + " | ".join(label[p] for p in peers) + " |",
+           "|---|---" + "|---" * len(peers) + "|",
+           row("s/photo, one photo per call (mean / median)", f"{o_mean:.3f} / {o_med:.3f}",
+               {p: f"{fer[p][0]:.3f} / {fer[p][1]:.3f}" for p in peers}),
+           row(f"s/photo, batches of {batch} (`groupmood predict`'s default; mean / median)",
+               f"{b_mean:.3f} / {b_med:.3f}", {}),
+           row("Faces found", str(t.faces()), {p: str(t.faces(p)) for p in peers}),
+           row("ms per face found, one photo per call", num(t.ms_per_face(), ".1f"),
+               {p: num(t.ms_per_face(p), ".1f") for p in peers})]
+    fer_rss = {p: f"{fer_mem[p]['peak_mb']:.0f} ({ready[p]['after_load_mb']:.0f})" for p in peers}
+    if memory:
+        out += [row("Peak RSS, one photo per call, MiB (after model load)",
+                    f"{memory['ours']['peak_mb']:.0f} ({memory['ours']['after_load_mb']:.0f})", fer_rss),
+                row(f"Peak RSS, batches of {batch}, MiB (after model load)",
+                    f"{memory['ours-batch']['peak_mb']:.0f} ({memory['ours-batch']['after_load_mb']:.0f})", {})]
+    else:
+        out.append(row("Peak RSS, MiB (after model load)", "not measured (`--no-memory`)", fer_rss))
+    out += [row("Load before timing, s: imports / models", f"{load[0]:.1f} / {load[1]:.1f}",
+                {p: f"{ready[p]['import_s']:.1f} / {ready[p]['load_s']:.1f}" for p in peers}),
+            row("groupmood batched vs one per call", f"{batch_diff} photos with a different face count", {})]
+
+    target = [f"| Against | Speed-up, one photo per call (mean) | Speed-up, batches of {batch} (mean) | "
+              f">= {SPEEDUP_TARGET:g}x met (one per call / batched) | Faces: groupmood >= fer | ",
+              "|---|---:|---:|---|---|"]
+    for p in peers:
+        one, bat = ratio(fer[p][0], o_mean), ratio(fer[p][0], b_mean)
+        target.append(f"| {label[p]} ({fer[p][0]:.3f} s/photo) | {one:.1f}x | {bat:.1f}x | "
+                      f"{yes(one >= SPEEDUP_TARGET)} / {yes(bat >= SPEEDUP_TARGET)} | "
+                      f"{yes(t.faces() >= t.faces(p))} ({t.faces()} vs {t.faces(p)}) |")
+    if memory:
+        peak = max(memory["ours"]["peak_mb"], memory["ours-batch"]["peak_mb"])
+        target.append(f"| Peak RSS <= 1.5 GB ({RSS_TARGET_MB:.0f} MiB): groupmood's highest, {peak:.0f} MiB | | | "
+                      f"{yes(peak <= RSS_TARGET_MB)} | |")
+
+    head = ["| Photos | n | Faces (groupmood) | groupmood s/photo, one per call (mean / median) | "
+            f"groupmood s/photo, batches of {batch} (mean / median) | "
+            + " | ".join(f"Faces ({label[p]}) | {label[p]} s/photo (mean / median) | "
+                         f"Speed-up vs {label[p]} (one per call / batched)" for p in peers) + " |",
+            "|---|---:|---:|---:|---:|" + "---:|" * (3 * len(peers))]
+    per_set = head + [set_row(name, s, peers) for name, s in sets.items()] + [set_row("**all**", t, peers)]
+    return out + ["", "Targets:", ""] + target + ["", "Per photo set:", ""] + per_set
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -257,13 +386,15 @@ def folder_row(label: str, rows: list[dict], batches: list[tuple[float, int]]) -
 def benchmark(args) -> int:
     shared = args.shared.resolve()
     load_start = loadavg()
-    ensure_fer()
+    peers = [PEERS[name] for name in args.fer]
+    ensure_fer(peers)
     # Every subprocess starts while this process holds the standard library only: on Linux a
     # child's ru_maxrss starts from the parent's RSS at fork.
     memory = None if args.no_memory else measure_memory(shared, args.threads, args.limit)
-    print("starting the fer worker ...", flush=True)
-    peer = FerClient(args.threads)
-    versions = peer.ready["versions"]
+    clients = {}
+    for peer in peers:
+        print(f"starting the fer {peer.name} worker ...", flush=True)
+        clients[peer.name] = FerClient(args.threads, peer)
 
     clock = time.perf_counter
     t0 = clock()
@@ -296,7 +427,8 @@ def benchmark(args) -> int:
     with torch.inference_mode():
         if images:  # warm-up, one photo each
             rec.predict([images[0][2]])
-            peer.ask({"path": str(images[0][1])})
+            for c in clients.values():
+                c.ask({"path": str(images[0][1])})
         done = 0
         for folder, _ in FOLDERS:
             mine = [x for x in images if x[0] == folder]
@@ -305,123 +437,97 @@ def benchmark(args) -> int:
                 t0 = clock()
                 res_batch = rec.predict([img for _, _, img in chunk])
                 batches[folder].append((clock() - t0, len(chunk)))
-                for (_, path, img), rb in zip(chunk, res_batch):  # alternate on each photo: ours, then fer
+                for (_, path, img), rb in zip(chunk, res_batch):  # alternate on each photo: ours, then each fer
                     t0 = clock()
                     res = rec.predict([img])[0]
                     t_ours = clock() - t0
-                    ans = peer.ask({"path": str(path)})
-                    if "error" in ans:
-                        print(f"skipped {path}: fer: {ans['error']}", flush=True)
-                        skipped.append((str(path), f"fer: {ans['error']}"))
+                    answers = {name: c.ask({"path": str(path)}) for name, c in clients.items()}
+                    errors = [f"fer {name}: {a['error']}" for name, a in answers.items() if "error" in a]
+                    if errors:
+                        print(f"skipped {path}: {'; '.join(errors)}", flush=True)
+                        skipped.append((str(path), "; ".join(errors)))
                         continue
                     batch_diff += len(rb.faces) != len(res.faces)
                     rows.append({"folder": folder, "name": f"{folder}/{path.name}", "ours_s": t_ours,
-                                 "ours_faces": len(res.faces), "fer_s": ans["seconds"], "fer_faces": ans["faces"]})
+                                 "ours_faces": len(res.faces),
+                                 "fer": {n: {"s": a["seconds"], "faces": a["faces"]} for n, a in answers.items()}})
                 done += len(chunk)
                 print(f"  {done}/{len(images)} photos  groupmood {sum(r['ours_s'] for r in rows):.1f}s  "
-                      f"batched {sum(t for b in batches.values() for t, _ in b):.1f}s  "
-                      f"fer {sum(r['fer_s'] for r in rows):.1f}s", flush=True)
-    fer_mem = peer.close()
+                      f"batched {sum(t for b in batches.values() for t, _ in b):.1f}s  " + "  ".join(
+                          f"fer {n} {sum(r['fer'][n]['s'] for r in rows):.1f}s" for n in clients), flush=True)
+    ready = {n: c.ready for n, c in clients.items()}
+    fer_mem = {n: c.close() for n, c in clients.items()}
 
-    # ---- per photo set
-    head = [f"| Photos | n | Faces (groupmood) | Faces (fer) | groupmood s/photo, one per call (mean / median) | "
-            f"groupmood s/photo, batches of {batch} (mean / median) | fer s/photo (mean / median) | "
-            f"groupmood ms/face (one per call / batched) | fer ms/face | Speed-up fer / groupmood "
-            f"(one per call / batched) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     folders = [f for f, _ in FOLDERS if any(r["folder"] == f for r in rows)]
-    sets = head + [folder_row(f, [r for r in rows if r["folder"] == f], batches[f]) for f in folders]
-    sets.append(folder_row("**all**", rows, [b for f in folders for b in batches[f]]))
+    sets = {f: Timings([r for r in rows if r["folder"] == f], batches[f]) for f in folders}
+    everything = Timings(rows, [b for f in folders for b in batches[f]])
+    names = list(clients)
+    body = tables(everything, sets, names, ready, fer_mem, memory, (our_import, our_load), batch, batch_diff)
 
-    # ---- targets
-    o_mean, o_med = summary([r["ours_s"] for r in rows])
-    f_mean, f_med = summary([r["fer_s"] for r in rows])
-    all_batches = [b for f in folders for b in batches[f]]
-    b_mean = ratio(sum(t for t, _ in all_batches), sum(k for _, k in all_batches))
-    fo, ff = sum(r["ours_faces"] for r in rows), sum(r["fer_faces"] for r in rows)
-    sp_one, sp_batch = ratio(f_mean, o_mean), ratio(f_mean, b_mean)
-    fer_label = f"fer {versions['fer']} `FER(mtcnn=True)`"
-    targets = [f"| Measure | groupmood predict (default bundle) | {fer_label} | Target | Met |",
-               "|---|---|---|---|---|",
-               f"| s/photo, one photo per call (mean / median) | {o_mean:.3f} / {o_med:.3f} | "
-               f"{f_mean:.3f} / {f_med:.3f} | | |",
-               f"| Speed-up fer / groupmood, one photo per call (mean) | {sp_one:.1f}x | 1x | >= {SPEEDUP_TARGET:g}x | "
-               f"{yes(sp_one >= SPEEDUP_TARGET)} |",
-               f"| Speed-up fer / groupmood, batches of {batch} (`groupmood predict`'s default; mean) | "
-               f"{sp_batch:.1f}x | 1x | >= {SPEEDUP_TARGET:g}x | {yes(sp_batch >= SPEEDUP_TARGET)} |",
-               f"| Faces found | {fo} | {ff} | >= fer's | {yes(fo >= ff)} |",
-               f"| ms per face found, one photo per call | "
-               f"{num(1000 * ratio(sum(r['ours_s'] for r in rows), fo), '.1f')} | "
-               f"{num(1000 * ratio(sum(r['fer_s'] for r in rows), ff), '.1f')} | | |"]
-    fer_rss = f"{fer_mem['peak_mb']:.0f} ({peer.ready['after_load_mb']:.0f})"
-    if memory:
-        peak = max(memory["ours"]["peak_mb"], memory["ours-batch"]["peak_mb"])
-        targets += [
-            f"| Peak RSS, one photo per call, MiB (after model load) | {memory['ours']['peak_mb']:.0f} "
-            f"({memory['ours']['after_load_mb']:.0f}) | {fer_rss} | <= 1.5 GB ({RSS_TARGET_MB:.0f} MiB) | "
-            f"{yes(memory['ours']['peak_mb'] <= RSS_TARGET_MB)} |",
-            f"| Peak RSS, batches of {batch}, MiB | {memory['ours-batch']['peak_mb']:.0f} "
-            f"({memory['ours-batch']['after_load_mb']:.0f}) | | <= 1.5 GB | {yes(peak <= RSS_TARGET_MB)} |"]
-    else:
-        targets.append(f"| Peak RSS, MiB (after model load) | not measured (`--no-memory`) | {fer_rss} | "
-                       f"<= 1.5 GB | |")
-    targets += [f"| Load before timing, s: imports / models | {our_import:.1f} / {our_load:.1f} | "
-                f"{peer.ready['import_s']:.1f} / {peer.ready['load_s']:.1f} | | |",
-                f"| groupmood batched vs one per call | {batch_diff} photos with a different face count | | | |"]
-
-    more = [r for r in rows if r["fer_faces"] > r["ours_faces"]]
+    more = {n: [r for r in rows if r["fer"][n]["faces"] > r["ours_faces"]] for n in names}
     print()
-    print("\n".join(targets))
+    print("\n".join(body))
     print()
-    print("\n".join(sets))
-    print()
-    print(f"photos where fer finds more faces than groupmood: {len(more)}")
-    for r in more:
-        print(f"  {r['name']}: groupmood {r['ours_faces']}, fer {r['fer_faces']}")
+    for n in names:
+        print(f"photos where fer {n} finds more faces than groupmood: {len(more[n])}")
     if memory:
         print("peak RSS check (ru_maxrss vs /proc VmHWM, MiB): " + ", ".join(
-            f"{k} {v['peak_mb']:.0f} vs {v['vmhwm_mb']:.0f}" for k, v in memory.items())
-            + f", fer {fer_mem['peak_mb']:.0f} vs {fer_mem['vmhwm_mb']:.0f}")
+            f"{k} {v['peak_mb']:.0f} vs {v['vmhwm_mb']:.0f}" for k, v in memory.items()) + ", " + ", ".join(
+            f"fer {n} {m['peak_mb']:.0f} vs {m['vmhwm_mb']:.0f}" for n, m in fer_mem.items()))
 
     bundle = Path(d["bundle"] or default_bundle_path()).resolve()
     bundle = bundle.relative_to(REPO) if bundle.is_relative_to(REPO) else bundle
-    counts = ", ".join(f"{f} {sum(r['folder'] == f for r in rows)}" for f in folders)
+    counts = ", ".join(f"{f} {len(sets[f].rows)}" for f in folders)
     det = (f"thresholds {'/'.join(f'{t:g}' for t in d['thresholds'])}, factor {d['factor']}, minimum face "
            f"{d['min_face_frac']:g} of the shorter side")
+    v = next(iter(ready.values()))["versions"] if ready else {}
     notes = [
-        f"{len(rows)} photos of `../shared/data` ({counts}); CPU, torch threads {args.threads} in both processes, "
+        f"{len(rows)} photos of `../shared/data` ({counts}); CPU, torch threads {args.threads} in every process, "
         f"tensorflow intra/inter-op threads {args.threads}.",
         f"groupmood: `groupmood predict`'s default options through its own `build_detector` / `load_recognizer` "
-        f"(bundle `{bundle}`, "
-        f"branches {', '.join(rec.branches)}; MTCNN {det}), `GroupEmotionRecognizer.predict` on RGB arrays from "
-        f"`groupmood.images.load_image`.",
-        f"fer: {fer_label} with its defaults (facenet-pytorch MTCNN: thresholds 0.6/0.7/0.7, factor 0.709, minimum "
-        f"face 20 px; mini-Xception 64x64 grey), `detect_emotions` on the BGR array of `cv2.imread` as its README "
-        f"shows (fer hands that BGR array to MTCNN as it is); tensorflow {versions['tensorflow']}, keras "
-        f"{versions['keras']}, OpenCV {versions['opencv']} in `benchmarks/.peers-fer`, run in its own subprocess.",
+        f"(bundle `{bundle}`, branches {', '.join(rec.branches)}; MTCNN {det}), `GroupEmotionRecognizer.predict` "
+        f"on RGB arrays from `groupmood.images.load_image`.",
+        "fer: `FER(mtcnn=True)` with its defaults (mini-Xception 64x64 grey classifier), `detect_emotions` on the "
+        "BGR array of `cv2.imread` as its README shows (fer hands that BGR array to its detector as it is); "
+        f"tensorflow {v.get('tensorflow')}, keras {v.get('keras')}, OpenCV {v.get('opencv')} in "
+        "`benchmarks/.peers-fer`, each release in its own subprocess. Detectors: "
+        + "; ".join(f"fer {p.name}: {p.detector}" for p in peers) + ".",
         "Timing: models loaded once first (load times in the table); decoding not timed; one warm-up photo each; "
         f"groupmood's batched call on up to {batch} photos of one set precedes their per-photo calls, then each "
-        "photo alternates groupmood one per call, fer. Peak RSS: each alone in a subprocess over all photos, "
-        "photos loaded one batch at a time (`ru_maxrss`; after model load in parentheses).",
+        "photo alternates groupmood one per call, then each fer. Peak RSS: each alone in a subprocess over all "
+        "photos, photos loaded one batch at a time (`ru_maxrss`; after model load in parentheses).",
     ]
     if skipped:
         notes.append(f"Skipped (unreadable): {len(skipped)}: " + "; ".join(f"{p} ({why})" for p, why in skipped) + ".")
-    if more:
-        notes.append(f"Photos where fer finds more faces than groupmood: {len(more)} ("
-                     + ", ".join(f"{r['name']} {r['ours_faces']} vs {r['fer_faces']}" for r in more) + ").")
-    text = section("groupmood predict vs fer", args.threads, load_start, notes,
-                   targets + ["", "Per photo set:", ""] + sets)
-    publish(text, not args.no_write)
+    for n in names:
+        if more[n]:
+            notes.append(f"Photos where fer {n} finds more faces than groupmood: {len(more[n])} ("
+                         + ", ".join(f"{r['name']} {r['ours_faces']} vs {r['fer'][n]['faces']}" for r in more[n])
+                         + ").")
+    publish(section("groupmood predict vs fer", args.threads, load_start, notes, body), not args.no_write)
     return 0
+
+
+def fer_names(text: str) -> list[str]:
+    """Parse ``--fer``: a comma-separated list of fer releases from PEERS."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown fer release {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(PEERS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = photo_benchmark_parser(__doc__, "torch (and tensorflow) threads (default 2)",
                                 "skip groupmood's peak-RSS subprocesses")
+    ap.add_argument("--fer", type=fer_names, default=list(PEERS),
+                    help=f"fer releases to measure, comma-separated (default: all of {', '.join(PEERS)})")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "fer"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker == "fer":
-        return fer_worker(args.threads)
+        return fer_worker(args.threads, PEERS[args.fer[0]])
     if args.worker:
         return ours_worker(args.worker, args.shared, args.threads, args.limit)
     return benchmark(args)

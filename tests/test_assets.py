@@ -54,3 +54,17 @@ def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
     assert [n for n, b in c.branches.items() if b.spoke] == ["global"]
     assert c.branches["global"].effective_weight == pytest.approx(1.0)
     np.testing.assert_allclose(c.probs, c.branches["global"].probs, atol=1e-6)
+
+
+def test_folded_branches_score_as_the_shipped_files(recognizer, astronaut):
+    """The pipeline folds BatchNorm into the convolutions; the scores stay those of the files."""
+    from groupmood.pipeline import Branch
+
+    faces = recognizer.detector.detect([astronaut])[0]
+    assert faces
+    for name, branch in recognizer.branches.items():
+        assert branch.folded > 0, f"{name}: nothing folded"
+        plain = Branch.from_file(branch.source, tta_flip=branch.tta_flip, grey=branch.grey, fuse=False)
+        assert plain.folded == 0
+        crops = branch.crops(astronaut, faces)
+        np.testing.assert_allclose(branch.scores(crops), plain.scores(crops), atol=1e-4)
