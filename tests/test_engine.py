@@ -184,6 +184,30 @@ def test_max_iters_and_multistep(faces, tmp_path):
     assert rows[-1]["lr"] == pytest.approx(0.05 * 0.01)  # after both milestones
 
 
+def test_subset_overfit_check_and_val_every(faces, tmp_path):
+    """train.subset trains on a fixed seeded choice of items; val_every validates every k epochs and last."""
+    cfg = _tiny_cfg(faces, "train.subset=8", "train.epochs=5", "train.val_every=2", "aug.enabled=false",
+                    "optim.lr=0.1", "sched.name=constant")
+    summary = train(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # 8 items at batch 8: one step per epoch
+    assert ["val_acc" in r for r in rows] == [False, True, False, True, True]
+    assert summary["best_epoch"] in (2, 4, 5)  # only validated epochs can be the best
+    again = train(cfg, tmp_path / "again")
+    assert [r["train_loss"] for r in rows] == [
+        json.loads(x)["train_loss"] for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert again["step"] == 5
+
+    never = train(apply_overrides(cfg, ["train.val_every=0", "train.epochs=12"]), tmp_path / "never")
+    rows = [json.loads(x) for x in (tmp_path / "never" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("val_acc" in r for r in rows)
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]  # 8 fixed faces are memorised
+    assert never["best_metric"] == max(r["train_acc"] for r in rows)
+    for bad in ("train.subset=0", "train.subset=100000", "train.val_every=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            train(apply_overrides(cfg, [bad]), tmp_path / "bad")
+
+
 def test_init_from_skips_the_mismatched_head(trained_run, faces, tmp_path):
     cfg = _tiny_cfg(faces, "data.target=valence", "train.epochs=1", "optim.lr=0.0", "sched.name=constant",
                     "aug.enabled=false", f"init_from={trained_run / 'best.pt'}")

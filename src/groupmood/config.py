@@ -108,6 +108,10 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 10,
         "max_iters": None,          # stop the recipe at this many iterations (multistep recipes)
         "max_steps": None,          # stop this invocation at this global step (resume continues)
+        "subset": None,             # train on this many training items only, a fixed seeded choice (an overfit
+                                    # check: can the model and recipe drive the loss down at all?)
+        "val_every": 1,             # validate every this many epochs and after the last (0: never; the best
+                                    # checkpoint is then the one with the best training accuracy)
         "batch_size": 64,
         "eval_batch_size": 256,
         "ckpt_every": 200,          # steps between checkpoints (also one at every epoch end)

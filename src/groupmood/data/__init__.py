@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
-__all__ = ["DATASET_BUILDERS", "DataBundle", "build_data", "register_dataset"]
+__all__ = ["DATASET_BUILDERS", "DataBundle", "SubsetDataset", "build_data", "register_dataset"]
 
 
 @dataclass
@@ -35,6 +35,28 @@ class DataBundle:
     classes: tuple[str, ...]
     batch_augment: Callable[[Tensor, Any], Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+class SubsetDataset(Dataset):
+    """Some items of a dataset (``labels`` and ``set_epoch`` follow): the fixed subset of an overfit check."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    @property
+    def labels(self) -> Any:
+        return self.dataset.labels[self.indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]]
 
 
 Builder = Callable[[Mapping[str, Any], Any, Path, Sequence[str]], DataBundle]

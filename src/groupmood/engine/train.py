@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..config import dump_config, load_config
 from ..io import atomic_write
 from ..errors import ConfigError
-from ..data import DataBundle, build_data
+from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
 from .evaluate import classification_report, load_model, predict
 
@@ -204,6 +204,7 @@ class Trainer:
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         self.data: DataBundle = build_data(self.cfg, self.info, self.run_dir, self._splits())
+        self._take_subset()
         self.classes = tuple(self.data.classes)
         self.model = self._build_model().to(self.device)
         self.use_cuda = self.device.type == "cuda"
@@ -233,9 +234,24 @@ class Trainer:
 
     def _splits(self) -> tuple[str, ...]:
         fractions = self.cfg["data"].get("split") or {}
-        if self.cfg["data"]["kind"] != "ferplus" and not (fractions.get("val") or 0) > 0:
+        val_every = self.tcfg.get("val_every", 1)
+        if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 0:
+            raise ConfigError(f"train.val_every must be an integer >= 0 (0: never validate), got {val_every!r}")
+        if val_every == 0 or (self.cfg["data"]["kind"] != "ferplus" and not (fractions.get("val") or 0) > 0):
             return ("train",)
         return ("train", "val")
+
+    def _take_subset(self) -> None:
+        """train.subset: keep a fixed, seeded choice of that many training items."""
+        n = self.tcfg.get("subset")
+        if n is None:
+            return
+        full = self.data.datasets["train"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(full):
+            raise ConfigError(f"train.subset must be an integer from 1 to the training set's size "
+                              f"({len(full)}), got {n!r}")
+        rng = np.random.default_rng([self.seed, 0x5B5E7])
+        self.data.datasets["train"] = SubsetDataset(full, np.sort(rng.choice(len(full), n, replace=False)))
 
     def _build_model(self) -> nn.Module:
         from ..models import create_model
@@ -427,8 +443,10 @@ class Trainer:
             "images_per_s": st.seen / st.seconds if st.seconds > 0 else 0.0,
         }
         val = self.data.datasets.get("val")
-        metric = row["train_acc"]
-        if val is not None:
+        metric = row["train_acc"] if val is None else -math.inf  # an epoch without validation is never "best"
+        every = int(self.tcfg.get("val_every", 1))
+        last = st.epoch + 1 >= math.ceil(self.total_iters / self.iters_per_epoch)
+        if val is not None and ((st.epoch + 1) % every == 0 or last):
             probs, labels = predict(self.model, val, self.info, self.device,
                                     int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip")),
                                     self.progress, desc="val")
