@@ -66,6 +66,7 @@ from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
 from .labels import GROUP_CLASSES, valence_matrix
 from .models.fuse import fold_batchnorm
+from .models.global_cnns import average_view_logits
 from .models.registry import ModelInfo
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
@@ -200,8 +201,7 @@ class Branch:
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
             x = normalize(x.to(device).permute(0, 3, 1, 2), self.info)
             if self.tta_flip:  # the input and its flip in one forward pass
-                both = self.model(torch.cat([x, torch.flip(x, dims=[3])])).float()
-                logits = (both[:len(x)] + both[len(x):]) / 2
+                logits = average_view_logits(self.model, torch.stack([x, torch.flip(x, dims=[3])], dim=1)).float()
             else:
                 logits = self.model(x).float()
             probs = torch.softmax(logits, dim=1) @ self._to_group.to(logits.device)

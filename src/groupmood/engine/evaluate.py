@@ -24,6 +24,7 @@ from ..io import atomic_write
 from ..errors import ConfigError
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
 from ..data.transforms import normalize
+from ..models.global_cnns import average_view_logits
 
 __all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
            "save_report"]
@@ -46,9 +47,10 @@ def predict(model: nn.Module, dataset: Dataset, family: str | Any, device: torch
         x = normalize(x.to(device), family)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
-        if tta_flip:
-            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        if tta_flip:  # the input and its flip in one forward pass
+            logits = average_view_logits(model, torch.stack([x, torch.flip(x, dims=[3])], dim=1)).float()
+        else:
+            logits = model(x).float()
         probs.append(torch.softmax(logits, dim=1).cpu())
         labels.append((y.argmax(dim=1) if y.ndim == 2 else y).long().cpu())
     model.train(was_training)
