@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
 
@@ -37,26 +37,16 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class SubsetDataset(Dataset):
-    """Some items of a dataset (``labels`` and ``set_epoch`` follow): the fixed subset of an overfit check."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        self.dataset = dataset
-        self.indices = [int(i) for i in indices]
+class SubsetDataset(Subset):
+    """torch's ``Subset`` that keeps ``labels`` and ``set_epoch``: the fixed subset of an overfit check."""
 
     @property
     def labels(self) -> Any:
-        return self.dataset.labels[self.indices]
+        return self.dataset.labels[list(self.indices)]
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.indices[i]]
 
 
 Builder = Callable[[Mapping[str, Any], Any, Path, Sequence[str]], DataBundle]

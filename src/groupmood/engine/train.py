@@ -232,6 +232,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
 
+    @property
+    def epochs(self) -> int:
+        """Epochs the recipe runs (the last one partial when train.max_iters cuts it)."""
+        return math.ceil(self.total_iters / self.iters_per_epoch)
+
     def _splits(self) -> tuple[str, ...]:
         fractions = self.cfg["data"].get("split") or {}
         val_every = self.tcfg.get("val_every", 1)
@@ -445,7 +450,7 @@ class Trainer:
         val = self.data.datasets.get("val")
         metric = row["train_acc"] if val is None else -math.inf  # an epoch without validation is never "best"
         every = int(self.tcfg.get("val_every", 1))
-        last = st.epoch + 1 >= math.ceil(self.total_iters / self.iters_per_epoch)
+        last = st.epoch + 1 >= self.epochs
         if val is not None and ((st.epoch + 1) % every == 0 or last):
             probs, labels = predict(self.model, val, self.info, self.device,
                                     int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip")),
@@ -469,10 +474,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or to ``train.max_steps``); returns a summary of the run."""
-        epochs = math.ceil(self.total_iters / self.iters_per_epoch)
         last: dict[str, Any] = {}
         finished = True
-        while self.state.epoch < epochs:
+        while self.state.epoch < self.epochs:
             if not self._train_epoch():
                 finished = False
                 break
