@@ -12,7 +12,7 @@ from groupmood.errors import ConfigError, WeightsError
 from groupmood.models import create_model, list_models, model_info
 from groupmood.models.global_cnns import (
     IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BNInception, _caffe_first_conv, average_view_logits,
-    load_pretrained,
+    flip_averaged_logits, load_pretrained,
 )
 from groupmood.models.heads import ClassifierHead
 
@@ -208,3 +208,23 @@ def test_centre_flip_views_average(astronaut: np.ndarray) -> None:
         expected = (model(x[:1]) + model(x[1:])) / 2
     assert averaged.shape == (1, 3)
     torch.testing.assert_close(averaged, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flip_averaged_logits_same_in_either_layout() -> None:
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0").eval()
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        plain = flip_averaged_logits(model, x, tta_flip=False)
+        flipped = flip_averaged_logits(model, x, tta_flip=True)
+        expected = (model(x) + model(x.flip(-1))) / 2
+        seen: list[bool] = []
+        hook = model.register_forward_pre_hook(
+            lambda _m, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+        last = flip_averaged_logits(model.to(memory_format=torch.channels_last), x, tta_flip=True, channels_last=True)
+        hook.remove()
+    assert seen == [True]  # one forward pass over both views, in channels-last layout
+    torch.testing.assert_close(plain, model(x).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flipped, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, expected, rtol=1e-4, atol=1e-4)
+    assert last.dtype == torch.float32

