@@ -15,7 +15,9 @@ misc-group; 228 in all), in one run it measures, per photo set and overall:
 fer's ``mtcnn=True`` detector changed between releases, and its speed with it, so several fer
 releases can be measured in one run (``--fer``, default all of ``PEERS``):
 
-* ``22.5.1`` (and later): facenet-pytorch's MTCNN in PyTorch, the classifier called directly;
+* ``25.10.3``: the newest fer, what ``pip install fer`` gives today; the same detector as 22.5.1
+  (its ``from fer import FER`` fails, so the worker imports ``fer.fer.FER``);
+* ``22.5.1``: the first release on facenet-pytorch's MTCNN in PyTorch, the classifier called directly;
 * ``22.4.0+mtcnn0.1.1``: fer 22.4.0 with the ``mtcnn`` package it was released against
   (ipazc's MTCNN in TensorFlow/Keras, one ``predict`` per pyramid scale and stage);
 * ``22.4.0+mtcnn1.0.0``: fer 22.4.0 with the ``mtcnn`` release pip resolves today (a 2024 rewrite).
@@ -89,6 +91,8 @@ class FerPeer:
 
 
 PEERS = {p.name: p for p in [
+    FerPeer("25.10.3", ("fer==25.10.3",), "facenet-pytorch 2.6.0 MTCNN (PyTorch): thresholds 0.6/0.7/0.7, "
+            "factor 0.709, minimum face 20 px"),
     FerPeer("22.5.1", (), "facenet-pytorch 2.6.0 MTCNN (PyTorch): thresholds 0.6/0.7/0.7, factor 0.709, "
             "minimum face 20 px"),
     FerPeer("22.4.0+mtcnn0.1.1", ("fer==22.4.0", "mtcnn==0.1.1"),
@@ -209,7 +213,10 @@ def fer_worker(threads: int, peer: FerPeer) -> int:
     import tensorflow as tf
 
     import fer
-    from fer import FER
+    try:
+        from fer import FER
+    except ImportError:  # fer 25.10.3's __init__ no longer exports FER, though its README still imports it so
+        from fer.fer import FER
     t_import = clock() - t0
     torch.set_num_threads(threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)

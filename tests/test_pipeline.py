@@ -278,3 +278,20 @@ def test_branch_reads_subsets_of_group_classes_and_expressions():
     assert p.shape == (2, 3) and np.all(p[:, 1] == 0) and np.allclose(p.sum(1), 1)
     with pytest.raises(ConfigError, match="neither group classes nor expressions"):
         Branch(create_model("resnet_tiny_48", num_classes=2), ["cat", "dog"], info)
+
+
+def test_branch_chunks_give_the_same_scores(recognizer):
+    from groupmood.models import model_info
+    from groupmood.pipeline import Branch
+
+    torch.manual_seed(0)
+    info = model_info("resnet_tiny_48")
+    model = create_model("resnet_tiny_48", num_classes=len(FERPLUS_EMOTIONS))
+    x = np.random.default_rng(0).integers(0, 256, (7, 48, 48, 1), dtype=np.uint8)
+    whole = Branch(model, FERPLUS_EMOTIONS, info, tta_flip=True)
+    chunked = Branch(copy.deepcopy(model), FERPLUS_EMOTIONS, info, tta_flip=True, batch_size=3)
+    assert whole.batch_size == 128 and chunked.batch_size == 3
+    np.testing.assert_allclose(chunked.scores(x), whole.scores(x), atol=1e-5)
+    assert recognizer.branches["global"].batch_size == 1  # one photo (two views) per pass on a CPU
+    with pytest.raises(ValueError, match="batch_size"):
+        Branch(model, FERPLUS_EMOTIONS, info, batch_size=0)
