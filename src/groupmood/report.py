@@ -103,8 +103,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 .photo{display:flex;gap:1.2em;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:1em;margin-bottom:1.2em;flex-wrap:wrap}
-.photo img{max-width:480px;height:auto;border-radius:4px}
-.info{flex:1;min-width:320px}
+.photo img{max-width:min(480px,100%);height:auto;border-radius:4px}
+.info{flex:1;min-width:min(320px,100%);max-width:100%;overflow-x:auto}
 h2{font-size:1em;margin:0 0 .4em;word-break:break-all}
 .label{font-size:1.3em;font-weight:600;padding:.1em .5em;border-radius:4px;color:#fff;display:inline-block}
 .bar{display:flex;align-items:center;gap:.4em;font-size:.85em;margin:.1em 0}
