@@ -106,7 +106,22 @@ def test_area_resize_matches_torch_area():
             x, y, ex, ey = b
             t = torch.from_numpy(img[y:ey, x:ex]).permute(2, 0, 1)[None].double()
             ref = F.interpolate(t, size=(out, out), mode="area")[0].permute(1, 2, 0).numpy()
-            np.testing.assert_allclose(g, ref, atol=1e-3)
+            assert g.dtype == np.float32
+            assert np.array_equal(g, ref.astype(np.float32))  # the exact mean, correctly rounded
+
+
+def test_area_resize_of_a_whole_large_image_is_exact():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(200, 256, (1800, 2600, 3)).astype(np.uint8)
+    table = integral_image(img)
+    whole = np.array([[0, 0, 2600, 1800]])
+    for h, w in ((2, 3), (601, 867)):  # bins of 900x867 pixels (sums beyond float32) and of 3x3 to 4x4
+        got = area_resize(table, whole, h, w)[0]
+        ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].double(), size=(h, w), mode="area")
+        assert np.array_equal(got, ref[0].permute(1, 2, 0).numpy().astype(np.float32))
 
 
 def test_settings_min_face():

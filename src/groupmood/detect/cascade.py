@@ -1,13 +1,17 @@
 """The MTCNN cascade, batched over images of different sizes.
 
-Stage 1 on a GPU packs every pyramid level of every image (area-resized with the reference's own
-``interpolate(mode="area")``) into one canvas (shelf packing, even offsets so that P-Net's
+Every resampling is the reference's own area averaging (``interpolate(mode="area")``, i.e.
+adaptive average pooling: the same bins), read from each image's summed-area table in four
+lookups per output pixel, whatever the size of the region: the pyramid levels as well as the
+candidates' crops. The means are correctly rounded; PyTorch's pooling kernel differs from them by
+one unit in the last place on some pixels, which moves boxes by about 1e-5 pixel.
+
+Stage 1 on a GPU packs every pyramid level of every image into one canvas (shelf packing, even offsets so that P-Net's
 stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once per scale
 per image; on a CPU, where the canvas' gaps cost as much as pixels and many small calls cost
 nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a 12x12 window, so a
 cell whose window lies inside one tile scores the same as on that tile alone. Stages 2 and 3 crop
-every candidate of every image with the reference's area averaging read from summed-area tables
-(no per-box torch call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in
+every candidate of every image (no per-box torch call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in
 stage 1) with ``torchvision.ops.batched_nms``.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
@@ -20,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from .nets import ONet, PNet, RNet
@@ -101,9 +104,11 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
 
-def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings, device: torch.device,
-            pack: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
+            device: torch.device, pack: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """P-Net on the pyramids (packed into canvases when ``pack``; default: on GPUs only).
+
+    ``tables`` are the photos' summed-area tables (:func:`integral_image`).
 
     Returns boxes (N, 9: x1 y1 x2 y2 score reg4) and image indices.
     """
@@ -115,15 +120,13 @@ def _stage1(images: list[np.ndarray], pnet: PNet, cfg: CascadeSettings, device: 
     empty = torch.zeros(0, 9, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if not tiles:
         return empty
-    # the reference's own resampling: interpolate(mode="area"), i.e. adaptive average pooling; one
-    # float copy of one photo at a time (8 large photos at once would hold about 1 GB of floats)
-    levels: list[torch.Tensor] = [torch.empty(0)] * len(tiles)
-    for i, img in enumerate(images):
-        source = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
-        for k, t in enumerate(tiles):
-            if t.image == i:
-                levels[k] = F.interpolate(source, size=(t.h, t.w), mode="area")
-        del source
+    # area averaging from the summed-area table: a cost per level pixel, where interpolate(mode="area")
+    # reads every photo pixel for every level (and first needs a float copy of the photo)
+    levels: list[torch.Tensor] = []
+    for t in tiles:
+        h, w = images[t.image].shape[:2]
+        whole = np.array([[0, 0, w, h]])
+        levels.append(torch.from_numpy(area_resize(tables[t.image], whole, t.h, t.w)).permute(0, 3, 1, 2))
     if not (device.type != "cpu" if pack is None else pack):
         # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
         # while it gains nothing from fewer, larger calls
@@ -247,8 +250,9 @@ def _bins(start: np.ndarray, length: np.ndarray, n_out: int) -> tuple[np.ndarray
 def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Area-resize integer regions (x, y, ex, ey) of one image to (K, out_h, out_w, C) float32.
 
-    Each output pixel is the mean of its bin, as ``interpolate(mode="area")`` (adaptive average
-    pooling) computes it, read from the summed-area table in four lookups whatever the region size.
+    Each output pixel is the mean of its bin (the bins of ``interpolate(mode="area")``, adaptive
+    average pooling), correctly rounded, read from the summed-area table in four lookups whatever
+    the region size.
     """
     x, y, ex, ey = (boxes[:, i].astype(np.int64) for i in range(4))
     r0, r1 = _bins(y, ey - y, out_h)
@@ -257,8 +261,15 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
     flat = table.reshape(-1, table.shape[2])  # one flat gather per corner: 3-4x faster than 2-D indexing
     a, b = r0[:, :, None] * stride, r1[:, :, None] * stride
     c, d = c0[:, None, :], c1[:, None, :]
-    total = flat[b + d] - flat[a + d] - flat[b + c] + flat[a + c]  # exact: integer sums
+
+    def corner(index: np.ndarray) -> np.ndarray:
+        return np.take(flat, index, axis=0)  # 2-3x faster than flat[index] for rows of 3 channels
+
+    total = corner(b + d) - corner(a + d) - corner(b + c) + corner(a + c)  # exact: integer sums
     count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[..., None]
+    if int(count.max(initial=0)) * 255 < 2**24:
+        # sums and counts are exact in float32, and one division rounds as the float64 one, cast down
+        return total.astype(np.float32) / count.astype(np.float32)
     return (total / count).astype(np.float32)
 
 
@@ -316,10 +327,10 @@ def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet, cf
                for _ in range(n)]
     if n == 0:
         return results
-    boxes, img_ids = _stage1(images, pnet, cfg, device, pack)
+    tables = [integral_image(img) for img in images]
+    boxes, img_ids = _stage1(images, tables, pnet, cfg, device, pack)
     if len(boxes) == 0:
         return results
-    tables = [integral_image(img) for img in images]
     sizes_all = torch.tensor([img.shape[:2] for img in images], dtype=torch.float32, device=device)
 
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
