@@ -30,9 +30,9 @@ addEventListener("load", () => {
     const r = i.getBoundingClientRect();
     return {alt: i.alt, decoded: i.complete && i.naturalWidth > 0, width: r.width, left: r.left, right: r.right};
   });
+  const width = (bar, part) => bar.querySelector(part).getBoundingClientRect().width;
   const bars = [...document.querySelectorAll(".bar")].map(b => ({
-    value: parseFloat(b.lastElementChild.textContent),
-    ratio: b.querySelector(".fill").getBoundingClientRect().width / b.querySelector(".track").getBoundingClientRect().width,
+    value: parseFloat(b.lastElementChild.textContent), ratio: width(b, ".fill") / width(b, ".track"),
   }));
   const out = {imgs, bars, viewport: innerWidth, page: document.documentElement.scrollWidth,
                labels: [...document.querySelectorAll(".label")].map(e => e.textContent)};

@@ -6,13 +6,13 @@ lookups per output pixel, whatever the size of the region: the pyramid levels as
 candidates' crops. The means are correctly rounded; PyTorch's pooling kernel differs from them by
 one unit in the last place on some pixels, which moves boxes by about 1e-5 pixel.
 
-Stage 1 on a GPU packs every pyramid level of every image into one canvas (shelf packing, even offsets so that P-Net's
-stride-2 grid lines up with each tile) and runs P-Net once per canvas instead of once per scale
-per image; on a CPU, where the canvas' gaps cost as much as pixels and many small calls cost
-nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a 12x12 window, so a
-cell whose window lies inside one tile scores the same as on that tile alone. Stages 2 and 3 crop
-every candidate of every image (no per-box torch call) and run R-Net / O-Net in chunks. NMS is per image (and per scale in
-stage 1) with ``torchvision.ops.batched_nms``.
+Stage 1 on a GPU packs every pyramid level of every image into one canvas (shelf packing, even
+offsets so that P-Net's stride-2 grid lines up with each tile) and runs P-Net once per canvas
+instead of once per scale per image; on a CPU, where the canvas' gaps cost as much as pixels and
+many small calls cost nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a
+12x12 window, so a cell whose window lies inside one tile scores the same as on that tile alone.
+Stages 2 and 3 crop every candidate of every image (no per-box torch call) and run R-Net / O-Net
+in chunks. NMS is per image (and per scale in stage 1) with ``torchvision.ops.batched_nms``.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
 landmark formulas), so detections match the original implementation.
