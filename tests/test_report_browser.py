@@ -3,7 +3,8 @@
 The default bundle labels two real photos (one with a face, one without) and writes the report;
 Chromium then loads it from disk, at a desktop and at a phone width. A probe script, appended to a
 copy of the page, reads what the browser laid out: every thumbnail decoded and on screen, the
-probability bars as wide as their numbers, no page wider than the window. A screenshot of the page
+probability bars as wide as their numbers, no page wider than the window, each photo's branch
+table inside its column. A screenshot of the page
 itself shows the label colours. Skipped where no Chromium is installed (``.ci/run`` installs it;
 ``GROUPMOOD_BROWSER`` names another binary).
 """
@@ -34,7 +35,9 @@ addEventListener("load", () => {
   const bars = [...document.querySelectorAll(".bar")].map(b => ({
     value: parseFloat(b.lastElementChild.textContent), ratio: width(b, ".fill") / width(b, ".track"),
   }));
-  const out = {imgs, bars, viewport: innerWidth, page: document.documentElement.scrollWidth,
+  const branchTables = [...document.querySelectorAll("table")].filter(t => t.rows[0].cells[0].textContent === "branch")
+    .map(t => ({right: t.getBoundingClientRect().right, box: t.parentElement.getBoundingClientRect().right}));
+  const out = {imgs, bars, branchTables, viewport: innerWidth, page: document.documentElement.scrollWidth,
                labels: [...document.querySelectorAll(".label")].map(e => e.textContent)};
   const pre = document.createElement("pre");
   pre.id = "probe";
@@ -86,6 +89,9 @@ def test_report_renders_in_chromium(browser: str, report: Path, width: int) -> N
     for img in seen["imgs"]:  # decoded, visible, inside the window
         assert img["decoded"] and img["width"] > 100 and img["left"] >= 0 and img["right"] <= seen["viewport"], img
     assert seen["page"] <= seen["viewport"], "the page is wider than the window"
+    assert len(seen["branchTables"]) == 2
+    for table in seen["branchTables"]:  # the branch table fits its column (the face table may scroll)
+        assert table["right"] <= table["box"] + 1, table
     preds = {json.loads(ln)["file"].split("/")[-1]: json.loads(ln)
              for ln in (report.parent / "pred.jsonl").read_text().splitlines()}
     assert seen["labels"] == [preds["astronaut.jpg"]["label"], preds["coffee.png"]["label"]]

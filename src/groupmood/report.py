@@ -108,7 +108,8 @@ padding:1em;margin-bottom:1.2em;flex-wrap:wrap}
 h2{font-size:1em;margin:0 0 .4em;word-break:break-all}
 .label{font-size:1.3em;font-weight:600;padding:.1em .5em;border-radius:4px;color:#fff;display:inline-block}
 .bar{display:flex;align-items:center;gap:.4em;font-size:.85em;margin:.1em 0}
-.bar .name{width:5.5em}.bar .track{width:180px;height:.8em;background:#eee;border-radius:3px;overflow:hidden}
+.bar .name{width:5.5em}.bar .track{width:min(180px,30vw);height:.8em;background:#eee;border-radius:3px;overflow:hidden}
+td .bar .track{width:min(120px,15vw)}
 .bar .fill{display:block;height:100%}
 table{border-collapse:collapse;font-size:.82em;margin-top:.6em}
 td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}
