@@ -4,9 +4,8 @@ The default bundle labels two real photos (one with a face, one without) and wri
 Chromium then loads it from disk, at a desktop and at a phone width. A probe script, appended to a
 copy of the page, reads what the browser laid out: every thumbnail decoded and on screen, the
 probability bars as wide as their numbers, no page wider than the window, each photo's branch
-table inside its column. A screenshot of the page
-itself shows the label colours. Skipped where no Chromium is installed (``.ci/run`` installs it;
-``GROUPMOOD_BROWSER`` names another binary).
+table inside its column. A screenshot of the page itself shows the label colours. Skipped where
+no Chromium is installed (``.ci/run`` installs it; ``GROUPMOOD_BROWSER`` names another binary).
 """
 from __future__ import annotations
 
@@ -50,8 +49,8 @@ addEventListener("load", () => {
 @pytest.fixture(scope="module")
 def browser() -> str:
     for name in (os.environ.get("GROUPMOOD_BROWSER"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     pytest.skip("no Chromium here (apt-get install chromium, or set GROUPMOOD_BROWSER)")
 
 

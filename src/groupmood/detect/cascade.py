@@ -4,7 +4,7 @@ Every resampling is the reference's own area averaging (``interpolate(mode="area
 adaptive average pooling: the same bins), read from each image's summed-area table in four
 lookups per output pixel, whatever the size of the region: the pyramid levels as well as the
 candidates' crops. The means are correctly rounded; PyTorch's pooling kernel differs from them by
-one unit in the last place on some pixels, which moves boxes by about 1e-5 pixel.
+one unit in the last place on some pixels, which moves boxes by at most about 1e-4 pixel.
 
 Stage 1 on a GPU packs every pyramid level of every image into one canvas (shelf packing, even
 offsets so that P-Net's stride-2 grid lines up with each tile) and runs P-Net once per canvas
