@@ -61,5 +61,5 @@ def test_detect_stdout_and_usage_errors(tmp_path, astronaut, capsys):
     rec = json.loads(capsys.readouterr().out.strip())
     assert len(rec["faces"]) == 1
     assert main(["detect", str(tmp_path / "empty_dir_*.png"), "--no-progress"]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "no file matches this pattern" in capsys.readouterr().err
     assert main(["detect"]) == 2

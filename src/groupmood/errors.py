@@ -1,7 +1,19 @@
 """The exceptions groupmood raises on user input, each with a message that says what to do."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as printable UTF-8 text: bytes that are not UTF-8 (a file name from another system)
+    become ``\\xNN`` escapes, so that records, messages and reports never fail on such a name."""
+    s = os.fspath(path)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
 
 
 class GroupmoodError(Exception):
@@ -12,7 +24,7 @@ class ImageLoadError(GroupmoodError):
     """An input file could not be read as an image; names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
+        self.path = display_path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
@@ -27,3 +39,7 @@ class ConfigError(GroupmoodError):
 
 class DatasetError(GroupmoodError):
     """A dataset folder or label file is missing or malformed."""
+
+
+class OutputError(GroupmoodError):
+    """An output file or folder cannot be written there; names it, says why and what to do."""

@@ -6,21 +6,77 @@ and every failure becomes one :class:`ImageLoadError` that names the file and th
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
-import warnings
+import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, display_path
 
-#: Extensions picked up when a folder is given (explicit files are read whatever their name).
+#: Extensions picked up when a folder is given (explicit files are read whatever their name). HEIC / HEIF
+#: files are picked up too, so that a folder of phone photos reports them instead of skipping them silently.
 IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif",
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif",
+    ".ico", ".avif", ".heic", ".heif", ".jp2", ".tga", ".qoi", ".apng", ".mpo",
 })
+
+#: Formats Pillow cannot read without a plugin, with what to do about them.
+_UNSUPPORTED = {".heic": "HEIC", ".heif": "HEIF"}
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def path_key(path: str | Path) -> str:
+    """The identity of a file for de-duplication and resume: its absolute path with symlinks
+    resolved (loops left as they are), as :func:`display_path` text."""
+    return display_path(os.path.realpath(os.fspath(path)))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for messages)."""
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def check_image_file(path: str | Path) -> int:
+    """The size in bytes of ``path`` if it is a non-empty regular file (symlinks followed).
+
+    Raises :class:`ImageLoadError` with the reason otherwise: missing, a glob that matched nothing, a
+    broken or looping symlink, a folder, a FIFO / device / socket (reading one could block forever),
+    an empty file. Callers check before they open or hash a file.
+    """
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(p, "symbolic link loop (the link leads back to itself); fix or remove "
+                                    "the link") from None
+        if os.path.islink(p):
+            raise ImageLoadError(p, f"broken symbolic link (it points to {display_path(os.readlink(p))}, "
+                                    "which does not exist)") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = "no file matches this pattern" if _has_glob(p) else "no such file"
+            raise ImageLoadError(p, reason) from None
+        if exc.errno == errno.EACCES:
+            raise ImageLoadError(p, "permission denied") from None
+        raise ImageLoadError(p, f"cannot stat file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(p, "is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(p, f"not a regular file ({file_kind(st.st_mode)}); only image files are read")
+    if st.st_size == 0:
+        raise ImageLoadError(p, "empty file (0 bytes)")
+    return st.st_size
 
 #: Default pixel limit, PIL's own (about 89 megapixels); above it a file is refused as a possible bomb.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -44,40 +100,51 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_size(p: Path, img: Image.Image, max_pixels: int | None) -> None:
+    """Refuse an image above ``max_pixels``, read from the header before anything is decoded."""
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageLoadError(p, f"image too large: {w} x {h} = {w * h} pixels, above the limit of {max_pixels} "
+                                "(a guard against decompression bombs); raise the limit with --max-pixels "
+                                "if the file is trusted")
+
+
+def _check_finite(p: Path, img: Image.Image) -> None:
+    """Refuse a float image with NaN or infinite pixels: scaling would turn the whole image black."""
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise ImageLoadError(p, f"{bad} of {arr.size} pixels are NaN or infinite (a float image with missing "
+                                    "values); replace them in the file (e.g. with 0) and read it again")
+
+
 def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read ``path`` as an (H, W, 3) uint8 RGB array with EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` naming the file for a missing, empty, truncated, non-image or
-    oversized (decompression-bomb) file.
+    Raises :class:`ImageLoadError` naming the file for a missing, empty, non-regular (FIFO, device),
+    truncated, non-image or oversized (decompression-bomb) file, and for a float image with NaN or
+    infinite pixels.
     """
     p = Path(path)
-    if not p.exists():
-        raise ImageLoadError(p, "no such file")
-    if p.is_dir():
-        raise ImageLoadError(p, "is a folder, not an image file")
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ImageLoadError(p, f"cannot stat file ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise ImageLoadError(p, "empty file (0 bytes)")
+    check_image_file(p)
     old_limit = Image.MAX_IMAGE_PIXELS
     old_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        Image.MAX_IMAGE_PIXELS = None  # checked by _check_pixels against max_pixels itself
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
-                return np.asarray(rgb, dtype=np.uint8).copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(
-            p, f"image too large ({exc}); raise the limit with --max-pixels if the file is trusted"
-        ) from exc
+        with Image.open(p) as img:
+            _check_size(p, img, max_pixels)
+            img.load()
+            _check_finite(p, img)
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+            return np.asarray(rgb, dtype=np.uint8).copy()
     except UnidentifiedImageError as exc:
+        fmt = _UNSUPPORTED.get(p.suffix.lower())
+        if fmt:
+            raise ImageLoadError(p, f"{fmt} images cannot be read here (Pillow needs the pillow-heif plugin); "
+                                    "convert the file to JPEG or PNG") from exc
         raise ImageLoadError(p, "not an image file (format not recognised from its content)") from exc
     except PermissionError as exc:
         raise ImageLoadError(p, "permission denied") from exc
@@ -95,40 +162,124 @@ def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
+def _translate_part(part: str) -> str:
+    """A regular expression for one path component of a glob (``*`` and ``?`` never match ``/``)."""
+    out, i = [], 0
+    while i < len(part):
+        c = part[i]
+        j = part.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif j > 0:
+            body = part[i + 1:j].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _recursive_glob(pattern: str) -> list[Path]:
+    """Paths matching a glob with ``**``, found by a walk that never enters a folder symlink.
+
+    Python's glob follows folder symlinks under ``**``: a link to a parent folder makes it run for
+    ever, a link to ``.`` yields every file 40 times. Hidden names are skipped, as glob does.
+    """
+    parts = pattern.split("/")
+    k = next(i for i, part in enumerate(parts) if _has_glob(part))
+    root = "/".join(parts[:k]) or ("/" if pattern.startswith("/") else ".")
+    prefix = "" if k == 0 else root.rstrip("/") + "/"
+    rx = ""
+    for i, part in enumerate(parts[k:]):
+        last = i == len(parts) - k - 1
+        if part == "**":
+            rx += ".*" if last else "(?:[^/]*/)*"
+        else:
+            rx += _translate_part(part) + ("" if last else "/")
+    matcher = re.compile(rx, re.DOTALL)
+    out = []
+    for dirpath, dirs, files in os.walk(root):  # followlinks=False: folder symlinks are listed, not entered
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in [*dirs, *sorted(f for f in files if not f.startswith("."))]:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if matcher.fullmatch(rel):
+                out.append(Path(prefix + rel))
+    return out
+
+
+def _expand_glob(pattern: str) -> list[Path]:
+    if "**" in pattern:
+        return _recursive_glob(pattern)
+    return [Path(m) for m in sorted(glob.glob(pattern))]
+
+
+def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = None) -> Iterator[Path]:
     """Expand files, folders (recursive, image extensions only, sorted) and globs into paths.
 
+    Each file comes once, however many inputs name it (keyed on the resolved path, :func:`path_key`);
+    walks never enter folder symlinks, so a link to a parent folder cannot make them run for ever.
     A path that neither exists nor matches a glob is yielded as-is so that the caller reports it
-    as a missing file instead of silently dropping it.
+    (missing file, pattern without a match, symlink loop) instead of silently dropping it; so is a
+    FIFO or device named like an image. A folder without an image file is noted in ``notes``.
     """
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
     def emit(p: Path) -> Iterator[Path]:
-        if p not in seen:
-            seen.add(p)
+        key = path_key(p)
+        if key not in seen:
+            seen.add(key)
             yield p
+
+    def walk(folder: Path) -> Iterator[Path]:
+        found = 0
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    found += 1
+                    yield from emit(Path(root) / name)
+        if not found and notes is not None:
+            notes.append(f"{display_path(folder)}: no image files in this folder")
 
     for item in inputs:
         s = os.fspath(item)
         p = Path(s)
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for name in sorted(files):
-                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                        yield from emit(Path(root) / name)
-        elif p.exists() or not _has_glob(s):
+            yield from walk(p)
+        elif os.path.lexists(s) or not _has_glob(s):
             yield from emit(p)
         else:
-            matches = sorted(glob.glob(s, recursive=True))
+            matches = _expand_glob(s)
             if not matches:
                 yield from emit(p)
-            for m in matches:
-                mp = Path(m)
+            for mp in matches:
                 if mp.is_dir():
-                    yield from iter_image_paths([mp])
+                    yield from walk(mp)
                 else:
                     yield from emit(mp)
+
+
+def load_in_order(paths: Iterable[Path], batch_size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                  ) -> Iterator[list[tuple[Path, np.ndarray | ImageLoadError]]]:
+    """Load images in batches of ``batch_size``; per batch, (path, array or its load error) in input order.
+
+    A bad file never stops the run: its :class:`ImageLoadError` takes its place in the batch.
+    """
+    batch: list[tuple[Path, np.ndarray | ImageLoadError]] = []
+    for p in paths:
+        try:
+            batch.append((p, load_image(p, max_pixels=max_pixels)))
+        except ImageLoadError as exc:
+            batch.append((p, exc))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def load_batches(paths: Iterable[Path], batch_size: int,
@@ -137,15 +288,6 @@ def load_batches(paths: Iterable[Path], batch_size: int,
 
     A bad file never stops the run: its :class:`ImageLoadError` comes back beside the good ones.
     """
-    good: list[tuple[Path, np.ndarray]] = []
-    bad: list[ImageLoadError] = []
-    for p in paths:
-        try:
-            good.append((p, load_image(p, max_pixels=max_pixels)))
-        except ImageLoadError as exc:
-            bad.append(exc)
-        if len(good) + len(bad) >= batch_size:
-            yield good, bad
-            good, bad = [], []
-    if good or bad:
-        yield good, bad
+    for batch in load_in_order(paths, batch_size, max_pixels):
+        yield ([(p, x) for p, x in batch if isinstance(x, np.ndarray)],
+               [x for _, x in batch if isinstance(x, ImageLoadError)])

@@ -1,7 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written output file."""
+"""Atomic file writes: a reader never sees a half-written output file.
+
+The target is what the path leads to: a symlink is followed and the real file replaced (the link
+stays), and a target that is not a regular file (``/dev/null``, a FIFO, a device) is written
+directly, never replaced by a regular file.
+"""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,19 +18,40 @@ import cv2
 import numpy as np
 
 
+def output_target(path: str | Path) -> tuple[Path, bool]:
+    """The file a write to ``path`` reaches (symlinks followed) and whether it may be replaced by a
+    rename: True for a regular file or a new name, False for a FIFO, a device, a socket or a folder."""
+    real = Path(os.path.realpath(os.fspath(path)))
+    try:
+        st = os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        return real, True
+    return real, stat.S_ISREG(st.st_mode)
+
+
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_write(path: str | Path, mode: str = "w", durable: bool = False) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` (os.replace).
 
-    Readers never see a half-written file, and a crash leaves the old file in place.
+    Readers never see a half-written file, and a crash leaves the old file in place. ``durable``
+    also flushes the new file to disk before the rename. A symlink is followed (the real file is
+    replaced); a non-regular target (``/dev/null``, a FIFO) is opened and written directly.
     """
-    p = Path(path)
+    kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8"}
+    p, regular = output_target(path)
+    if not regular:
+        with open(p, mode, **kwargs) as fh:
+            yield fh
+        return
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..detect import FaceDetector
-from ..images import DEFAULT_MAX_PIXELS, iter_image_paths, load_batches
+from ..errors import ImageLoadError, OutputError, display_path
+from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, path_key
+from ..io import atomic_write, output_target
 
 
 def detector_options(fn: Callable) -> Callable:
@@ -43,17 +46,41 @@ def detector_options(fn: Callable) -> Callable:
     return fn
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can run on it here; a usage error that says what to use otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r} is not a torch device; use cpu, cuda or cuda:N",
+                                 param_hint="--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device!r} asked for, but torch sees no CUDA device here; use --device cpu",
+                                 param_hint="--device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                                 param_hint="--device")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise click.BadParameter(f"{device!r} asked for, but torch sees no MPS device here; use --device cpu",
+                                 param_hint="--device")
+    return device
+
+
 def build_detector(device: str, min_face_frac: float, min_face_px: float | None,
                    thresholds: Sequence[float], factor: float, mtcnn_weights: str | None) -> FaceDetector:
     """The MTCNN detector from the weight cache (fetched on first use) with the CLI's settings."""
     return FaceDetector.from_pretrained(
-        device=device, weights_dir=mtcnn_weights, auto_fetch=mtcnn_weights is None,
+        device=check_device(device), weights_dir=mtcnn_weights, auto_fetch=mtcnn_weights is None,
         thresholds=tuple(thresholds), factor=factor, min_face_frac=min_face_frac, min_face_px=min_face_px)
 
 
 def collect_paths(inputs: Sequence[str]) -> list[Path]:
-    """Expand the PATH arguments; an empty result is a usage error."""
-    paths = list(iter_image_paths(inputs))
+    """Expand the PATH arguments (notes such as an empty folder go to stderr); none is a usage error."""
+    notes: list[str] = []
+    paths = list(iter_image_paths(inputs, notes))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if not paths:
         raise click.UsageError("no input images found in the given paths")
     return paths
@@ -61,30 +88,102 @@ def collect_paths(inputs: Sequence[str]) -> list[Path]:
 
 def output_names(paths: Sequence[Path]) -> dict[Path, Path]:
     """Relative output names that mirror the inputs below their common folder (unique per input)."""
-    absolute = [p.resolve() for p in paths]
+    absolute = [Path(os.path.abspath(p)) for p in paths]
     parents = [str(p.parent) for p in absolute]
     root = Path(os.path.commonpath(parents)) if parents else Path(".")
     return {p: a.relative_to(root) for p, a in zip(paths, absolute)}
 
 
+def output_stems(paths: Sequence[Path]) -> dict[Path, Path]:
+    """Relative names without extension for files made per input (``--annotate``, ``--crops``), unique.
+
+    ``a.jpg`` gives ``a``; when two inputs of one folder share a stem (``a.jpg`` and ``a.png``) both
+    keep their extension (``a.jpg``, ``a.png``), and a clash left after that gets ``-2``, ``-3``.
+    Names are compared without case, so that they are unique on any file system.
+    """
+    rel = output_names(paths)
+    stems = {p: r.with_name(r.stem) if r.suffix else r for p, r in rel.items()}
+    counts = Counter(str(s).lower() for s in stems.values())
+    stems = {p: (rel[p] if counts[str(s).lower()] > 1 else s) for p, s in stems.items()}
+    taken: set[str] = set()
+    out = {}
+    for p, s in stems.items():
+        name, k = s, 1
+        while str(name).lower() in taken:
+            k += 1
+            name = s.with_name(f"{s.name}-{k}")
+        taken.add(str(name).lower())
+        out[p] = name
+    return out
+
+
 class PartialFileSink:
     """An output file written through FILE.partial and renamed to FILE when the run completes.
 
-    Subclasses read back what a stopped run wrote (``resume``) into :attr:`done` and write records.
-    ``path`` ``None`` or ``-`` means stdout.
+    ``path`` ``None`` or ``-`` means stdout. A symlink is followed (the real file is written, the link
+    stays); a FIFO or device (``/dev/null``) is written directly, never replaced. With ``resume``
+    the records of a stopped run (FILE.partial, else FILE) are read back: photos done are in
+    :attr:`done` (keyed by :func:`~groupmood.images.path_key`), and records of photos that failed
+    are dropped so those photos are tried again. The kept records go into a new FILE.partial that
+    replaces the old one only once it is on disk, so a kill at any moment loses nothing.
+    Subclasses give the header, read records back and write them.
     """
 
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path and path != "-" else None
+    def __init__(self, path: str | None, resume: bool = False) -> None:
         self.done: set[str] = set()
+        self.retried = 0
+        self.path: Path | None = None
+        self.partial: Path | None = None
         self._fh: IO[str] = sys.stdout
-        if self.path is not None:
-            self.partial = self.path.with_name(self.path.name + ".partial")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if path is None or path == "-":
+            if resume:
+                raise click.UsageError("--resume reads back what a stopped run wrote to -o FILE; it cannot "
+                                       "resume output to stdout: give -o FILE")
+            self._write_header()
+            return
+        real, regular = output_target(path)
+        try:
+            if real.is_dir():
+                raise OutputError(f"-o {display_path(path)} is a folder; give a file name")
+            if not regular:
+                if resume:
+                    raise click.UsageError(f"--resume needs -o to name a regular file; {display_path(path)} is "
+                                           f"{file_kind(real.stat().st_mode)}")
+                self._fh = open(real, "w", encoding="utf-8", newline="")
+                self._write_header()
+                return
+            real.parent.mkdir(parents=True, exist_ok=True)
+            self.path = real
+            self.partial = real.with_name(real.name + ".partial")
+            src = self.previous() if resume else None
+            text = src.read_bytes().decode("utf-8", "replace") if src is not None else ""
+            kept = self._read_back(text, src) if src is not None else self.header()
+            with atomic_write(self.partial, "w", durable=True) as fh:
+                fh.write(kept)
+            self._fh = open(self.partial, "a", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise OutputError(f"cannot write -o {display_path(path)}: {exc.strerror or exc}; choose another "
+                              "output file or folder") from None
+
+    def _write_header(self) -> None:
+        self._fh.write(self.header())
+        self._fh.flush()
+
+    def header(self) -> str:
+        """The text a new output file starts with."""
+        return ""
+
+    def _read_back(self, text: str, src: Path) -> str:
+        """Parse a stopped run's output; fill :attr:`done`; return the text to keep (header included)."""
+        raise NotImplementedError
+
+    def is_done(self, path: Path) -> bool:
+        """Whether a resumed run already has a record of ``path`` (under any spelling of it)."""
+        return path_key(path) in self.done
 
     def previous(self) -> Path | None:
         """The file a resumed run continues: the partial one, else a finished one, else None."""
-        if self.path is None:
+        if self.path is None or self.partial is None:
             return None
         src = self.partial if self.partial.exists() else self.path
         return src if src.exists() else None
@@ -94,33 +193,38 @@ class PartialFileSink:
 
     def close(self, complete: bool = True) -> None:
         """Close; when the run completed, move the partial file into place."""
-        if self.path is None:
+        if self._fh is sys.stdout:
+            self._fh.flush()
             return
         self._fh.close()
-        if complete:
+        if complete and self.partial is not None and self.path is not None:
             os.replace(self.partial, self.path)
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of ``text`` that end with a newline: a last line cut by a kill is left out."""
+    lines = text.split("\n")
+    return lines[:-1]
 
 
 class JsonlSink(PartialFileSink):
     """JSON Lines output; with ``resume``, records already written are kept and their files skipped."""
 
-    def __init__(self, path: str | None, resume: bool = False) -> None:
-        super().__init__(path)
-        if self.path is None:
-            return
+    def _read_back(self, text: str, src: Path) -> str:
         kept = []
-        src = self.previous() if resume else None
-        if src is not None:
-            for ln in src.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(ln)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: its file is done again
-                kept.append(ln)
-                self.done.add(rec.get("file", ""))
-        self._fh = open(self.partial, "w", encoding="utf-8")
-        self._fh.write("".join(k + "\n" for k in kept))
-        self._fh.flush()
+        for ln in complete_lines(text):
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:
+                continue  # a line damaged by a crash: its file is done again
+            if not isinstance(rec, dict) or "file" not in rec:
+                continue
+            if "error" in rec:
+                self.retried += 1  # failed before: tried again
+                continue
+            kept.append(ln + "\n")
+            self.done.add(path_key(rec["file"]))
+        return "".join(kept)
 
     def write(self, record: dict) -> None:
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -141,25 +245,38 @@ class PhotoRun:
                 f"({self.seconds / max(1, n):.3f} s/photo)" + extra)
 
 
+def resume_note(sink: PartialFileSink, n_paths: int, n_todo: int) -> str:
+    """The summary's words on what a resumed run found done and tried again."""
+    note = f"; already done: {n_paths - n_todo}"
+    if sink.retried:
+        note += f" (failed before and tried again: {sink.retried})"
+    return note
+
+
 def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: PartialFileSink, progress: bool,
-               handle: Callable[[list[tuple[Path, np.ndarray]]], None]) -> PhotoRun:
+               handle: Callable[[list[tuple[Path, np.ndarray]]], list[dict]]) -> PhotoRun:
     """Load photos in batches and pass the readable ones to ``handle``; report, record and skip the rest.
 
-    The sink is completed when every photo was seen and left partial (resumable) on any exception.
+    ``handle`` returns one record per photo it was given; records are written in input order, each
+    unreadable file's error record in its place. The sink is completed when every photo was seen and
+    left partial (resumable) on any exception.
     """
     run = PhotoRun()
     start = time.perf_counter()
     bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr)
     try:
-        for good, bad in load_batches(paths, batch_size, max_pixels):
-            for err in bad:
-                tqdm.write(f"skipped {err}", file=sys.stderr)
-                sink.write({"file": err.path, "error": err.reason})
-                run.failed.append((err.path, err.reason))
-            if good:
-                handle(good)
+        for batch in load_in_order(paths, batch_size, max_pixels):
+            good = [(p, x) for p, x in batch if isinstance(x, np.ndarray)]
+            done = iter(handle(good) if good else [])
+            for p, x in batch:
+                if isinstance(x, ImageLoadError):
+                    tqdm.write(f"skipped {x}", file=sys.stderr)
+                    sink.write({"file": x.path, "error": x.reason})
+                    run.failed.append((x.path, x.reason))
+                else:
+                    sink.write(next(done))
             run.ok += len(good)
-            bar.update(len(good) + len(bad))
+            bar.update(len(batch))
     except BaseException:
         sink.close(complete=False)
         raise

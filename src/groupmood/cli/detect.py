@@ -10,7 +10,8 @@ from ..align import align_faces, square_crops
 from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
-from .common import JsonlSink, build_detector, collect_paths, detector_options, output_names, run_photos
+from ..errors import display_path
+from .common import JsonlSink, build_detector, collect_paths, detector_options, output_stems, resume_note, run_photos
 
 
 @click.command("detect")
@@ -35,25 +36,28 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
     error that made the photo unreadable. The exit status is 1 when any photo failed.
     """
     paths = collect_paths(inputs)
-    names = output_names(paths)
+    stems = output_stems(paths)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
     sink = JsonlSink(output, resume=resume)
-    todo = [p for p in paths if str(p) not in sink.done]
+    todo = [p for p in paths if not sink.is_done(p)]
     n_faces = 0
 
-    def handle(good: list[tuple[Path, np.ndarray]]) -> None:
+    def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:
         nonlocal n_faces
+        records = []
         for (path, img), faces in zip(good, detector.detect([img for _, img in good])):
             n_faces += len(faces)
-            sink.write({"file": str(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
-                        "faces": [f.to_dict() for f in faces]})
+            records.append({"file": display_path(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
+                            "faces": [f.to_dict() for f in faces]})
             if annotate_dir:
-                write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), draw_faces(img, faces))
+                stem = stems[path]
+                write_image(Path(annotate_dir) / stem.with_name(stem.name + ".jpg"), draw_faces(img, faces))
             if crops_dir and faces:
-                _write_crops(Path(crops_dir) / names[path].with_suffix(""), img, faces, margin)
+                _write_crops(Path(crops_dir) / stems[path], img, faces, margin)
+        return records
 
     run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
-    click.echo(run.summary(n_faces, f"; already done: {len(paths) - len(todo)}" if resume else ""), err=True)
+    click.echo(run.summary(n_faces, resume_note(sink, len(paths), len(todo)) if resume else ""), err=True)
     return 1 if run.failed else 0
 
 

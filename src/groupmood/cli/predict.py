@@ -11,14 +11,15 @@ from typing import Any
 import click
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, display_path
+from ..images import path_key
 from ..fusion import ABSTAIN, parse_weights, preset_weights
 from ..io import write_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, default_bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
-from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, detector_options, output_names,
-                     run_photos)
+from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, complete_lines, detector_options,
+                     output_names, output_stems, resume_note, run_photos)
 
 
 def fusion_options(fn: Any) -> Any:
@@ -57,26 +58,37 @@ class CsvSink(PartialFileSink):
     """CSV output with one row per photo, to stdout or FILE (through FILE.partial, like JSON Lines)."""
 
     def __init__(self, path: str | None, branches: Sequence[str], resume: bool = False) -> None:
-        super().__init__(path)
         self.columns = ["file", "label", *GROUP_CLASSES, "n_faces", "no_face"]
         for b in branches:
             self.columns += [f"{b}_spoke", *(f"{b}_{c}" for c in GROUP_CLASSES)]
         self.columns.append("error")
-        kept: list[list[str]] = []
-        src = self.previous() if resume else None
-        if src is not None:
-            rows = list(csv.reader(io.StringIO(src.read_text(encoding="utf-8"))))
-            if rows and rows[0] != self.columns:
-                raise ConfigError(f"{src} has other columns than this run writes; resume with the same "
-                                  "bundle or write to a new file")
-            kept = [r for r in rows[1:] if len(r) == len(self.columns)]
-            self.done = {r[0] for r in kept}
-        if self.path is not None:
-            self._fh = open(self.partial, "w", encoding="utf-8", newline="")
+        super().__init__(path, resume)
         self._writer = csv.writer(self._fh, lineterminator="\n")
-        self._writer.writerow(self.columns)
-        self._writer.writerows(kept)
-        self._fh.flush()
+
+    def _rows_text(self, rows: Sequence[Sequence[str]]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        return buf.getvalue()
+
+    def header(self) -> str:
+        return self._rows_text([self.columns])
+
+    def _read_back(self, text: str, src: Path) -> str:
+        whole = "".join(ln + "\n" for ln in complete_lines(text))  # a row cut by a kill is done again
+        rows = list(csv.reader(io.StringIO(whole)))
+        if rows and rows[0] != self.columns:
+            raise ConfigError(f"{display_path(src)} has other columns than this run writes; resume with the same "
+                              "bundle or write to a new file")
+        kept = []
+        for r in rows[1:]:
+            if len(r) != len(self.columns):
+                continue
+            if r[-1]:
+                self.retried += 1  # failed before: tried again
+                continue
+            kept.append(r)
+            self.done.add(path_key(r[0]))
+        return self._rows_text([self.columns, *kept])
 
     def write(self, record: Mapping[str, Any]) -> None:
         row: dict[str, Any] = {"file": record["file"], "error": record.get("error", "")}
@@ -120,30 +132,34 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     """
     paths = collect_paths(inputs)
     names = output_names(paths)
+    stems = output_stems(paths)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.branches), resume) if fmt == "csv"
                                  else JsonlSink(output, resume=resume))
-    todo = [p for p in paths if str(p) not in sink.done]
+    todo = [p for p in paths if not sink.is_done(p)]
     counts: Counter[str] = Counter()
     n_faces = 0
     report = HtmlReport() if report_path else None
 
-    def handle(good: list[tuple[Path, np.ndarray]]) -> None:
+    def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:
         nonlocal n_faces
+        records = []
         for (path, img), res in zip(good, rec.predict([img for _, img in good])):
             n_faces += len(res.faces)
             counts[res.label] += 1
-            sink.write({"file": str(path), **res.to_dict()})
+            records.append({"file": display_path(path), **res.to_dict()})
             if annotate_dir:
-                write_image(Path(annotate_dir) / names[path].with_suffix(".jpg"), annotate(img, res))
+                stem = stems[path]
+                write_image(Path(annotate_dir) / stem.with_name(stem.name + ".jpg"), annotate(img, res))
             if report is not None:
-                report.add(str(names[path]), img, res)
+                report.add(display_path(names[path]), img, res)
+        return records
 
     run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
-                          + (f"; already done: {len(paths) - len(todo)}" if resume else ""))
+                          + (resume_note(sink, len(paths), len(todo)) if resume else ""))
     if report is not None:
         report.write(report_path, summary, describe_fusion(rec, bundle or default_bundle_path()), run.failed)
     click.echo(summary, err=True)
