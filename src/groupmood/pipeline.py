@@ -61,7 +61,7 @@ from . import weights as weight_store
 from .align import align_faces, square_crops
 from .data.transforms import GLOBAL_CROP, global_eval_views, normalize
 from .detect import Face, FaceDetector
-from .detect.detector import ImageLike, as_rgb_array
+from .detect.detector import ImageLike, Images, as_rgb_list
 from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
 from .labels import GROUP_CLASSES, valence_matrix
@@ -461,9 +461,10 @@ class GroupEmotionRecognizer:
                                       pooling, self.device, self.chosen_on)
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[ImageLike]) -> list[GroupResult]:
-        """Label a batch of photos (RGB arrays or PIL images); one result per photo, in order."""
-        arrays = [as_rgb_array(im) for im in images]
+    def predict(self, images: Images) -> list[GroupResult]:
+        """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
+        photo, in order."""
+        arrays = as_rgb_list(images)
         if not arrays:
             return []
         faces_per = self.detector.detect(arrays)

@@ -1,6 +1,7 @@
 """FaceDetector: images in, a list of faces per image out (an empty list when there is none)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,9 @@ class Face:
 
 ImageLike = np.ndarray | Image.Image
 
+#: What the batch entry points take: one image, a path, or a sequence of them (or an (N, H, W, C) array).
+Images = ImageLike | str | os.PathLike | Sequence[ImageLike | str | os.PathLike]
+
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array from a PIL image or an array (grey, RGB or RGBA)."""
@@ -53,6 +57,27 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
     elif arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def as_rgb_list(images: Images) -> list[np.ndarray]:
+    """A list of (H, W, 3) uint8 RGB arrays from one image or many.
+
+    One array ((H, W) grey or (H, W, 3|4)), PIL image or path is one photo, not a batch: without this a
+    single array would be read as a list of its rows. An (N, H, W, 3|4) array is N photos. Paths are
+    read with :func:`groupmood.images.load_image` (an :class:`~groupmood.errors.ImageLoadError` names a
+    bad file).
+    """
+    from ..images import load_image
+
+    if isinstance(images, np.ndarray):
+        if images.ndim in (2, 3):
+            images = [images]
+        elif images.ndim != 4:
+            raise ValueError(f"expected one image (H, W) or (H, W, C), or a stack (N, H, W, C); got an array "
+                             f"of shape {images.shape}")
+    elif isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    return [load_image(im) if isinstance(im, (str, os.PathLike)) else as_rgb_array(im) for im in images]
 
 
 class FaceDetector:
@@ -89,9 +114,10 @@ class FaceDetector:
         """A detector sharing these nets with some settings changed."""
         return FaceDetector(self.pnet, self.rnet, self.onet, replace(self.settings, **changes), self.device)
 
-    def detect(self, images: Sequence[ImageLike]) -> list[list[Face]]:
-        """Detect faces in each image; faces of one image are sorted by score, highest first."""
-        arrays = [as_rgb_array(im) for im in images]
+    def detect(self, images: Images) -> list[list[Face]]:
+        """Detect faces in each image (one image or path counts as a batch of one); faces of one image
+        are sorted by score, highest first."""
+        arrays = as_rgb_list(images)
         out = run_cascade(arrays, self.pnet, self.rnet, self.onet, self.settings, self.device)
         return [[Face(b, float(s), p) for b, s, p in zip(*r)] for r in out]
 
