@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = cli.main(args=args, prog_name="groupmood", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+        click.echo("Aborted. Finished work is kept: run the same command with --resume to continue (predict, "
+                   "detect, train); cache build continues by itself.", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()

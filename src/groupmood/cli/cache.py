@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..data.cache import FaceCache, default_cache_root
+from ..data.cache import DEFAULT_SHARD_SIZE, FaceCache, default_cache_root
 from ..detect import CascadeSettings
+from ..errors import OutputError, display_path
+from ..images import DEFAULT_MAX_PIXELS
 from .common import collect_paths
 
 
@@ -19,18 +21,26 @@ def cache_group() -> None:
               help="Cache root (default: $GROUPMOOD_HOME/face_cache).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Parallel detector processes (one torch thread each).")
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(1),
-              help="Images per shard file (the unit of resume).")
+@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(1),
+              help="Images per shard file (the unit of resume: a killed build redoes at most this many).")
 @click.option("--min-face-frac", default=0.05, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--margin", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Extra margin of the square 48x48 crop.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Refuse images larger than this (decompression-bomb guard).")
 @click.option("--progress/--no-progress", default=True)
 def build_cmd(inputs: tuple[str, ...], cache_dir: str | None, workers: int, shard_size: int,
-              min_face_frac: float, margin: float, progress: bool) -> int:
+              min_face_frac: float, margin: float, max_pixels: int, progress: bool) -> int:
     """Cache the faces of INPUTS (files, folders, globs); a stopped build resumes where it stopped."""
     paths = collect_paths(inputs)
-    cache = FaceCache(cache_dir or default_cache_root(), CascadeSettings(min_face_frac=min_face_frac), margin)
-    report = cache.build(paths, shard_size=shard_size, workers=workers, progress=progress)
+    root = cache_dir or default_cache_root()
+    try:
+        cache = FaceCache(root, CascadeSettings(min_face_frac=min_face_frac), margin)
+        cache.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the face cache {display_path(root)}: {exc.strerror or exc}; "
+                          "choose another --cache-dir") from None
+    report = cache.build(paths, shard_size=shard_size, workers=workers, progress=progress, max_pixels=max_pixels)
     for err in report.errors:
         click.echo(f"skipped {err}", err=True)
     click.echo(f"{cache.dir}: {report.computed} images computed ({report.faces} faces), "

@@ -36,7 +36,9 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
     click.echo(f"run folder: {run_dir}")
     summary = train(cfg, run_dir, resume=resume, device=device)
     state = "finished" if summary["finished"] else "stopped (continue with --resume)"
-    click.echo(f"{state} at step {summary['step']}; best val metric {summary['best_metric']:.4f} "
+    metric = ("best validation accuracy" if summary["validated"]
+              else "best training accuracy (no validation: train.val_every=0 or no val split)")
+    click.echo(f"{state} at step {summary['step']}; {metric} {summary['best_metric']:.4f} "
                f"(epoch {summary['best_epoch']})")
     if "export" in summary:
         click.echo(f"exported {summary['export']}")

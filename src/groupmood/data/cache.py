@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,11 +24,17 @@ from tqdm import tqdm
 from ..align import align_faces, square_crops
 from ..detect import CascadeSettings, Face, FaceDetector
 from ..errors import ImageLoadError
-from ..images import load_image
+from ..images import DEFAULT_MAX_PIXELS, check_image_file, load_image
 from ..io import atomic_write_bytes
 from ..weights import sha256_file
 
 CACHE_VERSION = 1
+
+#: Images per shard file by default: the unit of resume, so a killed build redoes at most this many.
+DEFAULT_SHARD_SIZE = 32
+
+#: A shard's temporary file older than this (seconds) belongs to a build that was killed.
+_STALE_TMP_S = 60.0
 
 
 def file_key(path: str | Path) -> str:
@@ -80,7 +87,8 @@ def _worker_init(settings: CascadeSettings, weights_dir: str | None) -> None:
 
 
 def _compute_shard(items: Sequence[tuple[str, str]], out: str, margin: float,
-                   detector: FaceDetector | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+                   detector: FaceDetector | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                   ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Detect and crop (key, path) items; write one shard file; return index rows and errors."""
     det = detector or _WORKER_DETECTOR
     if det is None:
@@ -88,7 +96,7 @@ def _compute_shard(items: Sequence[tuple[str, str]], out: str, margin: float,
     images, keys, errors = [], [], []
     for key, path in items:
         try:
-            images.append(load_image(path))
+            images.append(load_image(path, max_pixels=max_pixels))
             keys.append(key)
         except ImageLoadError as exc:
             errors.append((path, exc.reason))
@@ -156,10 +164,26 @@ class FaceCache:
         nums = [int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")]
         return max(nums, default=-1) + 1
 
-    def build(self, paths: Sequence[str | Path], detector: FaceDetector | None = None, shard_size: int = 256,
-              workers: int = 1, weights_dir: str | None = None, progress: bool = True) -> BuildReport:
-        """Make sure every readable image in ``paths`` is cached; resumable, optionally in parallel."""
+    def _remove_stale_temp_files(self) -> None:
+        """Delete the half-written shard files a killed build left (old enough not to be another build's)."""
+        now = time.time()
+        for tmp in self.dir.glob(".shard-*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                    tmp.unlink()
+            except FileNotFoundError:
+                continue
+
+    def build(self, paths: Sequence[str | Path], detector: FaceDetector | None = None,
+              shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 1, weights_dir: str | None = None,
+              progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> BuildReport:
+        """Make sure every readable image in ``paths`` is cached; resumable, optionally in parallel.
+
+        A path that is not a non-empty regular file (a FIFO, a device, a folder) is reported, never
+        opened: hashing a FIFO would wait for ever.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
         meta = self.dir / "settings.json"
         if not meta.exists():
             atomic_write_bytes(meta, json.dumps({"settings": asdict(self.settings), "margin": self.margin,
@@ -168,7 +192,11 @@ class FaceCache:
         todo: dict[str, str] = {}
         for p in paths:
             try:
+                check_image_file(p)
                 key = file_key(p)
+            except ImageLoadError as exc:
+                report.errors.append(exc)
+                continue
             except OSError as exc:
                 report.errors.append(ImageLoadError(p, f"cannot read file ({exc.strerror or exc})"))
                 continue
@@ -181,7 +209,8 @@ class FaceCache:
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
         outs = [str(self.dir / f"shard-{first + k:05d}.npz") for k in range(len(chunks))]
         bar = tqdm(total=len(items), unit="img", desc="face cache", disable=not progress)
-        for chunk, (rows, errors) in zip(chunks, self._run(chunks, outs, detector, workers, weights_dir)):
+        for chunk, (rows, errors) in zip(chunks, self._run(chunks, outs, detector, workers, weights_dir,
+                                                           max_pixels)):
             with open(self.index_path, "a", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
@@ -196,15 +225,17 @@ class FaceCache:
         return report
 
     def _run(self, chunks: list, outs: list[str], detector: FaceDetector | None, workers: int,
-             weights_dir: str | None) -> Iterator[tuple[list[dict], list[tuple[str, str]]]]:
+             weights_dir: str | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+             ) -> Iterator[tuple[list[dict], list[tuple[str, str]]]]:
         if workers <= 1:
             det = detector or FaceDetector.from_pretrained(weights_dir=weights_dir, auto_fetch=weights_dir is None,
                                                            **asdict(self.settings))
             for chunk, out in zip(chunks, outs):
-                yield _compute_shard(chunk, out, self.margin, det)
+                yield _compute_shard(chunk, out, self.margin, det, max_pixels)
             return
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(self.settings, weights_dir)) as pool:
-            yield from pool.map(_compute_shard, chunks, outs, [self.margin] * len(chunks))
+            n = len(chunks)
+            yield from pool.map(_compute_shard, chunks, outs, [self.margin] * n, [None] * n, [max_pixels] * n)
 
     def _shard(self, name: str) -> dict[str, np.ndarray]:
         if name not in self._shards:

@@ -483,7 +483,8 @@ class Trainer:
             last = self._end_epoch()
         summary = {"run_dir": str(self.run_dir), "finished": finished, "step": self.state.step,
                    "epoch": self.state.epoch, "best_metric": self.state.best_metric,
-                   "best_epoch": self.state.best_epoch, "last": last}
+                   "best_epoch": self.state.best_epoch, "last": last,
+                   "validated": "val" in self.data.datasets}
         if finished and (self.run_dir / "best.pt").is_file():
             summary["export"] = str(export(self.run_dir / "best.pt", self.run_dir / "model.safetensors"))
         return summary
@@ -517,8 +518,24 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
                 "metric": json.dumps(meta.get("metric")), "epoch": json.dumps(meta.get("epoch"))}
     out = Path(out) if out is not None else checkpoint.with_suffix(".safetensors")
     with atomic_write(out, "wb") as fh:
-        fh.write(save(tensors, metadata=metadata))
+        fh.write(canonical_safetensors(save(tensors, metadata=metadata)))
     return out
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its JSON header's keys sorted, so equal contents give equal bytes.
+
+    safetensors writes the metadata in hash-map order, which changes from run to run; the tensor
+    data and offsets are untouched, only the header is written again (padded with spaces to a
+    multiple of 8 bytes, as safetensors does).
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def _family(meta: Mapping[str, Any]) -> str:
