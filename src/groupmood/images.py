@@ -19,15 +19,16 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError, display_path
 
-#: Extensions picked up when a folder is given (explicit files are read whatever their name). HEIC / HEIF
-#: files are picked up too, so that a folder of phone photos reports them instead of skipping them silently.
+#: Extensions picked up when a folder is given (explicit files are read whatever their name).
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif",
-    ".ico", ".avif", ".heic", ".heif", ".jp2", ".tga", ".qoi", ".apng", ".mpo",
+    ".ico", ".avif", ".jp2", ".tga", ".qoi", ".apng", ".mpo",
 })
 
-#: Formats Pillow cannot read without a plugin, with what to do about them.
+#: Photo formats Pillow cannot read without a plugin. Folder walks of the command line pick them up
+#: too, so that a folder of phone photos reports them instead of skipping them silently.
 _UNSUPPORTED = {".heic": "HEIC", ".heif": "HEIF"}
+_WALKED_EXTENSIONS = IMAGE_EXTENSIONS | frozenset(_UNSUPPORTED)
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -218,7 +219,7 @@ def _expand_glob(pattern: str) -> list[Path]:
 
 
 def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = None) -> Iterator[Path]:
-    """Expand files, folders (recursive, image extensions only, sorted) and globs into paths.
+    """Expand files, folders (recursive, image extensions and HEIC / HEIF only, sorted) and globs into paths.
 
     Each file comes once, however many inputs name it (keyed on the resolved path, :func:`path_key`);
     walks never enter folder symlinks, so a link to a parent folder cannot make them run for ever.
@@ -239,7 +240,7 @@ def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = Non
         for root, dirs, files in os.walk(folder):
             dirs.sort()
             for name in sorted(files):
-                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                if Path(name).suffix.lower() in _WALKED_EXTENSIONS:
                     found += 1
                     yield from emit(Path(root) / name)
         if not found and notes is not None:
