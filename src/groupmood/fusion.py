@@ -546,11 +546,13 @@ class WeightSearch:
 
 
 def search_weights(scores: Mapping[str, np.ndarray], labels: np.ndarray | Sequence[int], step: float = 0.1,
-                   spoke: Mapping[str, np.ndarray] | None = None, chunk: int = 512) -> WeightSearch:
+                   spoke: Mapping[str, np.ndarray] | None = None, chunk: int = 512,
+                   balanced: bool = False) -> WeightSearch:
     """Accuracy of every weight set of :func:`simplex_grid` on labelled photos (abstentions count wrong).
 
     ``scores[branch]`` is (N, C) rows (softmaxed by the authors' rule where needed), ``labels``
-    (N,) class indices.
+    (N,) class indices. ``balanced`` scores by the mean of the per-class accuracies (classes
+    present in ``labels``) instead, so a rare class weighs as much as a common one.
     """
     names = tuple(scores)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -569,7 +571,11 @@ def search_weights(scores: Mapping[str, np.ndarray], labels: np.ndarray | Sequen
         total = raw.sum(axis=1)  # (M, N)
         fused = np.einsum("mbn,bnc->mnc", raw, arr)
         pred = np.where(total > 0, fused.argmax(axis=2), -1)
-        acc[start:start + chunk] = (pred == y[None, :]).mean(axis=1)
+        hit = pred == y[None, :]
+        if balanced:
+            acc[start:start + chunk] = np.mean([hit[:, y == c].mean(axis=1) for c in np.unique(y)], axis=0)
+        else:
+            acc[start:start + chunk] = hit.mean(axis=1)
     best = np.flatnonzero(acc >= acc.max() - 1e-12)
     dist = np.linalg.norm(grid[best] - 1.0 / len(names), axis=1)
     chosen = int(best[np.argmin(dist)])

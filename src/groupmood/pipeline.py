@@ -31,12 +31,19 @@ how they were chosen::
         margin: 0.0                     # optional; extra margin of the square crop (fraction of side)
       - name: global
         model: global.safetensors
+        calibration: {temperature: 2.4}  # optional; see groupmood.calibration
     weights: {aligned: 3.0, global: 0.5, nonaligned: 0.5}
+    fusion: {kind: weighted}            # optional; or {kind: model, model: fusion.safetensors, sha256: ...}
     detector: {thresholds: [0.6, 0.7, 0.9], factor: 0.709, min_face_frac: 0.05}   # optional
     chosen_on:                          # free-form record of where the weights come from
       data: GAF 2.0 validation, 2068 photos
       method: grid search over the simplex, step 0.1
       accuracy: {fused: 0.83, aligned: 0.80, nonaligned: 0.70, global: 0.74}
+
+Each branch's pooled probabilities pass through its calibration (temperature, optional per-class
+bias, fitted on validation photos) before fusion. The fusion is the paper's weighted average, or
+a learned :class:`~groupmood.fusion_model.FusionModel` over the calibrated branches and face
+statistics when the bundle names one (``fusion: {kind: model, ...}``).
 
 The branch kind (aligned / non-aligned / global) comes from the model's registered family, so
 branch names are free; the presets of :mod:`groupmood.fusion` use ``aligned``, ``nonaligned``
@@ -62,8 +69,10 @@ from .align import align_faces, square_crops
 from .data.transforms import GLOBAL_CROP, global_eval_views, normalize
 from .detect import Face, FaceDetector
 from .detect.detector import ImageLike, Images, as_rgb_list
+from .calibration import Calibration
 from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
+from .fusion_model import FusionModel
 from .labels import GROUP_CLASSES, valence_matrix
 from .models.fuse import fold_batchnorm
 from .models.global_cnns import flip_averaged_logits
@@ -77,8 +86,9 @@ BUNDLE_FORMAT = "groupmood-bundle-1"
 _FAMILIES = ("face_aligned", "face_nonaligned", "global")
 _DEFAULT_TTA = {"face_aligned": True, "face_nonaligned": False, "global": True}
 _DEFAULT_TOPK: dict[str, int | None] = {"face_aligned": None, "face_nonaligned": 3, "global": None}
-_BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey"}
-_BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on"}
+_BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
+_BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion"}
+_FUSION_KEYS = {"kind", "model", "sha256"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
 
@@ -108,7 +118,7 @@ class Branch:
 
     def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
                  top_k: int | None = None, margin: float = 0.0, batch_size: int | None = None, source: str = "",
-                 grey: bool = False, fuse: bool = True) -> None:
+                 grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> None:
         if info.family not in _FAMILIES:
             raise ConfigError(f"model family {info.family!r} is not one of {', '.join(_FAMILIES)}")
         if info.family == "global" and tuple(info.input_size) != (GLOBAL_CROP, GLOBAL_CROP):
@@ -134,6 +144,7 @@ class Branch:
         self.batch_size = int(batch_size)
         self.source = source
         self.grey = bool(grey)
+        self.calibration = calibration or Calibration()
         self._to_group = _group_matrix(self.classes)
 
     def _example(self) -> torch.Tensor:
@@ -149,7 +160,7 @@ class Branch:
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu", tta_flip: bool | None = None,
                   pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None,
-                  grey: bool = False, fuse: bool = True) -> Branch:
+                  grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> Branch:
         """Load a ``.safetensors`` export or ``.pt`` checkpoint; None options take the family's default."""
         from .engine.evaluate import load_model
         from .models import model_info
@@ -164,7 +175,7 @@ class Branch:
         info = model_info(meta["config"]["model"]["name"])
         top_k = _DEFAULT_TOPK[info.family] if pooling is None else parse_pooling(pooling)
         return cls(model, meta["classes"], info, _DEFAULT_TTA[info.family] if tta_flip is None else tta_flip,
-                   top_k, margin, source=str(p), grey=grey, fuse=fuse)
+                   top_k, margin, source=str(p), grey=grey, fuse=fuse, calibration=calibration)
 
     @property
     def is_face(self) -> bool:
@@ -199,6 +210,25 @@ class Branch:
             raise ConfigError(f"non-aligned models take square crops, this one wants {h}x{w}")
         out = square_crops(image, boxes, size=h, margin=self.margin, grey=self.in_chans == 1)
         return out[..., None] if out.ndim == 3 else out
+
+    @property
+    def num_features(self) -> int:
+        """The width of the model's embedding (what :meth:`embed` returns per input)."""
+        return int(getattr(self.model, "num_features", 0))
+
+    @torch.inference_mode()
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, num_features) float64 embeddings (``forward_features``, averaged with the flip when ``tta_flip``).
+
+        The head is linear, so a head on these embeddings gives the logits :meth:`scores` averages.
+        """
+        out = np.zeros((len(inputs), self.num_features))
+        for start in range(0, len(inputs), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
+            x = normalize(x.to(self.device).permute(0, 3, 1, 2), self.info)
+            feats = flip_averaged_logits(self.model.forward_features, x, self.tta_flip, channels_last=True)
+            out[start:start + len(x)] = feats.double().cpu().numpy()
+        return out
 
     @torch.inference_mode()
     def scores(self, inputs: np.ndarray) -> np.ndarray:
@@ -370,6 +400,10 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
         entry["model"] = str((p.parent / b["model"]).resolve())
         if "pooling" in entry:
             parse_pooling(entry["pooling"])
+        try:
+            Calibration.from_dict(entry.get("calibration"))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{p}: branch {b['name']!r} calibration: {exc}") from None
         out_branches.append(entry)
     w = raw.get("weights")
     if not isinstance(w, dict) or not w:
@@ -382,8 +416,17 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     if bad_det:
         raise ConfigError(f"{p}: unknown detector key(s) {', '.join(bad_det)}; "
                           f"known: {', '.join(sorted(_DETECTOR_KEYS))}")
+    fusion = dict(raw.get("fusion") or {"kind": "weighted"})
+    bad_fusion = sorted(set(fusion) - _FUSION_KEYS)
+    if bad_fusion or fusion.get("kind", "weighted") not in ("weighted", "model"):
+        raise ConfigError(f"{p}: fusion must be {{kind: weighted}} or {{kind: model, model: FILE, sha256: ...}}, "
+                          f"got {fusion}")
+    if fusion.get("kind") == "model":
+        if not isinstance(fusion.get("model"), str):
+            raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
+        fusion["model"] = str((p.parent / fusion["model"]).resolve())
     out = dict(raw)
-    out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=dict(det),
+    out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=dict(det), fusion=fusion,
                chosen_on=raw.get("chosen_on") or {}, path=str(p.resolve()))
     return out
 
@@ -400,7 +443,7 @@ class GroupEmotionRecognizer:
 
     def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
                  pooling: str | Mapping[str, str] | None = None, device: torch.device | str = "cpu",
-                 chosen_on: Mapping[str, Any] | None = None) -> None:
+                 chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None) -> None:
         if not branches:
             raise ConfigError("a recognizer needs at least one branch")
         if "fused" in branches:
@@ -422,6 +465,12 @@ class GroupEmotionRecognizer:
         if not any(self.weights.values()):
             raise ConfigError("every branch weight is 0; give at least one branch a positive weight")
         self.chosen_on = dict(chosen_on or {})
+        if fusion_model is not None:
+            missing = sorted(set(fusion_model.branches) - set(self.branches))
+            if missing:
+                raise ConfigError(f"the fusion model reads branch(es) {', '.join(missing)}, which the recognizer "
+                                  f"does not have ({', '.join(self.branches)})")
+        self.fusion_model = fusion_model
 
     def __repr__(self) -> str:
         return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
@@ -436,14 +485,20 @@ class GroupEmotionRecognizer:
         for b in spec["branches"]:
             branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
                                                    float(b.get("margin", 0.0)), b.get("sha256"),
-                                                   bool(b.get("grey", False)))
+                                                   bool(b.get("grey", False)),
+                                                   calibration=Calibration.from_dict(b.get("calibration")))
+        fusion_model = None
+        if spec["fusion"].get("kind") == "model":
+            if spec["fusion"].get("sha256"):
+                weight_store.verify(spec["fusion"]["model"], spec["fusion"]["sha256"])
+            fusion_model = FusionModel.load(spec["fusion"]["model"])
         if detector is None:
             det = dict(spec["detector"])
             if "thresholds" in det:
                 det["thresholds"] = tuple(det["thresholds"])
             detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **det)
         return cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
-                   spec["chosen_on"])
+                   spec["chosen_on"], fusion_model if weights is None else None)
 
     @classmethod
     def default(cls, device: torch.device | str = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
@@ -458,12 +513,17 @@ class GroupEmotionRecognizer:
                     pooling: str | Mapping[str, str] | None = None) -> GroupEmotionRecognizer:
         """A recognizer sharing this one's models with other fusion weights and / or pooling."""
         return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
-                                      pooling, self.device, self.chosen_on)
+                                      pooling, self.device, self.chosen_on,
+                                      self.fusion_model if weights is None else None)
 
     @torch.inference_mode()
-    def predict(self, images: Images) -> list[GroupResult]:
+    def predict(self, images: Images, raw: bool = False) -> list[GroupResult]:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
-        photo, in order."""
+        photo, in order.
+
+        ``raw`` reports each branch's pooled probabilities before calibration (fusion still uses the
+        calibrated ones): what calibration and fusion are fitted on.
+        """
         arrays = as_rgb_list(images)
         if not arrays:
             return []
@@ -487,9 +547,23 @@ class GroupEmotionRecognizer:
                     pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
                 else:
                     pooled[n] = Pooled(per_branch[n][i], True, ())
-            fused = fuse(pooled, self.weights)
-            results.append(self._result(img, faces, face_probs, pooled, fused))
+            calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p
+                          for n, p in pooled.items()}
+            fused = self._fuse(calibrated, faces, img)
+            results.append(self._result(img, faces, face_probs, pooled if raw else calibrated, fused))
         return results
+
+    def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], img: np.ndarray) -> Fused:
+        """The bundle's fusion of one photo's calibrated branches: weighted average or fusion model."""
+        fused = fuse(pooled, self.weights)
+        if self.fusion_model is None:
+            return fused
+        fracs = [f.area / float(img.shape[0] * img.shape[1]) for f in faces]
+        x = self.fusion_model.features({n: p.probs for n, p in pooled.items()},
+                                       {n: p.spoke for n, p in pooled.items()}, len(faces), fracs)
+        probs = self.fusion_model.predict_proba(x)
+        i = int(np.argmax(probs))
+        return Fused(GROUP_CLASSES[i], i, probs, fused.weights, fused.spoke)
 
     def predict_one(self, image: ImageLike) -> GroupResult:
         """Label one photo."""

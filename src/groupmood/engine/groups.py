@@ -10,7 +10,9 @@ labelled set of photos, keeps every face's scores, and then re-pools them offlin
   authors' format, and ``scores/labels.csv``, so ``groupmood fuse --search`` can choose weights.
 
 A branch that abstains on a photo (no face) counts as wrong in ``accuracy`` and is left out of
-``accuracy_spoke``; ``coverage`` is the fraction of photos it spoke on.
+``accuracy_spoke``; ``coverage`` is the fraction of photos it spoke on. Tables use each branch's
+calibration; the ``bundle`` row of the fusion is the recognizer's own decision (with its fusion
+model, if any); score files hold the uncalibrated pooled scores (what ``fuse --search`` refits).
 """
 from __future__ import annotations
 
@@ -118,6 +120,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     face_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if b.is_face}
     image_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if not b.is_face}
     areas: list[np.ndarray] = []
+    fused_pred: list[int] = []
     errors: list[dict[str, str]] = []
     bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evaluate")
     for good, bad in load_batches([p for p, _, _ in items], batch_size, max_pixels):
@@ -125,9 +128,10 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             errors.append({"file": err.path, "error": err.reason})
             if log:
                 log(f"skipped {err}")
-        results = recognizer.predict([img for _, img in good]) if good else []
+        results = recognizer.predict([img for _, img in good], raw=True) if good else []
         for (path, _), res in zip(good, results):
             ys.append(label_of[path][0])
+            fused_pred.append(GROUP_CLASSES.index(res.label) if not res.abstained else -1)
             names.append(label_of[path][1])
             areas.append(np.array([f.area for f in res.faces]))
             for n in face_scores:
@@ -157,9 +161,13 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
                 scores[n] = np.stack(image_scores[n])
                 spoke[n] = np.ones(len(names), dtype=bool)
         pooled_all[variant] = {n: (scores[n], spoke[n]) for n in branches}
-        models = {n: accuracy_table(np.where(spoke[n], scores[n].argmax(1), -1), y) for n in branches}
-        _, idx = fuse_rows(scores, recognizer.weights, spoke)
-        models["fused"] = accuracy_table(idx, y)
+        calibrated = {n: np.where(spoke[n][:, None], branches[n].calibration.apply(scores[n]), scores[n])
+                      for n in branches}
+        models = {n: accuracy_table(np.where(spoke[n], calibrated[n].argmax(1), -1), y) for n in branches}
+        if variant == "bundle":  # the recognizer's own decision (its calibration and fusion, model included)
+            models["fused"] = accuracy_table(np.asarray(fused_pred), y)
+        else:
+            models["fused"] = accuracy_table(fuse_rows(calibrated, recognizer.weights, spoke)[1], y)
         tables[variant] = {"pooling": {n: pooling_name(k) for n, k in ks.items()}, "models": models}
 
     score_dir = out / "scores"

@@ -507,6 +507,16 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
 
     checkpoint = Path(checkpoint)
     model, meta = load_model(checkpoint, "cpu")
+    return export_model(model, meta, Path(out) if out is not None else checkpoint.with_suffix(".safetensors"))
+
+
+def export_model(model: nn.Module, meta: Mapping[str, Any], out: str | Path) -> Path:
+    """Write ``model`` as fp16 safetensors with ``meta`` (``config``, ``classes``, ...) in the metadata.
+
+    The file is byte-reproducible (:func:`canonical_safetensors`) and written atomically.
+    """
+    from safetensors.torch import save
+
     params = {name for name, _ in model.named_parameters()}
     tensors = {}
     for name, t in model.state_dict().items():
@@ -516,7 +526,7 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
                 "classes": json.dumps(list(meta["classes"])), "model": json.dumps(meta["config"]["model"]["name"]),
                 "family": json.dumps(_family(meta)),
                 "metric": json.dumps(meta.get("metric")), "epoch": json.dumps(meta.get("epoch"))}
-    out = Path(out) if out is not None else checkpoint.with_suffix(".safetensors")
+    out = Path(out)
     with atomic_write(out, "wb") as fh:
         fh.write(canonical_safetensors(save(tensors, metadata=metadata)))
     return out

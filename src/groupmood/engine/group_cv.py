@@ -1,0 +1,433 @@
+"""Honest selection on a small group validation set: everything fitted is chosen by k-fold CV.
+
+What is fitted on labelled group photos (a group-face head on a frozen face trunk, each branch's
+temperature, the fusion weights or a fusion model) is chosen and fitted by :func:`select_and_fit`
+using only the photos it is given and their committed folds (:mod:`groupmood.data.folds`):
+
+1. the head's regularisation ``c`` is the one of best out-of-fold accuracy over the folds; the
+   head is then fitted on every photo, and its out-of-fold probabilities stand for it in the
+   next steps (stacking: later steps never see the head score the photos it was fitted on);
+2. each branch gets a temperature (optionally a per-class bias) fitted on those probabilities;
+3. fusion: each branch alone, the paper's weighted average (weights searched on a grid over the
+   simplex) and a fusion model (:class:`groupmood.fusion_model.FusionModel`, ``c`` from a small
+   grid) are each scored by cross-validation over the same folds, and the best is fitted on every
+   photo (ties go to the simpler: a single branch, then the weighted average).
+
+:func:`cross_validate` wraps that in an outer loop: for each fold, :func:`select_and_fit` runs on
+the other folds alone (their own folds as the inner split) and the result labels the held-out
+fold. The accuracy of those held-out labels is the figure to report: no choice saw the photos it
+is scored on. :class:`Evidence` holds what the photos give once (each branch's pooled
+probabilities, the faces' trunk embeddings, face sizes), so the whole procedure costs seconds.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..calibration import Calibration, expected_calibration_error, fit_calibration, negative_log_likelihood
+from ..errors import DatasetError
+from ..fusion import search_weights
+from ..fusion_model import FusionModel, fusion_features
+from ..images import DEFAULT_MAX_PIXELS, load_batches
+from ..labels import GROUP_CLASSES
+from .group_head import LinearHead, fit_group_head
+
+if TYPE_CHECKING:
+    from ..pipeline import GroupEmotionRecognizer
+
+__all__ = ["GROUP_BRANCH", "Evidence", "Stack", "StackOptions", "apply_stack", "collect_evidence", "cross_validate",
+           "select_and_fit"]
+
+#: The name of the group-face head's branch in the bundle and in the tables.
+GROUP_BRANCH = "group"
+
+
+@dataclass
+class Evidence:
+    """Per photo: label, each branch's pooled probabilities and whether it spoke, face embeddings, sizes."""
+
+    names: list[str]
+    labels: np.ndarray
+    probs: dict[str, np.ndarray]
+    spoke: dict[str, np.ndarray]
+    face_branches: tuple[str, ...]
+    embeddings: list[np.ndarray]
+    face_fracs: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: np.ndarray | Sequence[int]) -> Evidence:
+        idx = np.asarray(idx, dtype=np.int64)
+        return Evidence([self.names[i] for i in idx], self.labels[idx], {b: p[idx] for b, p in self.probs.items()},
+                        {b: s[idx] for b, s in self.spoke.items()}, self.face_branches,
+                        [self.embeddings[i] for i in idx], [self.face_fracs[i] for i in idx])
+
+    def save(self, path: str | Path) -> None:
+        """One compressed .npz (embeddings concatenated with per-photo counts)."""
+        from ..io import atomic_write
+
+        counts = np.array([len(e) for e in self.embeddings], dtype=np.int64)
+        dim = max((e.shape[1] for e in self.embeddings if e.ndim == 2 and len(e)), default=0)
+        emb = np.concatenate([e.reshape(-1, dim) for e in self.embeddings]) if dim else np.zeros((0, 0))
+        arrays = {"names": np.array(self.names), "labels": self.labels, "counts": counts, "embeddings": emb,
+                  "fracs": np.concatenate([f.reshape(-1) for f in self.face_fracs]) if self.face_fracs else np.zeros(0),
+                  "face_branches": np.array(self.face_branches)}
+        for b in self.probs:
+            arrays[f"probs::{b}"] = self.probs[b]
+            arrays[f"spoke::{b}"] = self.spoke[b]
+        with atomic_write(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Evidence:
+        with np.load(path, allow_pickle=False) as z:
+            counts = z["counts"]
+            splits = np.cumsum(counts)[:-1]
+            emb = np.split(z["embeddings"], splits) if len(z["embeddings"]) else [np.zeros((0, 0)) for _ in counts]
+            fracs = np.split(z["fracs"], splits)
+            probs = {k.split("::", 1)[1]: z[k] for k in z.files if k.startswith("probs::")}
+            spoke = {k.split("::", 1)[1]: z[k].astype(bool) for k in z.files if k.startswith("spoke::")}
+            return cls([str(n) for n in z["names"]], z["labels"].astype(np.int64), probs, spoke,
+                       tuple(str(b) for b in z["face_branches"]), list(emb), list(fracs))
+
+
+def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Path, int, str]], trunk: str,
+                     batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
+                     log: Callable[[str], None] | None = None) -> Evidence:
+    """Run the recognizer over labelled (path, class, name) photos once; keep what :func:`select_and_fit` needs.
+
+    ``trunk`` names the face branch whose embeddings (flip-averaged) a group head will read.
+    Branch probabilities are the pooled, uncalibrated ones. Unreadable photos are skipped (logged).
+    """
+    if trunk not in recognizer.branches or not recognizer.branches[trunk].is_face:
+        raise DatasetError(f"trunk {trunk!r} is not a face branch of the recognizer ({', '.join(recognizer.branches)})")
+    label_of = {p: (y, n) for p, y, n in items}
+    names, ys, emb, fracs = [], [], [], []
+    probs: dict[str, list[np.ndarray]] = {b: [] for b in recognizer.branches}
+    spoke: dict[str, list[bool]] = {b: [] for b in recognizer.branches}
+    trunk_branch = recognizer.branches[trunk]
+    bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evidence")
+    for good, bad in load_batches([p for p, _, _ in items], batch_size, max_pixels):
+        for err in bad:
+            if log:
+                log(f"skipped {err}")
+        results = recognizer.predict([img for _, img in good], raw=True) if good else []
+        for (path, img), res in zip(good, results):
+            y, name = label_of[path]
+            names.append(name)
+            ys.append(y)
+            for b, r in res.branches.items():
+                probs[b].append(r.probs)
+                spoke[b].append(r.spoke)
+            emb.append(trunk_branch.embed(trunk_branch.crops(img, res.faces)) if res.faces
+                       else np.zeros((0, trunk_branch.num_features)))
+            fracs.append(np.array([f.area for f in res.faces]) / float(res.width * res.height))
+        bar.update(len(good) + len(bad))
+    bar.close()
+    if not names:
+        raise DatasetError("no photo could be read; see the errors above")
+    face_branches = tuple(b for b, br in recognizer.branches.items() if br.is_face)
+    return Evidence(names, np.asarray(ys, dtype=np.int64), {b: np.stack(v) for b, v in probs.items()},
+                    {b: np.asarray(v, dtype=bool) for b, v in spoke.items()}, face_branches, emb, fracs)
+
+
+# --------------------------------------------------------------------------- selection
+
+@dataclass(frozen=True)
+class StackOptions:
+    """The grids :func:`select_and_fit` chooses from, and how it scores them.
+
+    ``balanced`` scores every choice by balanced accuracy (the mean of the per-class accuracies),
+    so the choices do not trade a small class (multiemova-dev's Negative) for a large one.
+    """
+
+    head_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    fusion_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    step: float = 0.1
+    bias: tuple[bool, ...] = (False, True)
+    fusion_kinds: tuple[str, ...] = ("single", "weighted", "model")
+    head: bool = True
+    balanced: bool = True
+
+
+@dataclass
+class Stack:
+    """What :func:`select_and_fit` chose and fitted."""
+
+    head: LinearHead | None
+    head_c: float | None
+    calibration: dict[str, Calibration]
+    fusion: str
+    weights: dict[str, float]
+    model: FusionModel | None
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False) -> float:
+    if not len(y):
+        return 0.0
+    if balanced:
+        return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+    return float((pred == y).mean())
+
+
+def _head_oof(ev: Evidence, folds: np.ndarray, c: float) -> np.ndarray:
+    """Out-of-fold group-head probabilities (NaN rows: no face)."""
+    out = np.full((len(ev), len(GROUP_CLASSES)), np.nan)
+    for f in np.unique(folds):
+        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        head = fit_group_head([ev.embeddings[i] for i in tr], ev.labels[tr], c)
+        out[te] = head.photo_probs([ev.embeddings[i] for i in te])
+    return out
+
+
+def _branch_table(ev: Evidence, group: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    probs = dict(ev.probs)
+    spoke = dict(ev.spoke)
+    if group is not None:
+        ok = ~np.isnan(group[:, 0])
+        probs[GROUP_BRANCH] = np.where(ok[:, None], group, 1.0 / len(GROUP_CLASSES))
+        spoke[GROUP_BRANCH] = ok
+    return probs, spoke
+
+
+def _calibrate(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
+               cal: Mapping[str, Calibration]) -> dict[str, np.ndarray]:
+    return {b: np.where(spoke[b][:, None], cal[b].apply(p), p) for b, p in probs.items()}
+
+
+def _weighted_predict(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
+                      weights: Mapping[str, float]) -> np.ndarray:
+    from ..fusion import fuse_rows
+
+    return fuse_rows(dict(probs), dict(weights), dict(spoke))[1]
+
+
+def _features(ev: Evidence, probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
+              branches: Sequence[str], face_branches: Sequence[str]) -> np.ndarray:
+    return np.stack([fusion_features({b: probs[b][i] for b in branches}, {b: bool(spoke[b][i]) for b in branches},
+                                     face_branches, len(ev.embeddings[i]), ev.face_fracs[i], branches)
+                     for i in range(len(ev))])
+
+
+def _fit_weighted(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray], y: np.ndarray,
+                  step: float, balanced: bool) -> dict[str, float]:
+    return search_weights(dict(probs), y, step=step, spoke=dict(spoke), balanced=balanced).best_weights
+
+
+def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray], folds: np.ndarray,
+               opts: StackOptions) -> dict[str, float]:
+    """CV accuracy over ``folds`` of each fusion candidate on calibrated branch probabilities."""
+    y = ev.labels
+    branches = list(cprobs)
+    face_branches = [b for b in branches if b in ev.face_branches or b == GROUP_BRANCH]
+    cv: dict[str, float] = {}
+    if "single" in opts.fusion_kinds:
+        for b in branches:
+            cv[f"single {b}"] = _accuracy(_weighted_predict(cprobs, spoke, {o: float(o == b) for o in branches}), y,
+                                          opts.balanced)
+    pred_w = np.empty(len(y), dtype=np.int64)
+    feats = _features(ev, cprobs, spoke, branches, face_branches) if "model" in opts.fusion_kinds else None
+    pred_m = {c: np.empty(len(y), dtype=np.int64) for c in opts.fusion_cs}
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        w = _fit_weighted({b: p[tr] for b, p in cprobs.items()}, {b: s[tr] for b, s in spoke.items()}, y[tr], opts.step,
+                          opts.balanced)
+        pred_w[te] = _weighted_predict({b: p[te] for b, p in cprobs.items()}, {b: s[te] for b, s in spoke.items()}, w)
+        if feats is not None:
+            for c in opts.fusion_cs:
+                m = FusionModel.fit(feats[tr], y[tr], branches, face_branches, c)
+                pred_m[c][te] = m.predict_proba(feats[te]).argmax(axis=1)
+    if "weighted" in opts.fusion_kinds:
+        cv["weighted"] = _accuracy(pred_w, y, opts.balanced)
+    if feats is not None:
+        for c in opts.fusion_cs:
+            cv[f"model c={c}"] = _accuracy(pred_m[c], y, opts.balanced)
+    return cv
+
+
+def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions()) -> Stack:
+    """Choose by CV over ``folds`` and fit on every photo of ``ev`` (see the module docstring)."""
+    y = ev.labels
+    if not opts.bias or not opts.fusion_kinds:
+        raise ValueError("StackOptions needs at least one calibration mode (bias) and one fusion kind")
+    scores: dict[str, Any] = {}
+    head, head_c, group = None, None, None
+    if opts.head:
+        by_c = {}
+        oof = {}
+        for c in opts.head_cs:
+            oof[c] = _head_oof(ev, folds, c)
+            ok = ~np.isnan(oof[c][:, 0])
+            by_c[c] = _accuracy(np.nanargmax(np.where(ok[:, None], oof[c], 0), axis=1)[ok], y[ok], opts.balanced)
+        head_c = max(opts.head_cs, key=lambda c: (by_c[c], -c))
+        scores["head_cv"] = {str(c): round(a, 4) for c, a in by_c.items()}
+        group = oof[head_c]
+        head = fit_group_head(ev.embeddings, y, head_c)
+    probs, spoke = _branch_table(ev, group)
+    best: tuple[float, int, str, bool] = (-1.0, -99, "", False)
+    fitted = {}
+    for bias in opts.bias:
+        cal = {b: fit_calibration(p[spoke[b]], y[spoke[b]], bias=bias) if spoke[b].sum() >= 2 else Calibration()
+               for b, p in probs.items()}
+        cprobs = _calibrate(probs, spoke, cal)
+        cv = _fusion_cv(ev, cprobs, spoke, folds, opts)
+        fitted[bias] = (cal, cprobs)
+        scores[f"fusion_cv{' (bias)' if bias else ''}"] = {k: round(v, 4) for k, v in cv.items()}
+        rank = {"single": 2, "weighted": 1, "model": 0}
+        for k, v in cv.items():
+            key = (v, rank[k.split()[0]] - (3 if bias else 0), k, bias)
+            if key[:2] > best[:2]:
+                best = key
+    _, _, choice, bias = best
+    cal, cprobs = fitted[bias]
+    scores["fusion_choice"] = choice + (" with per-class bias" if bias else "")
+    branches = list(cprobs)
+    if choice.startswith("single "):
+        weights = {b: float(b == choice.split(" ", 1)[1]) for b in branches}
+    else:
+        weights = _fit_weighted(cprobs, spoke, y, opts.step, opts.balanced)
+    model = None
+    if choice.startswith("model"):
+        face_branches = [b for b in branches if b in ev.face_branches or b == GROUP_BRANCH]
+        model = FusionModel.fit(_features(ev, cprobs, spoke, branches, face_branches), y, branches, face_branches,
+                                float(choice.split("=", 1)[1]))
+    return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores)
+
+
+def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Calibrated branch probabilities, spoke flags and fused probabilities of new photos."""
+    group = stack.head.photo_probs(ev.embeddings) if stack.head is not None else None
+    probs, spoke = _branch_table(ev, group)
+    cprobs = _calibrate(probs, spoke, stack.calibration)
+    if stack.model is not None:
+        feats = _features(ev, cprobs, spoke, stack.model.branches, stack.model.face_branches)
+        fused = stack.model.predict_proba(feats)
+    else:
+        from ..fusion import fuse_rows
+
+        fused = fuse_rows(cprobs, stack.weights, spoke)[0]
+    return probs, spoke, fused
+
+
+def _table(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from .groups import accuracy_table
+
+    return accuracy_table(pred, y)
+
+
+def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions(),
+                   progress: bool = True) -> dict[str, Any]:
+    """Outer k-fold CV of :func:`select_and_fit`: held-out accuracy per branch and fused, calibration stats."""
+    y = ev.labels
+    n = len(y)
+    raw: dict[str, np.ndarray] = {}
+    cal: dict[str, np.ndarray] = {}
+    spoke_all: dict[str, np.ndarray] = {}
+    fused = np.zeros((n, len(GROUP_CLASSES)))
+    chosen = []
+    for f in tqdm(np.unique(folds), disable=not progress, file=sys.stderr, desc="outer folds"):
+        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        stack = select_and_fit(ev.subset(tr), folds[tr], opts)
+        probs, spoke, fz = apply_stack(stack, ev.subset(te))
+        cprobs = _calibrate(probs, spoke, stack.calibration)
+        for b in probs:
+            raw.setdefault(b, np.zeros((n, len(GROUP_CLASSES))))[te] = probs[b]
+            cal.setdefault(b, np.zeros((n, len(GROUP_CLASSES))))[te] = cprobs[b]
+            spoke_all.setdefault(b, np.zeros(n, dtype=bool))[te] = spoke[b]
+        fused[te] = fz
+        chosen.append({"fold": int(f), "head_c": stack.head_c, "fusion": stack.fusion,
+                       "weights": {b: round(w, 3) for b, w in stack.weights.items()},
+                       "temperature": {b: round(c.temperature, 3) for b, c in stack.calibration.items()},
+                       **stack.scores})
+    tables = {b: _table(np.where(spoke_all[b], raw[b].argmax(1), -1), y) for b in raw}
+    tables["fused"] = _table(fused.argmax(1), y)
+    calib = {}
+    for b in raw:
+        s = spoke_all[b]
+        calib[b] = {"photos": int(s.sum()),
+                    "nll_before": round(negative_log_likelihood(raw[b][s], y[s]), 4),
+                    "nll_after": round(negative_log_likelihood(cal[b][s], y[s]), 4),
+                    "ece_before": round(expected_calibration_error(raw[b][s], y[s]), 4),
+                    "ece_after": round(expected_calibration_error(cal[b][s], y[s]), 4)}
+    calib["fused"] = {"photos": n, "nll": round(negative_log_likelihood(fused, y), 4),
+                      "ece": round(expected_calibration_error(fused, y), 4)}
+    return {"n": n, "k": int(len(np.unique(folds))), "tables": tables, "calibration": calib, "folds": chosen,
+            "oof_fused": fused.tolist()}
+
+
+# --------------------------------------------------------------------------- shipping
+
+def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -> Path:
+    """The trunk's net with the fitted group head in place of its expression head, as fp16 safetensors."""
+    import torch
+
+    from .evaluate import load_model
+    from .train import export_model
+
+    if stack.head is None:
+        raise DatasetError("this stack has no group head to export (fitted with head=False)")
+    model, meta = load_model(trunk_model, "cpu")
+    model.reset_classifier(len(GROUP_CLASSES), head="softmax")
+    with torch.no_grad():
+        model.head.fc.weight.copy_(torch.from_numpy(stack.head.weight))
+        model.head.fc.bias.copy_(torch.from_numpy(stack.head.bias))
+    meta = {**meta, "classes": list(GROUP_CLASSES), "metric": None, "epoch": None}
+    return export_model(model.eval(), meta, out)
+
+
+def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
+                       group_model: str = "face_group.safetensors",
+                       fusion_file: str = "fusion.safetensors") -> Path:
+    """A bundle YAML beside ``out``: the base bundle's branches (calibrated) plus the group branch, the fusion.
+
+    The group model (and a fusion model, when chosen) are written next to the YAML; paths in it are
+    relative to it, with their sha256.
+    """
+    import yaml
+
+    from .. import weights as store
+    from ..io import atomic_write_text
+    from ..pipeline import read_bundle
+
+    spec = read_bundle(base)
+    out = Path(out)
+    folder = out.parent
+    by_name = {b["name"]: b for b in spec["branches"]}
+    if trunk not in by_name:
+        raise DatasetError(f"the base bundle {base} has no branch {trunk!r} to carry the group head")
+    entries = []
+    if stack.head is not None:
+        path = export_group_model(stack, by_name[trunk]["model"], folder / group_model)
+        entries.append({"name": GROUP_BRANCH, "model": group_model, "sha256": store.sha256_file(path),
+                        "tta_flip": bool(by_name[trunk].get("tta_flip", True)), "pooling": "all",
+                        **({"grey": True} if by_name[trunk].get("grey") else {})})
+    for b in spec["branches"]:
+        if b["name"] == GROUP_BRANCH:
+            continue
+        e = {k: v for k, v in b.items() if k != "calibration"}
+        model_path = Path(e["model"])
+        e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
+        entries.append(e)
+    for e in entries:
+        cal = stack.calibration.get(e["name"])
+        if cal is not None and not cal.is_identity:
+            e["calibration"] = cal.to_dict()
+    doc: dict[str, Any] = {"format": "groupmood-bundle-1", "branches": entries,
+                           "weights": {b: round(float(w), 4) for b, w in stack.weights.items()},
+                           "detector": spec["detector"]}
+    if stack.model is not None:
+        fpath = stack.model.save(folder / fusion_file)
+        doc["fusion"] = {"kind": "model", "model": fusion_file, "sha256": store.sha256_file(fpath)}
+    else:
+        doc["fusion"] = {"kind": "weighted"}
+    doc["chosen_on"] = dict(chosen_on)
+    atomic_write_text(out, yaml.safe_dump(doc, sort_keys=False))
+    return out

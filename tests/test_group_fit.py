@@ -1,0 +1,258 @@
+"""Honest fitting on group photos: folds, calibration, the group-face head, the fusion model, the bundle."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from groupmood.calibration import (Calibration, expected_calibration_error, fit_calibration,
+                                   negative_log_likelihood)
+from groupmood.data.folds import fold_indices, read_folds, stratified_folds, write_folds
+from groupmood.engine.group_cv import (GROUP_BRANCH, Evidence, StackOptions, apply_stack, collect_evidence,
+                                       cross_validate, select_and_fit, write_group_bundle)
+from groupmood.engine.group_head import fit_group_head, fit_softmax_regression
+from groupmood.engine.groups import read_group_items
+from groupmood.errors import ConfigError, DatasetError, WeightsError
+from groupmood.fusion_model import FusionModel, fusion_features
+from groupmood.labels import GROUP_CLASSES
+from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
+
+from test_pipeline import _bundle
+
+
+# --------------------------------------------------------------------------- folds
+
+def test_folds_are_stratified_and_stable(tmp_path):
+    y = np.array([0] * 35 + [1] * 37 + [2] * 55)
+    folds = stratified_folds(y, 5, seed=0)
+    assert np.array_equal(folds, stratified_folds(y, 5, seed=0))
+    assert not np.array_equal(folds, stratified_folds(y, 5, seed=1))
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.max() - sizes.min() <= 1
+    for c in range(3):
+        per_fold = np.bincount(folds[y == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, per_fold
+    names = [f"p{i:03d}.jpg" for i in range(len(y))]
+    path = write_folds(tmp_path / "folds.json", names, folds, 5, 0, "test")
+    shuffled = list(reversed(names))
+    got, k = fold_indices(path, shuffled)
+    assert k == 5 and np.array_equal(got, folds[::-1])
+    assert read_folds(path)[0]["p000.jpg"] == folds[0]
+    with pytest.raises(DatasetError, match="not in the fold file"):
+        fold_indices(path, names + ["new.jpg"])
+    with pytest.raises(ValueError):
+        stratified_folds(y, 1)
+
+
+def test_committed_multiemova_folds_match_the_labels():
+    """The committed folds are the seeded stratified folds of multiemova-dev's labels (where present)."""
+    from conftest import REPO, shared_path
+
+    root = shared_path("multiemova-dev")
+    items = read_group_items(root)
+    names = [n for _, _, n in items]
+    y = np.array([c for _, c, _ in items])
+    folds, k = fold_indices(REPO / "configs" / "splits" / "multiemova_dev_folds.json", names)
+    assert k == 5 and np.array_equal(folds, stratified_folds(y, 5, 0))
+
+
+def test_group_csv_dataset_with_level_column(tmp_path, astronaut, coffee):
+    """multiemova-dev's layout: labels.csv with path, label, level; read as a labelled group dataset."""
+    for cls, img in (("Positive", astronaut), ("Neutral", coffee)):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(img).save(tmp_path / cls / "a.jpg")
+    (tmp_path / "labels.csv").write_text("path,label,level\nPositive/a.jpg,Positive,HighPositive\n"
+                                         "Neutral/a.jpg,Neutral,Neutral\n")
+    items = read_group_items(tmp_path)
+    assert [(n, GROUP_CLASSES[c]) for _, c, n in items] == [("Positive/a.jpg", "Positive"), ("Neutral/a.jpg", "Neutral")]
+    (tmp_path / "labels.csv").write_text("path,label,level\nPositive/a.jpg,Happy,HighPositive\n")
+    with pytest.raises(DatasetError):
+        read_group_items(tmp_path)
+
+
+# --------------------------------------------------------------------------- calibration
+
+def _overconfident(n=600, seed=0):
+    """Labels right 60 % of the time, predicted with probability 0.98: a textbook overconfident branch."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    pred = np.where(rng.random(n) < 0.6, y, (y + rng.integers(1, 3, n)) % 3)
+    p = np.full((n, 3), 0.01)
+    p[np.arange(n), pred] = 0.98
+    return p, y
+
+
+def test_temperature_softens_an_overconfident_branch():
+    p, y = _overconfident()
+    cal = fit_calibration(p, y)
+    assert cal.temperature > 1.5
+    q = cal.apply(p)
+    assert np.array_equal(q.argmax(1), p.argmax(1))  # temperature alone never changes the label
+    assert negative_log_likelihood(q, y) < negative_log_likelihood(p, y) - 0.5
+    assert expected_calibration_error(q, y) < 0.05 < expected_calibration_error(p, y)
+    assert abs(q.max(1).mean() - 0.6) < 0.05
+
+
+def test_calibration_bias_and_round_trip():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    p = np.full((400, 3), 0.2)
+    p[:, 2] = 0.6  # always says class 2
+    p[np.arange(400), y] += 0.3
+    p /= p.sum(1, keepdims=True)
+    no_bias, with_bias = fit_calibration(p, y), fit_calibration(p, y, bias=True)
+    assert (with_bias.apply(p).argmax(1) == y).mean() > (no_bias.apply(p).argmax(1) == y).mean()
+    assert abs(sum(with_bias.bias)) < 1e-9
+    assert Calibration.from_dict(with_bias.to_dict()).apply(p) == pytest.approx(with_bias.apply(p), abs=1e-5)
+    assert Calibration.from_dict(None).is_identity
+    with pytest.raises(ValueError, match="unknown calibration key"):
+        Calibration.from_dict({"temp": 2})
+    with pytest.raises(ValueError):
+        Calibration(temperature=0.0)
+
+
+# --------------------------------------------------------------------------- group head and fusion model
+
+def _mil_photos(n_photos=60, dim=16, seed=0):
+    """Photos of 1-6 faces; each face's embedding leans towards its photo's class centre."""
+    centres = np.random.default_rng(123).normal(0, 1, (3, dim))  # the same classes for every seed
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_photos) % 3
+    faces = [centres[c] * 0.8 + rng.normal(0, 1, (rng.integers(1, 7), dim)) for c in y]
+    return faces, y
+
+
+def test_group_head_learns_photo_labels_and_regularises():
+    faces, y = _mil_photos()
+    head = fit_group_head(faces, y, c=1.0)
+    test_faces, ty = _mil_photos(seed=1)
+    assert (head.photo_probs(test_faces).argmax(1) == ty).mean() > 0.9
+    weak = fit_group_head(faces, y, c=1e-4)
+    assert np.linalg.norm(weak.weight) < np.linalg.norm(head.weight)
+    probs = head.photo_probs([np.zeros((0, 16)), faces[0]])
+    assert np.isnan(probs[0]).all() and probs[1].sum() == pytest.approx(1.0)
+    with pytest.raises(DatasetError, match="no photo"):
+        fit_group_head([np.zeros((0, 16))] * 3, [0, 1, 2], 1.0)
+
+
+def test_softmax_regression_matches_its_objective_optimum():
+    """The fitted point is a stationary point of c * sum CE + |W|^2 / 2 (checked by autograd)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (80, 5)) * [1, 2, 3, 4, 5] + 7
+    y = rng.integers(0, 3, 80)
+    head = fit_softmax_regression(x, y, 0.5, 3)
+    mean, std = x.mean(0), x.std(0)
+    w = torch.tensor(head.weight * std, requires_grad=True)  # back to standardised coordinates
+    b = torch.tensor(head.bias + head.weight @ mean, requires_grad=True)
+    z = torch.from_numpy((x - mean) / std)
+    loss = 0.5 * torch.nn.functional.cross_entropy(z @ w.T + b, torch.from_numpy(y), reduction="sum") + 0.5 * (w ** 2).sum()
+    loss.backward()
+    assert w.grad.abs().max() < 1e-4 and b.grad.abs().max() < 1e-4
+
+
+def test_fusion_model_fit_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    branches, face = ("face", "global"), ("face",)
+    rows, ys = [], []
+    for i in range(90):
+        yi = i % 3
+        p = rng.dirichlet(np.ones(3))
+        p[yi] += 1.0
+        spoke = i % 10 != 0
+        rows.append(fusion_features({"face": p / p.sum(), "global": rng.dirichlet(np.ones(3))}, {"face": spoke},
+                                    face, int(spoke) * 3, [0.01] * (int(spoke) * 3), branches))
+        ys.append(yi)
+    x, y = np.stack(rows), np.array(ys)
+    assert x.shape[1] == 3 + 1 + 3 + 3
+    model = FusionModel.fit(x, y, branches, face, c=1.0)
+    assert (model.predict_proba(x).argmax(1) == y).mean() > 0.8
+    path = model.save(tmp_path / "fusion.safetensors")
+    again = FusionModel.load(path)
+    assert again.branches == branches and again.face_branches == face and again.c == 1.0
+    assert np.allclose(again.predict_proba(x), model.predict_proba(x))
+    assert path.read_bytes() == model.save(tmp_path / "again.safetensors").read_bytes()
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(WeightsError):
+        FusionModel.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ConfigError, match="needs branch"):
+        fusion_features({"face": np.ones(3) / 3}, {}, face, 0, [], branches)
+
+
+def test_cross_validation_is_nested_and_reports_every_branch():
+    faces, y = _mil_photos(90)
+    rng = np.random.default_rng(2)
+    noise = rng.dirichlet(np.ones(3), len(y))
+    ev = Evidence([f"p{i}" for i in range(len(y))], y, {"global": noise}, {"global": np.ones(len(y), bool)},
+                  (), faces, [np.full(len(f), 0.01) for f in faces])
+    folds = stratified_folds(y, 3, 0)
+    opts = StackOptions(head_cs=(0.1, 1.0), fusion_cs=(1.0,))
+    cv = cross_validate(ev, folds, opts, progress=False)
+    assert set(cv["tables"]) == {"global", GROUP_BRANCH, "fused"}
+    assert cv["tables"]["fused"]["accuracy"] > 0.8 and cv["tables"]["global"]["accuracy"] < 0.6
+    assert len(cv["folds"]) == 3 and all(f["head_c"] in (0.1, 1.0) for f in cv["folds"])
+    assert set(cv["calibration"]["global"]) >= {"nll_before", "nll_after", "ece_before", "ece_after"}
+    stack = select_and_fit(ev, folds, opts)
+    assert stack.weights[GROUP_BRANCH] > 0.5
+    probs, spoke, fused = apply_stack(stack, ev)
+    assert fused.shape == (len(y), 3) and spoke[GROUP_BRANCH].all()
+
+
+# --------------------------------------------------------------------------- the whole path on real photos
+
+def test_fitted_bundle_reproduces_the_stack(tmp_path, detector, astronaut, coffee):
+    """Evidence from real photos -> selection -> a written bundle whose predictions equal the stack's."""
+    torch.manual_seed(0)
+    base = _bundle(tmp_path / "base", with_global=False)
+    rec = GroupEmotionRecognizer.from_bundle(base, detector=detector)
+    data = tmp_path / "photos"
+    data.mkdir()
+    rows = ["path,label,level"]
+    images = [astronaut, astronaut[:, ::-1], np.ascontiguousarray(astronaut[::2, ::2]), coffee]
+    for i in range(8):
+        img = images[i % 4]
+        Image.fromarray(img).save(data / f"{i}.jpg", quality=90 - i)
+        rows.append(f"{i}.jpg,{GROUP_CLASSES[i % 3]},x")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    items = read_group_items(data)
+    ev = collect_evidence(rec, items, "nonaligned", progress=False)
+    assert len(ev) == 8 and ev.embeddings[0].shape[1] == rec.branches["nonaligned"].num_features
+    ev.save(tmp_path / "ev.npz")
+    again = Evidence.load(tmp_path / "ev.npz")
+    assert again.names == ev.names and all(np.array_equal(a, b) for a, b in zip(again.embeddings, ev.embeddings))
+    folds = stratified_folds(ev.labels, 2, 0)
+    stack = select_and_fit(ev, folds, StackOptions(head_cs=(1.0,), fusion_cs=(1.0,)))
+    out = write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {"data": "test"})
+    spec = read_bundle(out)
+    assert spec["branches"][0]["name"] == GROUP_BRANCH and spec["chosen_on"] == {"data": "test"}
+    fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
+    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items])
+    probs, spoke, fused = apply_stack(stack, ev)
+    for i, res in enumerate(results):
+        if spoke[GROUP_BRANCH][i]:
+            got = res.branches[GROUP_BRANCH].probs
+            want = stack.calibration[GROUP_BRANCH].apply(probs[GROUP_BRANCH][i])
+            assert got == pytest.approx(want, abs=0.02)  # the exported head is fp16
+        assert res.probs == pytest.approx(fused[i], abs=0.02)
+
+
+def test_bundle_rejects_bad_calibration_and_fusion(tmp_path):
+    base = _bundle(tmp_path / "b", with_global=False)
+    spec = yaml.safe_load(base.read_text())
+    spec["branches"][0]["calibration"] = {"temperature": -1}
+    (tmp_path / "b" / "bad1.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="calibration"):
+        read_bundle(tmp_path / "b" / "bad1.yaml")
+    spec["branches"][0].pop("calibration")
+    spec["fusion"] = {"kind": "model"}
+    (tmp_path / "b" / "bad2.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="fusion"):
+        read_bundle(tmp_path / "b" / "bad2.yaml")
+    spec["fusion"] = {"kind": "vote"}
+    (tmp_path / "b" / "bad3.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="fusion"):
+        read_bundle(tmp_path / "b" / "bad3.yaml")
+    assert json.dumps(read_bundle(base)["fusion"]) == '{"kind": "weighted"}'
