@@ -192,6 +192,8 @@ def ours_worker(kind: str, shared: Path, threads: int, limit: int | None) -> int
 def fer_worker(threads: int, peer: FerPeer) -> int:
     """Serve one fer release: one JSON request per stdin line ({"path"} or {"quit"}), one JSON answer per line.
 
+    An answer names the faces found and each face's seven emotion scores (as fer returns them).
+
     Each answer carries the seconds of ``detect_emotions`` alone (``cv2.imread`` is not timed);
     the last one, after {"quit"}, the peak RSS of this process.
     """
@@ -237,7 +239,7 @@ def fer_worker(threads: int, peer: FerPeer) -> int:
             continue
         t0 = clock()
         out = detector.detect_emotions(img)
-        send({"seconds": clock() - t0, "faces": len(out)})
+        send({"seconds": clock() - t0, "faces": len(out), "emotions": [f["emotions"] for f in out]})
     send({"peak_mb": rss_mb(), "vmhwm_mb": vmhwm_mb()})
     return 0
 

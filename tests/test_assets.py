@@ -1,7 +1,8 @@
 """The shipped default bundle: every weight file has a model card and its sha256, and the whole
 system runs offline on real photos (a group, a portrait, a photo without a face).
 
-The default bundle has two face branches and the global branch: on a photo without a face the
+The default bundle has three face branches (one with the group head fitted on multiemova-dev) and the
+global branch: on a photo without a face the
 face branches abstain, and the global branch alone gives the label."""
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
     assert len(g.faces) == 5 and not g.no_face
     assert len(a.faces) == 1
     assert g.label == "Positive"  # five people laughing into the camera
-    assert set(recognizer.branches) == {"aligned", "nonaligned", "global"}
+    assert set(recognizer.branches) == {"group", "aligned", "nonaligned", "global"}
     assert c.no_face and c.faces == [] and not c.abstained and c.label in GROUP_CLASSES
     assert [n for n, b in c.branches.items() if b.spoke] == ["global"]
     assert c.branches["global"].effective_weight == pytest.approx(1.0)
