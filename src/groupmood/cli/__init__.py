@@ -16,6 +16,7 @@ from .evaluate_groups import evaluate_groups_cmd
 from .fuse import fuse_cmd
 from .predict import predict_cmd
 from .samples import samples_cmd
+from .serve import serve_cmd
 from .train import evaluate_cmd, export_cmd, train_cmd
 from .weights import weights_group
 
@@ -36,6 +37,7 @@ cli.add_command(export_cmd)
 cli.add_command(predict_cmd)
 cli.add_command(fuse_cmd)
 cli.add_command(evaluate_groups_cmd)
+cli.add_command(serve_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,105 @@
+"""``groupmood serve``: the web page and HTTP API (see :mod:`groupmood.serve`) on a local port."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from pathlib import Path
+
+import click
+
+from ..images import DEFAULT_MAX_PIXELS
+from ..pipeline import GroupEmotionRecognizer, default_bundle_path
+from .common import build_detector, check_device
+from .predict import load_recognizer, predict_cmd
+
+
+def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionRecognizer:
+    """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
+
+    The detector options are taken from predict's own defaults, so that the server's records are
+    the ones predict writes for the same photo.
+    """
+    d = {p.name: p.default for p in predict_cmd.params}
+    detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
+                              d["mtcnn_weights"])
+    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or a usage error saying why it cannot be."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise click.BadParameter(f"{host!r} is not an address of this machine ({exc.strerror})",
+                                 param_hint="--host") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "
+                               "(or --port 0 for a free one)") from None
+    return sock
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The default answers this machine only; 0.0.0.0 answers every network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: a free one).")
+@click.option("--bundle", default=None, type=click.Path(dir_okay=False),
+              help="Bundle YAML (models + fusion weights). Default: the shipped groupmood/assets/bundle.yaml.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Requests labelled at a time (threads sharing one copy of the models).")
+@click.option("--queue", default=8, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait beyond those being labelled; more get 503 with Retry-After.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Largest request body (all its photos together), in MB.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Refuse photos larger than this (decompression-bomb guard), read from the header.")
+@click.option("--max-files", default=16, show_default=True, type=click.IntRange(1), help="Most photos per request.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
+def serve_cmd(host: str, port: int, bundle: str | None, workers: int, queue: int, max_upload_mb: float,
+              max_pixels: int, max_files: int, device: str, log_level: str) -> int:
+    """Serve the web page (drop photos, see the group's mood and each face's evidence) and the HTTP API.
+
+    GET / is the page; POST /v1/predict takes photos as multipart 'files' and answers the records of
+    predict --format jsonl; GET /v1/health and GET /v1/bundle describe the server. The models are
+    loaded once, before the port opens. Ctrl-C stops it.
+    """
+    import uvicorn
+
+    from ..serve import ServeLimits, create_app
+
+    check_device(device)
+    limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
+                         max_files=max_files, workers=workers, queue=queue)
+    bundle_path = Path(bundle) if bundle else default_bundle_path()
+    start = time.perf_counter()
+    recognizer = build_recognizer(bundle, device)
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    click.echo(f"groupmood serve: models loaded in {time.perf_counter() - start:.1f} s; "
+               f"open http://{shown}:{bound_port}/ (Ctrl-C stops)", err=True)
+    if not _is_loopback(host):
+        click.echo(f"note: listening on {host}: anyone who can reach this machine can send photos to it", err=True)
+    app = create_app(lambda: recognizer, bundle_path, limits)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0 if server.started else 1

@@ -1,0 +1,324 @@
+"""The FastAPI application of ``groupmood serve``: the page, the prediction API, health and bundle.
+
+One process holds one recognizer, loaded once when the application starts (its lifespan) and
+shared by every request. Inference runs in worker threads, never on the event loop, so the server
+keeps answering (health, the page, refusals) while photos are labelled. At most ``workers``
+requests are labelled at a time and at most ``queue`` more wait; a request beyond that gets 503
+with ``Retry-After`` at once, so memory stays bounded: a waiting request holds at most
+``max_upload_bytes`` of body, a running one also one decoded photo at a time.
+
+Uploads are read into memory (never spooled to a shared temporary folder) up to the upload
+limit. The image loader of the command line (:func:`groupmood.images.load_image`: content
+sniffing, EXIF, the pixel-count guard read from the header) reads files, so each photo is written
+for the length of one request into a private temporary folder (mode 0700) that is removed before
+the answer goes out. Each record is the one ``predict --format jsonl`` writes for the photo:
+``{"file": NAME, **GroupResult.to_dict()}``, with the uploaded file's base name as ``NAME``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..errors import ImageLoadError
+from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..labels import GROUP_CLASSES
+from ..pipeline import GroupEmotionRecognizer, GroupResult, read_bundle
+from ..report import _CSS as REPORT_CSS
+from ..report import LABEL_COLOURS
+
+__all__ = ["ServeLimits", "create_app", "page_html", "get_labeller"]
+
+#: The multipart field that carries the photos.
+FILES_FIELD = "files"
+
+#: The page may load nothing from elsewhere: scripts and styles are inline, photos are local blobs.
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+Labeller = Callable[[np.ndarray], GroupResult]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one server accepts: body size, pixels per photo, photos per request, concurrency.
+
+    ``workers`` requests are labelled at a time, ``queue`` more may wait; ``retry_after_s`` is the
+    ``Retry-After`` of a 503 answer when both are full.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_files: int = 16
+    workers: int = 1
+    queue: int = 8
+    retry_after_s: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_files", "workers", "retry_after_s"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.queue) < 0:
+            raise ValueError(f"queue must be 0 or more, got {self.queue}")
+
+
+class ApiError(Exception):
+    """A refusal: HTTP status, a sentence saying why, and per-file details where files were at fault."""
+
+    def __init__(self, status: int, message: str, files: Sequence[dict[str, Any]] = (),
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.files = list(files)
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": self.message, "status": self.status}
+        if self.files:
+            body["files"] = self.files
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.3g} MB"
+
+
+def refusal_status(reason: str) -> int:
+    """The HTTP status of an image the loader refused, from its reason (see :mod:`groupmood.images`).
+
+    Too many pixels 413, empty 400, not an image (or an unreadable format) 415, anything else the
+    loader could not decode (truncated, corrupt, NaN pixels) 422.
+    """
+    r = reason.lower()
+    if r.startswith("image too large"):
+        return 413
+    if r.startswith("empty file"):
+        return 400
+    if r.startswith("not an image") or "cannot be read here" in r:
+        return 415
+    return 422
+
+
+def upload_name(filename: str | None, k: int) -> str:
+    """The name a photo is known by in records and messages: the base name of the uploaded file."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
+    return name or f"photo {k + 1}"
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser with every part kept in memory (the body is already bounded)."""
+
+    def __init__(self, *args: Any, spool_max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spool_max_size = spool_max_size
+
+
+async def read_uploads(request: Request, limits: ServeLimits) -> list[tuple[str, bytes]]:
+    """The (name, bytes) of each file under ``files`` in a multipart body, refused above the limits."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise ApiError(415, f"send the photos as multipart/form-data, one or more files under the field name "
+                            f"'{FILES_FIELD}' (got Content-Type {ctype or 'none'!r})")
+    too_large = (f"upload too large: above the limit of {_mb(limits.max_upload_bytes)} per request "
+                 "(groupmood serve --max-upload-mb); send smaller or fewer photos")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limits.max_upload_bytes:
+        raise ApiError(413, too_large)
+
+    async def bounded() -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limits.max_upload_bytes:
+                raise ApiError(413, too_large)
+            yield chunk
+
+    parser = _InMemoryParser(request.headers, bounded(), max_files=limits.max_files, max_fields=limits.max_files,
+                             spool_max_size=limits.max_upload_bytes + 1)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, f"malformed multipart body: {exc.message} (at most {limits.max_files} files per "
+                            "request)") from None
+    try:
+        parts = form.getlist(FILES_FIELD)
+        if not parts:
+            raise ApiError(400, f"no photo in the request: send one or more files under the field name "
+                                f"'{FILES_FIELD}'")
+        out = []
+        for k, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise ApiError(400, f"field '{FILES_FIELD}' number {k + 1} is text, not a file; send the photos "
+                                    "as files")
+            out.append((upload_name(part.filename, k), await part.read()))
+        return out
+    finally:
+        await form.close()
+
+
+def label_uploads(uploads: Sequence[tuple[str, bytes]], labeller: Labeller, max_pixels: int) -> list[dict]:
+    """The ``predict`` record of each upload, or an :class:`ApiError` naming every file refused.
+
+    Runs in a worker thread. Every photo is checked (read and decoded) before any is labelled, so
+    a refusal costs no inference; then each is decoded again and labelled one at a time, so one
+    request holds one decoded photo at a time. The private temporary folder is gone on return.
+    """
+    with tempfile.TemporaryDirectory(prefix="groupmood-serve-") as tmp:
+        paths = []
+        refused = []
+        for k, (name, data) in enumerate(uploads):
+            path = Path(tmp) / f"upload-{k}"
+            path.write_bytes(data)
+            paths.append(path)
+            try:
+                load_image(path, max_pixels=max_pixels)
+            except ImageLoadError as exc:
+                refused.append({"file": name, "error": exc.reason, "status": refusal_status(exc.reason)})
+        if refused:
+            first = refused[0]
+            message = (f"{first['file']}: {first['error']}" if len(refused) == 1 else
+                       f"{len(refused)} of {len(uploads)} photos refused, none labelled; first: "
+                       f"{first['file']}: {first['error']}")
+            raise ApiError(first["status"], message, refused)
+        records = []
+        for (name, _), path in zip(uploads, paths):
+            image = load_image(path, max_pixels=max_pixels)
+            path.unlink()
+            records.append({"file": name, **labeller(image).to_dict()})
+        return records
+
+
+def get_labeller(request: Request) -> Labeller:
+    """The loaded recognizer's one-photo call (a dependency, so tests can slow it down)."""
+    recognizer: GroupEmotionRecognizer = request.app.state.recognizer
+    return recognizer.predict_one
+
+
+def page_html(limits: ServeLimits) -> str:
+    """The page at ``/``: one self-contained HTML file, the report's style and colours inlined."""
+    template = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    colours = {c: "#%02x%02x%02x" % rgb for c, rgb in LABEL_COLOURS.items()}
+    config = {"colours": colours, "classes": list(GROUP_CLASSES), "maxUploadBytes": limits.max_upload_bytes,
+              "maxFiles": limits.max_files}
+    return (template.replace("/*REPORT_CSS*/", REPORT_CSS)
+            .replace("/*CONFIG*/{}", json.dumps(config).replace("</", "<\\/")))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("groupmood", "torch", "torchvision", "fastapi", "starlette", "uvicorn"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _bundle_summary(spec: dict[str, Any]) -> dict[str, Any]:
+    """What ``/v1/bundle`` shows of a bundle: branches (model file names), weights, what they were chosen on."""
+    branches = []
+    for b in spec["branches"]:
+        entry = {k: v for k, v in b.items() if k != "model"}
+        entry["model"] = Path(b["model"]).name
+        branches.append(entry)
+    fusion = {k: (Path(v).name if k == "model" else v) for k, v in spec["fusion"].items()}
+    return jsonable_encoder({"name": spec.get("name"), "description": spec.get("description"),
+                             "classes": list(GROUP_CLASSES), "branches": branches, "weights": spec["weights"],
+                             "fusion": fusion, "detector": spec["detector"], "chosen_on": spec["chosen_on"],
+                             "path": spec["path"]})
+
+
+def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
+               limits: ServeLimits | None = None) -> FastAPI:
+    """The application; ``load()`` builds the recognizer of ``bundle`` once, when the application starts.
+
+    ``load`` runs in a worker thread at start-up (a server with a bad bundle fails to start, it
+    does not answer errors later); ``bundle`` is the YAML it loads, shown by health and bundle.
+    """
+    limits = limits or ServeLimits()
+    bundle_path = Path(bundle)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.recognizer = await anyio.to_thread.run_sync(load)
+        app.state.bundle = _bundle_summary(read_bundle(bundle_path))
+        app.state.limiter = anyio.CapacityLimiter(limits.workers)
+        app.state.in_flight = 0
+        try:
+            yield
+        finally:
+            app.state.recognizer = None
+
+    app = FastAPI(title="groupmood", summary="Group emotion (Negative / Neutral / Positive) of photos, with "
+                  "per-branch and per-face evidence", version=_versions()["groupmood"], lifespan=lifespan)
+    app.state.recognizer = None
+    app.state.limits = limits
+    page = page_html(limits)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}; use {allowed or 'another'}"
+        elif exc.status_code == 404:
+            message = f"nothing at {request.url.path}; see / for the page and /docs for the API"
+        return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/v1/health")
+    async def health(request: Request) -> dict[str, Any]:
+        """Whether the models are loaded, package versions, the bundle, the limits and how busy it is."""
+        rec: GroupEmotionRecognizer | None = request.app.state.recognizer
+        return {"status": "ok" if rec is not None else "loading", "models_loaded": rec is not None,
+                "device": str(rec.device) if rec is not None else None,
+                "branches": list(rec.branches) if rec is not None else [],
+                "bundle": str(bundle_path.resolve()), "versions": _versions(), "limits": asdict(limits),
+                "in_flight": getattr(request.app.state, "in_flight", 0)}
+
+    @app.get("/v1/bundle")
+    async def bundle_info(request: Request) -> dict[str, Any]:
+        """The bundle's branches, fusion weights and what they were chosen on."""
+        return request.app.state.bundle
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, labeller: Labeller = Depends(get_labeller)) -> dict[str, Any]:
+        """Label each photo sent as multipart ``files``: ``{"records": [one predict record per photo]}``."""
+        state = request.app.state
+        if state.in_flight >= limits.workers + limits.queue:
+            raise ApiError(503, f"busy: {state.in_flight} requests are being labelled or waiting; try again in "
+                                f"{limits.retry_after_s} s", headers={"Retry-After": str(limits.retry_after_s)})
+        state.in_flight += 1
+        try:
+            uploads = await read_uploads(request, limits)
+            records = await anyio.to_thread.run_sync(label_uploads, uploads, labeller, limits.max_pixels,
+                                                     limiter=state.limiter)
+        finally:
+            state.in_flight -= 1
+        return {"records": records}
+
+    return app
