@@ -114,7 +114,7 @@ def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> dict:
     for good, bad in load_batches([p for p, _, _ in items], 8):
         for err in bad:
             print(f"skipped {err}", file=sys.stderr)
-        for (path, _), res in zip(good, rec.predict([img for _, img in good]) if good else []):
+        for (path, _), res in zip(good, rec.predict([img for _, img in good], all_branches=True) if good else []):
             ys.append(label[path])
             for b, r in res.branches.items():
                 preds.setdefault(b, []).append(int(np.argmax(r.probs)) if r.spoke else -1)

@@ -229,7 +229,7 @@ def test_fitted_bundle_reproduces_the_stack(tmp_path, detector, astronaut, coffe
     spec = read_bundle(out)
     assert spec["branches"][0]["name"] == GROUP_BRANCH and spec["chosen_on"] == {"data": "test"}
     fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
-    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items])
+    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items], all_branches=True)
     probs, spoke, fused = apply_stack(stack, ev)
     for i, res in enumerate(results):
         if spoke[GROUP_BRANCH][i]:

@@ -109,6 +109,17 @@ def test_face_branches_only_abstain_without_faces(tmp_path, detector, coffee):
     assert r.to_dict()["label"] == ABSTAIN
 
 
+def test_branches_without_weight_are_skipped_unless_asked(recognizer, astronaut):
+    """A weight-0 branch changes no label: it is not run, unless its evidence is asked for."""
+    rec = recognizer.with_fusion(weights={"aligned": 0.0, "nonaligned": 1.0, "global": 1.0})
+    assert list(rec.active_branches()) == ["nonaligned", "global"]
+    quick, full = rec.predict(astronaut)[0], rec.predict(astronaut, all_branches=True)[0]
+    assert set(quick.branches) == {"nonaligned", "global"} and set(full.branches) == {"aligned", "nonaligned", "global"}
+    assert quick.label == full.label and np.allclose(quick.probs, full.probs)
+    assert set(quick.faces[0].branch_probs) == {"nonaligned"}
+    assert full.branches["aligned"].effective_weight == 0.0
+
+
 def test_top_k_pooling_uses_largest_faces(recognizer, astronaut):
     small = np.asarray(Image.fromarray(astronaut).resize((256, 256)))
     canvas = np.full((512, 768, 3), 255, np.uint8)

@@ -517,21 +517,29 @@ class GroupEmotionRecognizer:
                                       self.fusion_model if weights is None else None)
 
     @torch.inference_mode()
-    def predict(self, images: Images, raw: bool = False) -> list[GroupResult]:
+    def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
+        """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
+        read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
+        return {n: br for n, br in self.branches.items() if all_branches or self.weights[n] > 0 or n in read}
+
+    def predict(self, images: Images, raw: bool = False, all_branches: bool = False) -> list[GroupResult]:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
         photo, in order.
 
-        ``raw`` reports each branch's pooled probabilities before calibration (fusion still uses the
-        calibrated ones): what calibration and fusion are fitted on.
+        Only the branches that vote are run (a weight-0 branch changes no label and costs time);
+        ``all_branches`` runs and reports every branch. ``raw`` reports each branch's pooled
+        probabilities before calibration (fusion still uses the calibrated ones): what calibration
+        and fusion are fitted on.
         """
         arrays = as_rgb_list(images)
         if not arrays:
             return []
+        branches = self.active_branches(all_branches)
         faces_per = self.detector.detect(arrays)
         counts = [len(f) for f in faces_per]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
-        for name, br in self.branches.items():
+        for name, br in branches.items():
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
                 x = np.concatenate(parts) if parts else np.zeros((0, *br.input_size, br.in_chans), np.uint8)
@@ -540,9 +548,9 @@ class GroupEmotionRecognizer:
             per_branch[name] = br.scores(x)
         results = []
         for i, (img, faces) in enumerate(zip(arrays, faces_per)):
-            face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in self.branches.items() if br.is_face}
+            face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face}
             pooled = {}
-            for n, br in self.branches.items():
+            for n, br in branches.items():
                 if br.is_face:
                     pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
                 else:
@@ -587,7 +595,7 @@ class GroupEmotionRecognizer:
                                            tuple(n for n in face_probs if k in pooled[n].faces)))
         branches = {n: BranchResult(pooled[n].probs, self.weights[n], fused.weights[n], pooled[n].spoke,
                                     pooled[n].faces, pooling_name(br.top_k) if br.is_face else "image", br.family)
-                    for n, br in self.branches.items()}
+                    for n, br in self.branches.items() if n in pooled}
         return GroupResult(fused.label, fused.probs, branches, face_results, not faces, fused.abstained,
                            int(img.shape[1]), int(img.shape[0]))
 

@@ -116,10 +116,13 @@ class CsvSink(PartialFileSink):
               help="Write each photo with faces coloured by label and the group decision into this folder.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write one self-contained HTML page with every photo of this run and its evidence.")
+@click.option("--all-branches", is_flag=True,
+              help="Also run and report the branches with weight 0 (by default they are skipped: they change no label).")
 @fusion_options
 @detector_options
 def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: str, resume: bool,
-                annotate_dir: str | None, report_path: str | None, weights_text: str | None, preset: str | None,
+                annotate_dir: str | None, report_path: str | None, all_branches: bool, weights_text: str | None,
+                preset: str | None,
                 pooling: str | None, device: str, batch_size: int, min_face_frac: float, min_face_px: float | None,
                 thresholds: tuple[float, float, float], factor: float, mtcnn_weights: str | None,
                 max_pixels: int, progress: bool) -> int:
@@ -135,7 +138,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     stems = output_stems(paths)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling)
-    sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.branches), resume) if fmt == "csv"
+    sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
                                  else JsonlSink(output, resume=resume))
     todo = [p for p in paths if not sink.is_done(p)]
     counts: Counter[str] = Counter()
@@ -145,7 +148,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:
         nonlocal n_faces
         records = []
-        for (path, img), res in zip(good, rec.predict([img for _, img in good])):
+        for (path, img), res in zip(good, rec.predict([img for _, img in good], all_branches=all_branches)):
             n_faces += len(res.faces)
             counts[res.label] += 1
             records.append({"file": display_path(path), **res.to_dict()})

@@ -118,7 +118,7 @@ def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[P
         for err in bad:
             if log:
                 log(f"skipped {err}")
-        results = recognizer.predict([img for _, img in good], raw=True) if good else []
+        results = recognizer.predict([img for _, img in good], raw=True, all_branches=True) if good else []
         for (path, img), res in zip(good, results):
             y, name = label_of[path]
             names.append(name)

@@ -128,7 +128,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             errors.append({"file": err.path, "error": err.reason})
             if log:
                 log(f"skipped {err}")
-        results = recognizer.predict([img for _, img in good], raw=True) if good else []
+        results = recognizer.predict([img for _, img in good], raw=True, all_branches=True) if good else []
         for (path, _), res in zip(good, results):
             ys.append(label_of[path][0])
             fused_pred.append(GROUP_CLASSES.index(res.label) if not res.abstained else -1)
