@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     ap.add_argument("--tta", action="store_true", help="average with the horizontal flip")
-    ap.add_argument("--out", type=Path, default=None, help="folder for eval JSON/PNGs (default: beside the model)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for eval JSON/PNGs (default: runs/face_accuracy/<model file name>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         data, split, what = data_section(name, args.shared, family, cfg0["data"])
         cfg = copy.deepcopy(cfg0)
         cfg["data"].update(data)
-        out = (args.out or args.checkpoint.parent / f"eval_{args.checkpoint.stem}") / name
+        out = (args.out or REPO / "runs" / "face_accuracy" / args.checkpoint.stem) / name
         rep = evaluate_checkpoint(args.checkpoint, cfg, split, out, tta_flip=args.tta, progress=False)
         val = rep.get("valence", {})
         rows.append((what, rep["n"] if "n" in rep else sum(map(sum, rep["confusion"])), rep["accuracy"],
