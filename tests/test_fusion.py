@@ -232,6 +232,20 @@ def test_search_ties_go_to_equal_weights_and_abstentions_count_wrong():
     assert res.rows()[0] == {"a": 1.0, "b": 0.0, "accuracy": 0.5}  # b has weight 0: photo 2 unlabelled
 
 
+def test_balanced_search_weighs_a_rare_class_as_much_as_a_common_one():
+    """Branch a is right on the 9 common photos only, b on the rare one and on 5 common ones: accuracy
+    prefers a (0.9 vs 0.6), balanced accuracy prefers b ((5/9 + 1) / 2 = 0.78 vs 0.5)."""
+    y = np.array([0] * 9 + [2])
+    right = np.eye(3)[y] * 0.8 + 0.1
+    wrong = np.eye(3)[(y + 1) % 3] * 0.8 + 0.1
+    a = np.vstack([right[:9], wrong[9:]])
+    b = np.vstack([right[:5], wrong[5:9], right[9:]])
+    plain = search_weights({"a": a, "b": b}, y, step=1.0)
+    balanced = search_weights({"a": a, "b": b}, y, step=1.0, balanced=True)
+    assert plain.best_weights == {"a": 1.0, "b": 0.0} and plain.best_accuracy == pytest.approx(0.9)
+    assert balanced.best_weights == {"a": 0.0, "b": 1.0} and balanced.best_accuracy == pytest.approx((5 / 9 + 1) / 2)
+
+
 # --------------------------------------------------------------------------- fuse CLI
 
 def _write_branch_files(tmp_path):
