@@ -267,7 +267,8 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
             app.state.recognizer = None
 
     app = FastAPI(title="groupmood", summary="Group emotion (Negative / Neutral / Positive) of photos, with "
-                  "per-branch and per-face evidence", version=_versions()["groupmood"], lifespan=lifespan)
+                  "per-branch and per-face evidence", version=_versions()["groupmood"], lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # their pages load scripts from a CDN; /openapi.json stays
     app.state.recognizer = None
     app.state.limits = limits
     page = page_html(limits)
@@ -283,7 +284,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
             allowed = (exc.headers or {}).get("Allow", "")
             message = f"method {request.method} is not allowed on {request.url.path}; use {allowed or 'another'}"
         elif exc.status_code == 404:
-            message = f"nothing at {request.url.path}; see / for the page and /docs for the API"
+            message = f"nothing at {request.url.path}; see / for the page and /openapi.json for the API"
         return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
