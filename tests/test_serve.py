@@ -219,6 +219,21 @@ def test_nothing_kept_after_the_answer_and_the_temporary_folder_is_private(tiny,
     assert len(seen) == 1 and seen[0][0].startswith("groupmood-serve-") and seen[0][1] == 0o700
 
 
+def test_an_unexpected_failure_is_a_json_500(tiny, photos):
+    bundle, rec = tiny
+
+    def broken(image: np.ndarray):
+        raise RuntimeError("out of cheese")
+
+    app = create_app(lambda: rec, bundle, LIMITS)
+    app.dependency_overrides[get_labeller] = lambda: broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        answer = c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"])))
+        assert answer.status_code == 500
+        assert answer.json()["error"].startswith("internal error (RuntimeError: out of cheese)")
+        assert c.get("/v1/health").json()["in_flight"] == 0
+
+
 # --------------------------------------------------------------------------- concurrency
 
 def test_full_queue_answers_503_with_retry_after_while_health_still_answers(tiny, photos):

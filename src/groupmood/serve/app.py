@@ -287,6 +287,11 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
             message = f"nothing at {request.url.path}; see / for the page and /openapi.json for the API"
         return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error ({type(exc).__name__}: {exc}); the server log has the details"
+                        ).response()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"})
