@@ -103,24 +103,28 @@ def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
     return fold_indices(path, names)[0]
 
 
-def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> dict:
-    """Per-branch (calibrated, as the bundle fuses them) and fused accuracy of a recognizer on labelled photos."""
+def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> tuple[dict, dict]:
+    """Per-branch (calibrated, as the bundle fuses them) and fused accuracy of a recognizer on labelled photos,
+    on all of them and on those where MTCNN found a face."""
     from groupmood.engine.groups import accuracy_table
     from groupmood.images import load_batches
+    from groupmood.labels import GROUP_CLASSES
 
     label = {p: y for p, y, _ in items}
     preds: dict[str, list[int]] = {}
-    ys = []
+    ys, has_face = [], []
     for good, bad in load_batches([p for p, _, _ in items], 8):
         for err in bad:
             print(f"skipped {err}", file=sys.stderr)
         for (path, _), res in zip(good, rec.predict([img for _, img in good], all_branches=True) if good else []):
             ys.append(label[path])
+            has_face.append(bool(res.faces))
             for b, r in res.branches.items():
                 preds.setdefault(b, []).append(int(np.argmax(r.probs)) if r.spoke else -1)
-            preds.setdefault("fused", []).append(-1 if res.abstained else ["Negative", "Neutral", "Positive"].index(res.label))
-    y = np.array(ys)
-    return {b: accuracy_table(np.array(p), y) for b, p in preds.items()}
+            preds.setdefault("fused", []).append(-1 if res.abstained else GROUP_CLASSES.index(res.label))
+    y, face = np.array(ys), np.array(has_face)
+    return ({b: accuracy_table(np.array(p), y) for b, p in preds.items()},
+            {b: accuracy_table(np.array(p)[face], y[face]) for b, p in preds.items()} if face.any() else {})
 
 
 def fer_peer(items: list[tuple[Path, int, str]], threads: int) -> dict:
@@ -234,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             sentiment_items(args.shared, "test")
     sets["multiemova-dev, the bundle fitted on all of it (in-sample, not a test)"] = dev_items
     for title, items in sets.items():
-        tables = evaluate_bundle(rec, items)
+        tables, with_face = evaluate_bundle(rec, items)
         report[title] = tables
         rows += [f"**{title}** ({len(items)} photos), shipped bundle", "", *HEADER,
-                 *[row(b, t) for b, t in tables.items()]]
+                 *[row(b, t) for b, t in tables.items()],
+                 *[row(f"{b}, photos with a face", t) for b, t in with_face.items() if b in ("global", "fused")
+                   and len(with_face) and t["n"] < len(items)]]
         if not args.no_peer and "in-sample" not in title:
             peer = fer_peer(items, args.threads)
             report[title]["fer 25.10.3 face average"] = peer

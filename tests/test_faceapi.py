@@ -94,5 +94,6 @@ def test_real_npm_weights_read_a_smile(astronaut, detector):
     faces = detector.detect([astronaut])[0]
     x = square_crops(astronaut, np.stack([f.box for f in faces]), size=112, grey=False)
     with torch.no_grad():
-        p = torch.softmax(model(normalize(torch.from_numpy(x).permute(0, 3, 1, 2), model_info("faceapi_expression"))), 1)
+        x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), model_info("faceapi_expression"))
+        p = torch.softmax(model(x), 1)
     assert FACEAPI_CLASSES[int(p[0].argmax())] == "happiness" and float(p[0].max()) > 0.5

@@ -68,7 +68,8 @@ def test_group_csv_dataset_with_level_column(tmp_path, astronaut, coffee):
     (tmp_path / "labels.csv").write_text("path,label,level\nPositive/a.jpg,Positive,HighPositive\n"
                                          "Neutral/a.jpg,Neutral,Neutral\n")
     items = read_group_items(tmp_path)
-    assert [(n, GROUP_CLASSES[c]) for _, c, n in items] == [("Positive/a.jpg", "Positive"), ("Neutral/a.jpg", "Neutral")]
+    assert [(n, GROUP_CLASSES[c]) for _, c, n in items] == [("Positive/a.jpg", "Positive"),
+                                                             ("Neutral/a.jpg", "Neutral")]
     (tmp_path / "labels.csv").write_text("path,label,level\nPositive/a.jpg,Happy,HighPositive\n")
     with pytest.raises(DatasetError):
         read_group_items(tmp_path)
@@ -149,7 +150,8 @@ def test_softmax_regression_matches_its_objective_optimum():
     w = torch.tensor(head.weight * std, requires_grad=True)  # back to standardised coordinates
     b = torch.tensor(head.bias + head.weight @ mean, requires_grad=True)
     z = torch.from_numpy((x - mean) / std)
-    loss = 0.5 * torch.nn.functional.cross_entropy(z @ w.T + b, torch.from_numpy(y), reduction="sum") + 0.5 * (w ** 2).sum()
+    ce = torch.nn.functional.cross_entropy(z @ w.T + b, torch.from_numpy(y), reduction="sum")
+    loss = 0.5 * ce + 0.5 * (w ** 2).sum()
     loss.backward()
     assert w.grad.abs().max() < 1e-4 and b.grad.abs().max() < 1e-4
 

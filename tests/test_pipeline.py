@@ -176,6 +176,29 @@ def _photos(tmp_path, astronaut, coffee):
     return src
 
 
+def test_cli_detector_settings_come_from_the_bundle(tmp_path, bundle, astronaut):
+    """The bundle's detector section is what predict uses, unless the command line says otherwise."""
+    from groupmood.cli.common import detector_settings
+
+    spec = yaml.safe_load(bundle.read_text())
+    spec["detector"] = {"min_face_frac": 0.5, "thresholds": [0.5, 0.6, 0.8]}
+    det_bundle = bundle.parent / "det.yaml"
+    det_bundle.write_text(yaml.safe_dump(spec))
+    assert detector_settings(None, None, None, None, det_bundle) == {"min_face_frac": 0.5,
+                                                                     "thresholds": (0.5, 0.6, 0.8)}
+    assert detector_settings(0.1, None, None, 0.8, det_bundle) == {"min_face_frac": 0.1, "factor": 0.8,
+                                                                   "thresholds": (0.5, 0.6, 0.8)}
+    assert detector_settings(None, None, None, None, det_bundle, use_bundle=False) == {}
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut).save(photo)
+    faces = {}
+    for name, extra in (("bundle", []), ("cli", ["--min-face-frac", "0.05"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["predict", str(photo), "--bundle", str(det_bundle), "-o", str(out), "--no-progress", *extra]) == 0
+        faces[name] = json.loads(out.read_text())["n_faces"]
+    assert faces == {"bundle": 0, "cli": 1}  # her face is about a fifth of the photo's shorter side
+
+
 def test_predict_cli_jsonl_annotate_report(tmp_path, bundle, astronaut, coffee, capsys):
     src = _photos(tmp_path, astronaut, coffee)
     out = tmp_path / "out" / "pred.jsonl"

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 import numpy as np
@@ -27,14 +27,15 @@ def detector_options(fn: Callable) -> Callable:
         click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
                      help="Photos per detector call."),
-        click.option("--min-face-frac", default=0.05, show_default=True, type=click.FloatRange(0, 1),
-                     help="Smallest face searched, as a fraction of the photo's shorter side."),
+        click.option("--min-face-frac", default=None, type=click.FloatRange(0, 1),
+                     help="Smallest face searched, as a fraction of the photo's shorter side "
+                          "[default: the bundle's, else 0.05]."),
         click.option("--min-face-px", default=None, type=click.FloatRange(1), help="Smallest face in pixels "
                      "(overrides --min-face-frac)."),
-        click.option("--thresholds", default=(0.6, 0.7, 0.9), show_default=True, nargs=3, type=float,
-                     help="P-Net, R-Net, O-Net score thresholds."),
-        click.option("--factor", default=0.709, show_default=True, type=click.FloatRange(0.1, 0.95),
-                     help="Image pyramid scale factor."),
+        click.option("--thresholds", default=None, nargs=3, type=float,
+                     help="P-Net, R-Net, O-Net score thresholds [default: the bundle's, else 0.6 0.7 0.9]."),
+        click.option("--factor", default=None, type=click.FloatRange(0.1, 0.95),
+                     help="Image pyramid scale factor [default: the bundle's, else 0.709]."),
         click.option("--mtcnn-weights", "mtcnn_weights", default=None, type=click.Path(file_okay=False),
                      help="Folder with pnet.pt, rnet.pt, onet.pt (default: the weight cache)."),
         click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
@@ -67,12 +68,36 @@ def check_device(device: str) -> str:
     return device
 
 
-def build_detector(device: str, min_face_frac: float, min_face_px: float | None,
-                   thresholds: Sequence[float], factor: float, mtcnn_weights: str | None) -> FaceDetector:
-    """The MTCNN detector from the weight cache (fetched on first use) with the CLI's settings."""
+def detector_settings(min_face_frac: float | None, min_face_px: float | None, thresholds: Sequence[float] | None,
+                      factor: float | None, bundle: str | Path | None = None,
+                      use_bundle: bool = True) -> dict[str, Any]:
+    """MTCNN settings: the authors', then the bundle's ``detector:`` section, then what the command line sets.
+
+    ``bundle`` None means the shipped bundle (where it exists); ``use_bundle=False`` (``detect``, which
+    has no bundle) skips that layer.
+    """
+    from ..pipeline import default_bundle_path, read_bundle
+
+    out: dict[str, Any] = {}
+    if use_bundle:
+        path = Path(bundle) if bundle else default_bundle_path()
+        if path.is_file():
+            out.update(read_bundle(path)["detector"])
+    given = {"min_face_frac": min_face_frac, "min_face_px": min_face_px,
+             "thresholds": None if thresholds is None else tuple(thresholds), "factor": factor}
+    out.update({k: v for k, v in given.items() if v is not None})
+    if "thresholds" in out:
+        out["thresholds"] = tuple(out["thresholds"])
+    return out
+
+
+def build_detector(device: str, min_face_frac: float | None, min_face_px: float | None,
+                   thresholds: Sequence[float] | None, factor: float | None, mtcnn_weights: str | None,
+                   bundle: str | Path | None = None, use_bundle: bool = True) -> FaceDetector:
+    """The MTCNN detector from the weight cache (fetched on first use); settings as :func:`detector_settings`."""
     return FaceDetector.from_pretrained(
         device=check_device(device), weights_dir=mtcnn_weights, auto_fetch=mtcnn_weights is None,
-        thresholds=tuple(thresholds), factor=factor, min_face_frac=min_face_frac, min_face_px=min_face_px)
+        **detector_settings(min_face_frac, min_face_px, thresholds, factor, bundle, use_bundle))
 
 
 def collect_paths(inputs: Sequence[str]) -> list[Path]:

@@ -27,8 +27,8 @@ from .common import JsonlSink, build_detector, collect_paths, detector_options, 
 @click.option("--resume", is_flag=True, help="Skip photos already in --output (or its .partial file).")
 @detector_options
 def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, crops_dir: str | None,
-               margin: float, resume: bool, device: str, batch_size: int, min_face_frac: float,
-               min_face_px: float | None, thresholds: tuple[float, float, float], factor: float,
+               margin: float, resume: bool, device: str, batch_size: int, min_face_frac: float | None,
+               min_face_px: float | None, thresholds: tuple[float, float, float] | None, factor: float | None,
                mtcnn_weights: str | None, max_pixels: int, progress: bool) -> int:
     """Detect faces in INPUTS (files, folders searched recursively, globs).
 
@@ -37,7 +37,8 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
     """
     paths = collect_paths(inputs)
     stems = output_stems(paths)
-    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights,
+                              use_bundle=False)
     sink = JsonlSink(output, resume=resume)
     todo = [p for p in paths if not sink.is_done(p)]
     n_faces = 0

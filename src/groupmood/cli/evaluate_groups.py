@@ -25,8 +25,8 @@ from .predict import fusion_options, load_recognizer
 @detector_options
 def evaluate_groups_cmd(data: str, kind: str, split: str | None, bundle: str | None, out_dir: str,
                         weights_text: str | None, preset: str | None, pooling: str | None, device: str,
-                        batch_size: int, min_face_frac: float, min_face_px: float | None,
-                        thresholds: tuple[float, float, float], factor: float, mtcnn_weights: str | None,
+                        batch_size: int, min_face_frac: float | None, min_face_px: float | None,
+                        thresholds: tuple[float, float, float] | None, factor: float | None, mtcnn_weights: str | None,
                         max_pixels: int, progress: bool) -> int:
     """Evaluate a bundle on DATA: a GAF-style folder ([split/]Positive|Neutral|Negative/...) or a CSV path,label.
 
@@ -35,7 +35,7 @@ def evaluate_groups_cmd(data: str, kind: str, split: str | None, bundle: str | N
     files for ``groupmood fuse --search``. The exit status is 1 when some photos were unreadable.
     """
     items = read_group_items(data, kind, split)
-    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling)
     report = evaluate_groups(rec, items, out_dir, batch_size, max_pixels, progress=progress,
                              log=lambda msg: tqdm.write(msg, file=sys.stderr))

@@ -117,14 +117,15 @@ class CsvSink(PartialFileSink):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write one self-contained HTML page with every photo of this run and its evidence.")
 @click.option("--all-branches", is_flag=True,
-              help="Also run and report the branches with weight 0 (by default they are skipped: they change no label).")
+              help="Also run and report the branches with weight 0 (skipped by default: they change no label).")
 @fusion_options
 @detector_options
 def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: str, resume: bool,
                 annotate_dir: str | None, report_path: str | None, all_branches: bool, weights_text: str | None,
                 preset: str | None,
-                pooling: str | None, device: str, batch_size: int, min_face_frac: float, min_face_px: float | None,
-                thresholds: tuple[float, float, float], factor: float, mtcnn_weights: str | None,
+                pooling: str | None, device: str, batch_size: int, min_face_frac: float | None,
+                min_face_px: float | None,
+                thresholds: tuple[float, float, float] | None, factor: float | None, mtcnn_weights: str | None,
                 max_pixels: int, progress: bool) -> int:
     """Label the group emotion (Negative / Neutral / Positive) of each photo in INPUTS.
 
@@ -136,7 +137,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     paths = collect_paths(inputs)
     names = output_names(paths)
     stems = output_stems(paths)
-    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
                                  else JsonlSink(output, resume=resume))
