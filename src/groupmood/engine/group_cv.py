@@ -4,14 +4,15 @@ What is fitted on labelled group photos (a group-face head on a frozen face trun
 temperature, the fusion weights or a fusion model) is chosen and fitted by :func:`select_and_fit`
 using only the photos it is given and their committed folds (:mod:`groupmood.data.folds`):
 
-1. the head's regularisation ``c`` is the one of best out-of-fold accuracy over the folds; the
-   head is then fitted on every photo, and its out-of-fold probabilities stand for it in the
-   next steps (stacking: later steps never see the head score the photos it was fitted on);
-2. each branch gets a temperature (optionally a per-class bias) fitted on those probabilities;
+1. the head's regularisation ``c`` is the one of best out-of-fold (balanced) accuracy over the
+   folds; the head is then fitted on every photo, and its out-of-fold probabilities stand for it
+   in the next steps (stacking: later steps never see the head score the photos it was fitted on);
+2. each branch gets a temperature, with or without a per-class bias, fitted on those probabilities;
 3. fusion: each branch alone, the paper's weighted average (weights searched on a grid over the
    simplex) and a fusion model (:class:`groupmood.fusion_model.FusionModel`, ``c`` from a small
-   grid) are each scored by cross-validation over the same folds, and the best is fitted on every
-   photo (ties go to the simpler: a single branch, then the weighted average).
+   grid), each with either calibration, are scored by cross-validation over the same folds, and
+   the best is fitted on every photo (ties go to the simpler: no bias, a single branch, then the
+   weighted average). Scores are balanced accuracy (:class:`StackOptions`).
 
 :func:`cross_validate` wraps that in an outer loop: for each fold, :func:`select_and_fit` runs on
 the other folds alone (their own folds as the inner split) and the result labels the held-out
