@@ -313,3 +313,12 @@ def test_serve_command_defaults_and_refusals(tiny, capsys):
     assert time.perf_counter() - start < 60
     with pytest.raises(ValueError, match="workers must be at least 1"):
         ServeLimits(workers=0)
+
+
+def test_serve_uses_predicts_detector_settings_with_the_bundles_detector_section(tmp_path, one_thread):
+    from groupmood.cli.common import detector_settings
+
+    bundle = _bundle(tmp_path / "b", with_global=False, detector={"min_face_frac": 0.3, "factor": 0.6})
+    settings = build_recognizer(bundle, "cpu").detector.settings
+    assert settings.min_face_frac == 0.3 and settings.factor == 0.6
+    assert detector_settings(None, None, None, None, bundle) == {"min_face_frac": 0.3, "factor": 0.6}

@@ -17,12 +17,12 @@ from .predict import load_recognizer, predict_cmd
 def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionRecognizer:
     """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
 
-    The detector options are taken from predict's own defaults, so that the server's records are
-    the ones predict writes for the same photo.
+    The detector settings are predict's: its option defaults, then the bundle's ``detector:``
+    section, so that the server's records are the ones predict writes for the same photo.
     """
     d = {p.name: p.default for p in predict_cmd.params}
     detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
-                              d["mtcnn_weights"])
+                              d["mtcnn_weights"], bundle)
     return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None)
 
 
