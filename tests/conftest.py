@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,12 @@ def detector():
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return FaceDetector.from_pretrained(auto_fetch=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """A headless-capable Chromium (``GROUPMOOD_BROWSER`` or on PATH), or skip the test where there is none."""
+    for name in (os.environ.get("GROUPMOOD_BROWSER"), "chromium", "chromium-browser", "google-chrome"):
+        if name and (path := shutil.which(name)):
+            return path
+    pytest.skip("no Chromium here (apt-get install chromium, or set GROUPMOOD_BROWSER)")

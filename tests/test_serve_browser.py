@@ -39,14 +39,6 @@ from groupmood.report import LABEL_COLOURS
 from groupmood.serve import create_app
 
 
-@pytest.fixture(scope="module")
-def browser() -> str:
-    for name in (os.environ.get("GROUPMOOD_BROWSER"), "chromium", "chromium-browser", "google-chrome"):
-        if name and (path := shutil.which(name)):
-            return path
-    pytest.skip("no Chromium here (apt-get install chromium, or set GROUPMOOD_BROWSER)")
-
-
 #: Puts two descriptors on 3 and 4, where --remote-debugging-pipe expects them, then becomes the browser.
 _ON_FDS_3_AND_4 = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
                    "os.execv(sys.argv[3], sys.argv[3:])")
