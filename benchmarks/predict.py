@@ -487,8 +487,13 @@ def benchmark(args) -> int:
     bundle = Path(d["bundle"] or default_bundle_path()).resolve()
     bundle = bundle.relative_to(REPO) if bundle.is_relative_to(REPO) else bundle
     counts = ", ".join(f"{f} {len(sets[f].rows)}" for f in folders)
-    det = (f"thresholds {'/'.join(f'{t:g}' for t in d['thresholds'])}, factor {d['factor']}, minimum face "
-           f"{d['min_face_frac']:g} of the shorter side")
+    from groupmood.cli.common import detector_settings
+    from groupmood.detect.cascade import CascadeSettings
+
+    st = CascadeSettings(**detector_settings(d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
+                                             d["bundle"]))
+    det = (f"thresholds {'/'.join(f'{t:g}' for t in st.thresholds)}, factor {st.factor}, minimum face "
+           f"{st.min_face_frac:g} of the shorter side (the bundle's)")
     v = next(iter(ready.values()))["versions"] if ready else {}
     notes = [
         f"{len(rows)} photos of `../shared/data` ({counts}); CPU, torch threads {args.threads} in every process, "
