@@ -217,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         chosen_on = {
             "data": "multiemova-dev (127 real group photos, group valence), ../shared/data/multiemova-dev",
             "folds": str(rel_folds),
-            "method": "group head c, temperatures, fusion (weighted grid step 0.1 vs fusion model) chosen by "
-                      "5-fold CV, then fitted on all photos",
+            "method": "group head c; temperatures with or without per-class bias; fusion among each branch alone, "
+                      "the weighted average (grid step 0.1) and a fusion model; all by balanced accuracy in 5-fold "
+                      "CV, then fitted on all photos",
             "cv_accuracy": round(fused["accuracy"], 4),
             "cv_per_class": {c: round(v["accuracy"], 4) for c, v in fused["per_class"].items()},
-            "head_c": stack.head_c, "fusion_cv": stack.scores.get("fusion_cv"),
+            "head_c": stack.head_c, "fusion_choice": stack.scores.get("fusion_choice"),
+            "fusion_cv": stack.scores.get("fusion_cv"), "fusion_cv_with_bias": stack.scores.get("fusion_cv (bias)"),
             "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"}
         write_group_bundle(stack, args.bundle, args.bundle, TRUNK, chosen_on)
         report["stack"] = {"head_c": stack.head_c, "fusion": stack.fusion, "weights": stack.weights,
