@@ -516,12 +516,12 @@ class GroupEmotionRecognizer:
                                       pooling, self.device, self.chosen_on,
                                       self.fusion_model if weights is None else None)
 
-    @torch.inference_mode()
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
         """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
         read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
         return {n: br for n, br in self.branches.items() if all_branches or self.weights[n] > 0 or n in read}
 
+    @torch.inference_mode()
     def predict(self, images: Images, raw: bool = False, all_branches: bool = False) -> list[GroupResult]:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
         photo, in order.
