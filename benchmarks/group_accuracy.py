@@ -79,18 +79,16 @@ def multiemova_items(shared: Path) -> list[tuple[Path, int, str]]:
 
 def base_recognizer(bundle: Path):
     """The bundle's models without the fitted parts: no group branch, no calibration, no fusion model."""
+    from groupmood.detect import FaceDetector
     from groupmood.engine.group_cv import GROUP_BRANCH
     from groupmood.pipeline import Branch, GroupEmotionRecognizer, read_bundle
 
     spec = read_bundle(bundle)
-    rec = GroupEmotionRecognizer.from_bundle(bundle)
-    branches = {}
-    for b in spec["branches"]:
-        if b["name"] == GROUP_BRANCH:
-            continue
-        branches[b["name"]] = Branch.from_file(b["model"], "cpu", b.get("tta_flip"), b.get("pooling"),
-                                               float(b.get("margin", 0.0)), b.get("sha256"), bool(b.get("grey", False)))
-    return GroupEmotionRecognizer(rec.detector, branches, {n: 1.0 for n in branches})
+    branches = {b["name"]: Branch.from_file(b["model"], "cpu", b.get("tta_flip"), b.get("pooling"),
+                                            float(b.get("margin", 0.0)), b.get("sha256"), bool(b.get("grey", False)))
+                for b in spec["branches"] if b["name"] != GROUP_BRANCH}
+    detector = FaceDetector.from_pretrained(auto_fetch=True, **spec["detector"])
+    return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches})
 
 
 def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:

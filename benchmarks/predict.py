@@ -147,13 +147,10 @@ def our_recognizer(threads: int):
     """The recognizer ``groupmood predict`` builds with its default options (default bundle)."""
     import torch
 
-    from groupmood.cli.common import build_detector
-    from groupmood.cli.predict import load_recognizer
+    from groupmood.cli.predict import build_recognizer
     torch.set_num_threads(threads)
     d = cli_defaults()
-    det = build_detector(d["device"], d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
-                         d["mtcnn_weights"])
-    return load_recognizer(d["bundle"], d["device"], det, d["weights_text"], d["preset"], d["pooling"])
+    return build_recognizer(d["bundle"], d["device"])
 
 
 def rss_mb() -> float:

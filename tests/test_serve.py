@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from groupmood.cli import main
-from groupmood.cli.serve import build_recognizer, serve_cmd
+from groupmood.cli.predict import build_recognizer
+from groupmood.cli.serve import serve_cmd
 from groupmood.labels import GROUP_CLASSES
 from groupmood.pipeline import GroupEmotionRecognizer, default_bundle_path
 from groupmood.serve import ServeLimits, create_app

@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 import pytest
 
-from groupmood.cli.serve import build_recognizer
+from groupmood.cli.predict import build_recognizer
 from groupmood.pipeline import default_bundle_path
 from groupmood.report import LABEL_COLOURS
 from groupmood.serve import create_app

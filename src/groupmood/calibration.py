@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Calibration", "expected_calibration_error", "fit_calibration", "negative_log_likelihood"]
+__all__ = ["Calibration", "calibrate_rows", "expected_calibration_error", "fit_calibration",
+           "negative_log_likelihood"]
 
 _EPS = 1e-6
 
@@ -65,6 +66,12 @@ class Calibration:
         if unknown:
             raise ValueError(f"unknown calibration key(s) {', '.join(unknown)}; known: temperature, bias")
         return cls(float(d.get("temperature", 1.0)), tuple(float(b) for b in d.get("bias") or ()))
+
+
+def calibrate_rows(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
+                   calibration: Mapping[str, Calibration]) -> dict[str, np.ndarray]:
+    """Each branch's (N, C) rows calibrated where it spoke; rows of an abstention are left as they are."""
+    return {b: np.where(spoke[b][:, None], calibration[b].apply(p), p) for b, p in probs.items()}
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -362,7 +362,8 @@ class GroupResult:
 # --------------------------------------------------------------------------- bundles
 
 def read_bundle(path: str | Path) -> dict[str, Any]:
-    """Read and check a bundle YAML; model paths are made absolute (relative to the YAML)."""
+    """Read and check a bundle YAML; model paths are made absolute (relative to the YAML), the
+    ``detector`` section is ready for :meth:`FaceDetector.from_pretrained` (thresholds a tuple)."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"bundle file {p} does not exist; pass --bundle with a bundle YAML "
@@ -426,7 +427,10 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
         fusion["model"] = str((p.parent / fusion["model"]).resolve())
     out = dict(raw)
-    out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=dict(det), fusion=fusion,
+    det = dict(det)
+    if "thresholds" in det:
+        det["thresholds"] = tuple(det["thresholds"])
+    out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=det, fusion=fusion,
                chosen_on=raw.get("chosen_on") or {}, path=str(p.resolve()))
     return out
 
@@ -493,10 +497,7 @@ class GroupEmotionRecognizer:
                 weight_store.verify(spec["fusion"]["model"], spec["fusion"]["sha256"])
             fusion_model = FusionModel.load(spec["fusion"]["model"])
         if detector is None:
-            det = dict(spec["detector"])
-            if "thresholds" in det:
-                det["thresholds"] = tuple(det["thresholds"])
-            detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **det)
+            detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **spec["detector"])
         return cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
                    spec["chosen_on"], fusion_model if weights is None else None)
 

@@ -86,8 +86,6 @@ def detector_settings(min_face_frac: float | None, min_face_px: float | None, th
     given = {"min_face_frac": min_face_frac, "min_face_px": min_face_px,
              "thresholds": None if thresholds is None else tuple(thresholds), "factor": factor}
     out.update({k: v for k, v in given.items() if v is not None})
-    if "thresholds" in out:
-        out["thresholds"] = tuple(out["thresholds"])
     return out
 
 

@@ -102,6 +102,19 @@ class CsvSink(PartialFileSink):
         self._fh.flush()
 
 
+def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionRecognizer:
+    """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
+
+    The detector settings are predict's: its option defaults, then the bundle's ``detector:``
+    section. ``groupmood serve`` and ``benchmarks/predict.py`` build theirs here, so that they run
+    what predict runs.
+    """
+    d = {p.name: p.default for p in predict_cmd.params}
+    detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
+                              d["mtcnn_weights"], bundle)
+    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None)
+
+
 # --------------------------------------------------------------------------- command
 
 @click.command("predict")

@@ -9,21 +9,9 @@ from pathlib import Path
 import click
 
 from ..images import DEFAULT_MAX_PIXELS
-from ..pipeline import GroupEmotionRecognizer, default_bundle_path
-from .common import build_detector, check_device
-from .predict import load_recognizer, predict_cmd
-
-
-def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionRecognizer:
-    """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
-
-    The detector settings are predict's: its option defaults, then the bundle's ``detector:``
-    section, so that the server's records are the ones predict writes for the same photo.
-    """
-    d = {p.name: p.default for p in predict_cmd.params}
-    detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
-                              d["mtcnn_weights"], bundle)
-    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None)
+from ..pipeline import default_bundle_path
+from .common import check_device
+from .predict import build_recognizer
 
 
 def _is_loopback(host: str) -> bool:

@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..calibration import Calibration, expected_calibration_error, fit_calibration, negative_log_likelihood
+from ..calibration import (Calibration, calibrate_rows, expected_calibration_error, fit_calibration,
+                           negative_log_likelihood)
 from ..errors import DatasetError
-from ..fusion import search_weights
+from ..fusion import fuse_rows, search_weights
 from ..fusion_model import FusionModel, fusion_features
 from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..labels import GROUP_CLASSES
 from .group_head import LinearHead, fit_group_head
+from .groups import accuracy_table
 
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
@@ -199,15 +201,8 @@ def _branch_table(ev: Evidence, group: np.ndarray | None) -> tuple[dict[str, np.
     return probs, spoke
 
 
-def _calibrate(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
-               cal: Mapping[str, Calibration]) -> dict[str, np.ndarray]:
-    return {b: np.where(spoke[b][:, None], cal[b].apply(p), p) for b, p in probs.items()}
-
-
 def _weighted_predict(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
                       weights: Mapping[str, float]) -> np.ndarray:
-    from ..fusion import fuse_rows
-
     return fuse_rows(dict(probs), dict(weights), dict(spoke))[1]
 
 
@@ -239,9 +234,11 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
     pred_m = {c: np.empty(len(y), dtype=np.int64) for c in opts.fusion_cs}
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
-        w = _fit_weighted({b: p[tr] for b, p in cprobs.items()}, {b: s[tr] for b, s in spoke.items()}, y[tr], opts.step,
-                          opts.balanced)
-        pred_w[te] = _weighted_predict({b: p[te] for b, p in cprobs.items()}, {b: s[te] for b, s in spoke.items()}, w)
+        if "weighted" in opts.fusion_kinds:
+            w = _fit_weighted({b: p[tr] for b, p in cprobs.items()}, {b: s[tr] for b, s in spoke.items()}, y[tr],
+                              opts.step, opts.balanced)
+            pred_w[te] = _weighted_predict({b: p[te] for b, p in cprobs.items()},
+                                           {b: s[te] for b, s in spoke.items()}, w)
         if feats is not None:
             for c in opts.fusion_cs:
                 m = FusionModel.fit(feats[tr], y[tr], branches, face_branches, c)
@@ -278,7 +275,7 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
     for bias in opts.bias:
         cal = {b: fit_calibration(p[spoke[b]], y[spoke[b]], bias=bias) if spoke[b].sum() >= 2 else Calibration()
                for b, p in probs.items()}
-        cprobs = _calibrate(probs, spoke, cal)
+        cprobs = calibrate_rows(probs, spoke, cal)
         cv = _fusion_cv(ev, cprobs, spoke, folds, opts)
         fitted[bias] = (cal, cprobs)
         scores[f"fusion_cv{' (bias)' if bias else ''}"] = {k: round(v, 4) for k, v in cv.items()}
@@ -307,21 +304,13 @@ def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict
     """Calibrated branch probabilities, spoke flags and fused probabilities of new photos."""
     group = stack.head.photo_probs(ev.embeddings) if stack.head is not None else None
     probs, spoke = _branch_table(ev, group)
-    cprobs = _calibrate(probs, spoke, stack.calibration)
+    cprobs = calibrate_rows(probs, spoke, stack.calibration)
     if stack.model is not None:
         feats = _features(ev, cprobs, spoke, stack.model.branches, stack.model.face_branches)
         fused = stack.model.predict_proba(feats)
     else:
-        from ..fusion import fuse_rows
-
         fused = fuse_rows(cprobs, stack.weights, spoke)[0]
     return probs, spoke, fused
-
-
-def _table(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from .groups import accuracy_table
-
-    return accuracy_table(pred, y)
 
 
 def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions(),
@@ -338,7 +327,7 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         stack = select_and_fit(ev.subset(tr), folds[tr], opts)
         probs, spoke, fz = apply_stack(stack, ev.subset(te))
-        cprobs = _calibrate(probs, spoke, stack.calibration)
+        cprobs = calibrate_rows(probs, spoke, stack.calibration)
         for b in probs:
             raw.setdefault(b, np.zeros((n, len(GROUP_CLASSES))))[te] = probs[b]
             cal.setdefault(b, np.zeros((n, len(GROUP_CLASSES))))[te] = cprobs[b]
@@ -348,8 +337,8 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
                        "weights": {b: round(w, 3) for b, w in stack.weights.items()},
                        "temperature": {b: round(c.temperature, 3) for b, c in stack.calibration.items()},
                        **stack.scores})
-    tables = {b: _table(np.where(spoke_all[b], raw[b].argmax(1), -1), y) for b in raw}
-    tables["fused"] = _table(fused.argmax(1), y)
+    tables = {b: accuracy_table(np.where(spoke_all[b], raw[b].argmax(1), -1), y) for b in raw}
+    tables["fused"] = accuracy_table(fused.argmax(1), y)
     calib = {}
     for b in raw:
         s = spoke_all[b]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..calibration import calibrate_rows
 from ..errors import DatasetError
 from ..fusion import fuse_rows, parse_pooling, pool, pooling_name, write_scores
 from ..images import DEFAULT_MAX_PIXELS, load_batches
@@ -161,8 +162,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
                 scores[n] = np.stack(image_scores[n])
                 spoke[n] = np.ones(len(names), dtype=bool)
         pooled_all[variant] = {n: (scores[n], spoke[n]) for n in branches}
-        calibrated = {n: np.where(spoke[n][:, None], branches[n].calibration.apply(scores[n]), scores[n])
-                      for n in branches}
+        calibrated = calibrate_rows(scores, spoke, {n: b.calibration for n, b in branches.items()})
         models = {n: accuracy_table(np.where(spoke[n], calibrated[n].argmax(1), -1), y) for n in branches}
         if variant == "bundle":  # the recognizer's own decision (its calibration and fusion, model included)
             models["fused"] = accuracy_table(np.asarray(fused_pred), y)

@@ -503,8 +503,6 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     heads' annealing iteration) keep their dtype. The file loads with
     :func:`groupmood.engine.evaluate.load_model`.
     """
-    from safetensors.torch import save
-
     checkpoint = Path(checkpoint)
     model, meta = load_model(checkpoint, "cpu")
     return export_model(model, meta, Path(out) if out is not None else checkpoint.with_suffix(".safetensors"))
