@@ -11,10 +11,10 @@ from groupmood.data.transforms import eval_transform, global_eval_views, normali
 from groupmood.errors import ConfigError, WeightsError
 from groupmood.models import create_model, list_models, model_info
 from groupmood.models.global_cnns import (
-    IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BNInception, _caffe_first_conv, average_view_logits,
-    flip_averaged_logits, load_pretrained,
+    IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BNInception, _caffe_first_conv, load_pretrained,
 )
 from groupmood.models.heads import ClassifierHead
+from groupmood.models.tta import average_view_logits, flip_averaged_logits
 
 GLOBAL = ("bninception", "efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2", "resnet101", "vgg19")
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)

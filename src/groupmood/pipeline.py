@@ -74,8 +74,8 @@ from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
 from .fusion_model import FusionModel
 from .labels import GROUP_CLASSES, valence_matrix
-from .models.fuse import fold_batchnorm
-from .models.global_cnns import flip_averaged_logits
+from .models.bn_fold import fold_batchnorm
+from .models.tta import flip_averaged_logits
 from .models.registry import ModelInfo
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",

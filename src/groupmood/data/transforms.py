@@ -217,7 +217,7 @@ def global_eval_views(img: np.ndarray | Tensor) -> Tensor:
     ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives) or a
     (3, H, W) uint8 tensor. Shorter side to 256, centre 224 x 224 crop; returns (2, 3, 224, 224)
     uint8, to be normalised and passed to
-    :func:`groupmood.models.global_cnns.average_view_logits` (logits averaged over the two).
+    :func:`groupmood.models.tta.average_view_logits` (logits averaged over the two).
     """
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3:

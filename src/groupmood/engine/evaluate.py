@@ -24,7 +24,7 @@ from ..io import atomic_write
 from ..errors import ConfigError
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
 from ..data.transforms import normalize
-from ..models.global_cnns import flip_averaged_logits
+from ..models.tta import flip_averaged_logits
 
 __all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
            "save_report"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from .registry import register_model
 
 __all__ = [
     "BNInception", "EfficientNetLite", "GlobalNet", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD",
-    "LoadReport", "MobileNetV2Global", "ResNet101Global", "VGG19Global", "average_view_logits", "bninception",
+    "LoadReport", "MobileNetV2Global", "ResNet101Global", "VGG19Global", "bninception",
     "efficientnet_lite0", "efficientnet_lite2", "load_pretrained", "mobilenet_v2", "resnet101", "vgg19",
 ]
 
@@ -231,35 +231,6 @@ def load_pretrained(model: nn.Module, source: str | Path | None, auto_fetch: boo
     if not isinstance(model, GlobalNet):
         raise ConfigError(f"{type(model).__name__} is not a global model; use init_from for other nets")
     return model.load_pretrained(source, auto_fetch=auto_fetch, verbose=verbose)
-
-
-@torch.no_grad()
-def average_view_logits(model: Callable[[Tensor], Tensor], views: Tensor, channels_last: bool = False) -> Tensor:
-    """Logits averaged over views: (B, V, C, H, W) normalised input -> (B, num_classes).
-
-    The authors' test: centre crop plus its horizontal flip
-    (:func:`groupmood.data.transforms.global_eval_views`), logits averaged. One batched forward,
-    in channels-last memory layout when ``channels_last``.
-    """
-    if views.dim() != 5:
-        raise ValueError(f"views must be (batch, views, channels, height, width), got {tuple(views.shape)}")
-    b, v = views.shape[:2]
-    return _forward(model, views.flatten(0, 1), channels_last).view(b, v, -1).mean(dim=1)
-
-
-def flip_averaged_logits(model: Callable[[Tensor], Tensor], x: Tensor, tta_flip: bool,
-                         channels_last: bool = False) -> Tensor:
-    """float32 logits of a normalised (N, C, H, W) batch; with ``tta_flip``, averaged with its mirror image.
-
-    The input and its flip go through one forward pass (:func:`average_view_logits`).
-    """
-    if tta_flip:
-        return average_view_logits(model, torch.stack([x, torch.flip(x, dims=[3])], dim=1), channels_last).float()
-    return _forward(model, x, channels_last).float()
-
-
-def _forward(model: Callable[[Tensor], Tensor], x: Tensor, channels_last: bool) -> Tensor:
-    return model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
 
 def _pool() -> nn.Sequential:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from groupmood.models import create_model, list_models, model_info
-from groupmood.models.fuse import conv_bn_pairs, fold_batchnorm
+from groupmood.models.bn_fold import conv_bn_pairs, fold_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
