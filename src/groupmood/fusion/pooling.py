@@ -1,0 +1,82 @@
+"""Face pooling: a photo's face scores turned into one vector per branch, or an abstention.
+
+:func:`pool` averages over all faces, or over the ``k`` largest faces by box area (the authors'
+non-aligned branch uses the 3 largest). A photo without faces gives an explicit abstention
+(:attr:`Pooled.spoke` is False), never an error.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..labels import GROUP_CLASSES
+
+__all__ = ["Pooled", "parse_pooling", "pool", "pooling_name"]
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """One branch's score vector for one photo, or its abstention.
+
+    ``probs`` is (C,) float64; on abstention it is uniform and carries no evidence. ``faces`` are
+    the indices of the faces that were averaged (empty for the global branch and on abstention).
+    """
+
+    probs: np.ndarray
+    spoke: bool
+    faces: tuple[int, ...] = ()
+
+    @classmethod
+    def abstain(cls, num_classes: int = len(GROUP_CLASSES)) -> Pooled:
+        """The result of a branch that saw nothing to score (a photo without faces)."""
+        return cls(np.full(num_classes, 1.0 / num_classes), False, ())
+
+
+def parse_pooling(text: str | int | None) -> int | None:
+    """``"all"`` -> None (every face); ``"top3"`` / ``"top-3"`` / ``"3"`` / 3 -> 3 (the 3 largest)."""
+    if text is None:
+        return None
+    if isinstance(text, int) and not isinstance(text, bool):
+        k = text
+    else:
+        s = str(text).strip().lower()
+        if s == "all":
+            return None
+        digits = s[3:].lstrip("-:") if s.startswith("top") else s
+        if not digits.isdigit():
+            raise ConfigError(f"pooling {text!r} is not understood; use 'all' or 'topK' with K a positive "
+                              "integer, e.g. 'top3'")
+        k = int(digits)
+    if k < 1:
+        raise ConfigError(f"pooling top-k needs k >= 1, got {text!r}")
+    return k
+
+
+def pooling_name(k: int | None) -> str:
+    """The inverse of :func:`parse_pooling`: None -> ``"all"``, 3 -> ``"top3"``."""
+    return "all" if k is None else f"top{k}"
+
+
+def pool(probs: np.ndarray | Sequence[Sequence[float]], areas: np.ndarray | Sequence[float],
+         k: int | None = None) -> Pooled:
+    """Average the (N, C) face scores of one photo over all faces, or the ``k`` largest by box area.
+
+    Ties in area keep the faces' order (the detector's, highest score first). With N == 0 the
+    result is an abstention, never an error.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    a = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if p.ndim != 2:
+        raise ValueError(f"face scores must be (N, C), got shape {p.shape}")
+    if len(a) != len(p):
+        raise ValueError(f"{len(p)} face score rows but {len(a)} areas")
+    if len(p) == 0:
+        return Pooled.abstain(p.shape[1] or len(GROUP_CLASSES))
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1 or None, got {k}")
+    order = np.argsort(-a, kind="stable")
+    chosen = np.sort(order[:k]) if k is not None else np.arange(len(p))
+    return Pooled(p[chosen].mean(axis=0), True, tuple(int(i) for i in chosen))
