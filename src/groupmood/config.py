@@ -85,6 +85,13 @@ DEFAULTS: dict[str, Any] = {
         "scale": 1.05,              # zoom in [1/1.05, 1.05]
         "shear": 0.05,              # skew 0.05 (a shear factor, i.e. atan(0.05) degrees)
         "hflip": 0.5,
+        "global_strong": False,     # global images: random resized crop (scale 0.35-1) + colour jitter
+                                    # instead of the seed's random 224 crop (both flip)
+    },
+    "loss": {
+        "class_weights": None,      # None (plain cross entropy) | balanced (n / (k * count_c) from the
+                                    # training targets: every class weighs the same) | a list, one per class
+        "label_smoothing": 0.0,     # cross-entropy label smoothing (hard targets)
     },
     "optim": {
         "lr": 0.01,
@@ -118,6 +125,8 @@ DEFAULTS: dict[str, Any] = {
         "amp": True,                # mixed precision, CUDA only
         "channels_last": True,      # CUDA only
         "tta_flip": False,          # validation with horizontal-flip test-time augmentation
+        "select_by": "accuracy",    # best.pt keeps the epoch with the best validation accuracy |
+                                    # mean_class_accuracy (unbalanced validation sets, class-weighted losses)
         "progress": True,           # tqdm bars
     },
 }

@@ -19,6 +19,7 @@ __all__ = [
     "LargeMargin",
     "annealed_lambda",
     "check_margin_m",
+    "class_balanced_weights",
     "chebyshev_cos_m",
     "psi",
     "soft_target_cross_entropy",
@@ -136,3 +137,25 @@ def soft_target_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "
     total = target.sum(dim=1, keepdim=True)
     probs = target / total.clamp_min(torch.finfo(target.dtype).tiny)
     return F.cross_entropy(logits, probs, reduction=reduction)
+
+
+def class_balanced_weights(targets: Tensor, num_classes: int) -> Tensor:
+    """Per-class loss weights ``n / (k * count_c)`` so every present class weighs the same in the loss.
+
+    ``targets`` are class indices (N,) or distributions (N, C) (their column sums are the counts).
+    ``k`` is the number of classes present; an absent class gets weight 0. With balanced data every
+    weight is 1, so the loss is unchanged.
+    """
+    targets = torch.as_tensor(targets)
+    if targets.dim() == 2:
+        counts = targets.to(torch.float64).sum(dim=0)
+    else:
+        counts = torch.bincount(targets.to(torch.int64), minlength=num_classes).to(torch.float64)
+    if counts.numel() != num_classes:
+        raise ValueError(f"targets cover {counts.numel()} classes, expected {num_classes}")
+    present = counts > 0
+    if not bool(present.any()):
+        raise ValueError("class_balanced_weights needs at least one target")
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.to(torch.float32)

@@ -190,6 +190,11 @@ def train_transform(family: str, aug: Mapping[str, Any]) -> v2.Transform:
     """
     _stats(family)
     if family == "global":
+        if aug.get("global_strong", False):  # scale and colour as well: for fine-tuning the whole trunk
+            return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True),
+                               v2.RandomResizedCrop(GLOBAL_CROP, scale=(0.35, 1.0), antialias=True),
+                               v2.RandomHorizontalFlip(),
+                               v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)])
         return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True), v2.RandomCrop(GLOBAL_CROP),
                            v2.RandomHorizontalFlip()])
     if not aug.get("enabled", True):
