@@ -72,7 +72,7 @@ def gaf_sample_items(shared: Path) -> list[tuple[Path, int, str]]:
 
 
 def multiemova_items(shared: Path) -> list[tuple[Path, int, str]]:
-    from groupmood.engine.groups import read_group_items
+    from groupmood.engine.group_eval import read_group_items
 
     return read_group_items(shared / "multiemova-dev")
 
@@ -104,7 +104,7 @@ def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
 def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> tuple[dict, dict]:
     """Per-branch (calibrated, as the bundle fuses them) and fused accuracy of a recognizer on labelled photos,
     on all of them and on those where MTCNN found a face."""
-    from groupmood.engine.groups import accuracy_table
+    from groupmood.metrics import accuracy_table
     from groupmood.images import load_batches
     from groupmood.labels import GROUP_CLASSES
 
@@ -130,7 +130,7 @@ def fer_peer(items: list[tuple[Path, int, str]], threads: int) -> dict:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from predict import PEERS, FerClient, ensure_fer
 
-    from groupmood.engine.groups import accuracy_table
+    from groupmood.metrics import accuracy_table
 
     peer = PEERS["25.10.3"]
     ensure_fer([peer])

@@ -15,7 +15,7 @@ from groupmood.data.folds import fold_indices, read_folds, stratified_folds, wri
 from groupmood.engine.group_cv import (GROUP_BRANCH, Evidence, StackOptions, apply_stack, collect_evidence,
                                        cross_validate, select_and_fit, write_group_bundle)
 from groupmood.engine.group_head import fit_group_head, fit_softmax_regression
-from groupmood.engine.groups import read_group_items
+from groupmood.engine.group_eval import read_group_items
 from groupmood.errors import ConfigError, DatasetError, WeightsError
 from groupmood.fusion_model import FusionModel, fusion_features
 from groupmood.labels import GROUP_CLASSES

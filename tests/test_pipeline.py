@@ -287,7 +287,7 @@ def test_bundle_with_safetensors_export_and_sha256(tmp_path, bundle, detector, a
 
 
 def test_read_group_items_csv_and_errors(tmp_path, astronaut):
-    from groupmood.engine.groups import read_group_items
+    from groupmood.engine.group_eval import read_group_items
     from groupmood.errors import DatasetError
 
     (tmp_path / "img").mkdir()

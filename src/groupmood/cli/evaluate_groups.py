@@ -6,14 +6,14 @@ import sys
 import click
 from tqdm import tqdm
 
-from ..engine.groups import GROUP_DATA_KINDS, evaluate_groups, format_tables, read_group_items
+from ..engine.group_eval import EVAL_SET_KINDS, evaluate_groups, format_tables, read_group_items
 from .common import build_detector, detector_options
 from .predict import fusion_options, load_recognizer
 
 
 @click.command("evaluate-groups")
 @click.argument("data")
-@click.option("--kind", type=click.Choice(GROUP_DATA_KINDS), default="auto", show_default=True,
+@click.option("--kind", type=click.Choice(EVAL_SET_KINDS), default="auto", show_default=True,
               help="Dataset layout: auto = GAF-style folder, or a CSV path,label (a folder with labels.csv).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Evaluate one of the dataset's own splits (GAF split folders / CSV split column).")

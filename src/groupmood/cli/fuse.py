@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import click
 import numpy as np
 
-from ..engine.groups import accuracy_table
+from ..metrics import accuracy_table
 from ..errors import DatasetError
 from ..fusion import (ABSTAIN, align_tables, fuse_rows, match_labels, parse_weights, preset_weights,
                       read_labels, read_scores, search_weights)

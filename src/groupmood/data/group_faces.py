@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DatasetError
 from . import DataBundle
 from .faces import FaceDataset, _fit_all
-from .groups import GROUP_DATA_KINDS, _classes, source_specs, split_parts
+from .groups import IMAGE_DATA_KINDS, _classes, source_specs, split_parts
 from .transforms import batch_augment, train_transform
 
 __all__ = ["GROUP_FACE_KINDS", "GroupFaceDataset", "build_group_face_data", "collect_faces", "photo_specs",
@@ -57,8 +57,8 @@ def _top_k(value: Any) -> int | None:
 def photo_specs(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The whole-image sources of a ``group_faces`` data section (``data.source`` / ``data.sources``)."""
     kind = data.get("source") or "images"
-    if kind not in GROUP_DATA_KINDS:
-        raise ConfigError(f"data.source must be a whole-image kind ({', '.join(GROUP_DATA_KINDS)}) or null "
+    if kind not in IMAGE_DATA_KINDS:
+        raise ConfigError(f"data.source must be a whole-image kind ({', '.join(IMAGE_DATA_KINDS)}) or null "
                           f"(data.sources), got {kind!r}")
     if kind == "images" and not data.get("sources"):
         raise ConfigError("data.kind group_faces needs data.source (one whole-image kind, with data.root) or "

@@ -61,7 +61,7 @@ from .faces import group_split, split_indices, write_split
 from .transforms import GLOBAL_RESIZE, eval_transform, train_transform
 
 __all__ = [
-    "GROUP_DATA_KINDS", "SOURCE_KINDS", "GroupImageDataset", "ImageTable", "build_group_data", "decode_images",
+    "IMAGE_DATA_KINDS", "SOURCE_KINDS", "GroupImageDataset", "ImageTable", "build_group_data", "decode_images",
     "group_label", "read_emotion6", "read_gaf", "read_image_csv", "read_sentibank", "read_source", "read_you2015",
     "source_specs", "split_source",
 ]
@@ -69,7 +69,7 @@ __all__ = [
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SOURCE_KINDS: tuple[str, ...] = ("gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6")
 #: Every data.kind this module builds: one source each, or ``images`` (several, from data.sources).
-GROUP_DATA_KINDS: tuple[str, ...] = (*SOURCE_KINDS, "images")
+IMAGE_DATA_KINDS: tuple[str, ...] = (*SOURCE_KINDS, "images")
 SOURCE_KEYS: tuple[str, ...] = ("kind", "root", "name", "split", "valence_cut", "test_agree")
 _SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
@@ -494,7 +494,7 @@ def split_parts(specs: Sequence[Mapping[str, Any]], data: Mapping[str, Any], spl
 
 
 def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: Sequence[str]) -> DataBundle:
-    """The DataBundle of whole-image data (``data.kind`` one of :data:`GROUP_DATA_KINDS`)."""
+    """The DataBundle of whole-image data (``data.kind`` one of :data:`IMAGE_DATA_KINDS`)."""
     if info.family != "global":
         raise DatasetError(f"model {info.name} is a {info.family} model; whole-image datasets need a global "
                            "model (groupmood.models.list_models(family='global'))")

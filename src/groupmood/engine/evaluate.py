@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_write
 from ..errors import ConfigError
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
+from ..metrics import accuracy_table
 from ..data.transforms import normalize
 from ..models.tta import flip_averaged_logits
 
@@ -55,24 +56,6 @@ def predict(model: nn.Module, dataset: Dataset, family: str | Any, device: torch
     return torch.cat(probs), torch.cat(labels)
 
 
-def _table(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    k = len(classes)
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (labels, pred), 1)
-    support = conf.sum(axis=1)
-    per_class = {c: {"accuracy": float(conf[i, i] / support[i]) if support[i] else None,
-                     "support": int(support[i])} for i, c in enumerate(classes)}
-    present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
-    return {
-        "n": int(labels.size),
-        "accuracy": float((pred == labels).mean()) if labels.size else 0.0,
-        "mean_class_accuracy": float(np.mean(present)) if present else 0.0,
-        "classes": list(classes),
-        "per_class": per_class,
-        "confusion": conf.tolist(),
-    }
-
-
 def per_source(pred: np.ndarray, labels: np.ndarray, sources: Sequence[str],
                classes: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The accuracy table of each source set, with its class balance and majority-class baseline."""
@@ -80,7 +63,7 @@ def per_source(pred: np.ndarray, labels: np.ndarray, sources: Sequence[str],
     out = {}
     for src in dict.fromkeys(sources.tolist()):
         sel = sources == src
-        table = _table(pred[sel], labels[sel], classes)
+        table = accuracy_table(pred[sel], labels[sel], classes)
         counts = np.bincount(labels[sel], minlength=len(classes))
         table["balance"] = {c: int(n) for c, n in zip(classes, counts)}
         table["majority_baseline"] = float(counts.max() / counts.sum()) if counts.sum() else 0.0
@@ -97,12 +80,12 @@ def classification_report(probs: Tensor, labels: Tensor, classes: Sequence[str],
     class (``surprise`` chooses where surprise goes).
     """
     classes = tuple(classes)
-    report = _table(probs.argmax(dim=1).numpy(), labels.numpy(), classes)
+    report = accuracy_table(probs.argmax(dim=1).numpy(), labels.numpy(), classes)
     if classes != GROUP_CLASSES and all(canonical_expression(c) in FERPLUS_EMOTIONS for c in classes):
         mapping = valence_map(surprise)
         vprobs = to_valence(probs, classes, mapping)
         truth_of = np.asarray([GROUP_CLASSES.index(mapping[canonical_expression(c)]) for c in classes])
-        report["valence"] = _table(vprobs.argmax(dim=1).numpy(), truth_of[labels.numpy()], GROUP_CLASSES)
+        report["valence"] = accuracy_table(vprobs.argmax(dim=1).numpy(), truth_of[labels.numpy()], GROUP_CLASSES)
         report["valence"]["surprise"] = surprise
     return report
 
@@ -230,7 +213,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
 
         _, pooled, photo_labels = pool_by_photo(probs.numpy(), photos, labels.numpy())
         report["unit"] = "face"
-        report["per_photo"] = {**_table(pooled.argmax(axis=1), photo_labels, bundle.classes),
+        report["per_photo"] = {**accuracy_table(pooled.argmax(axis=1), photo_labels, bundle.classes),
                                "pooling": "mean probability of the photo's faces (data.top_k_faces applied)"}
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
     report["files"] = {k: str(v) for k, v in save_report(report, out, "eval", f"{info.name} {split}").items()}

@@ -39,7 +39,7 @@ from ..fusion_model import FusionModel, fusion_features
 from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..labels import GROUP_CLASSES
 from .group_head import LinearHead, fit_group_head
-from .groups import accuracy_table
+from ..metrics import accuracy_table
 
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer

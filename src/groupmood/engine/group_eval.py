@@ -28,48 +28,23 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..calibration import calibrate_rows
+from ..data.groups import SOURCE_KINDS
 from ..errors import DatasetError
 from ..fusion import fuse_rows, parse_pooling, pool, pooling_name, write_scores
 from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..io import atomic_write_text
 from ..labels import GROUP_CLASSES
+from ..metrics import accuracy_table
 
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
 
-__all__ = ["GROUP_DATA_KINDS", "accuracy_table", "evaluate_groups", "format_tables", "read_group_items"]
+__all__ = ["EVAL_SET_KINDS", "evaluate_groups", "format_tables", "read_group_items"]
 
 
-def accuracy_table(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str] = GROUP_CLASSES) -> dict[str, Any]:
-    """Accuracy overall and per class, coverage and the confusion matrix (rows true, columns predicted).
-
-    ``pred`` is -1 where the model abstained: wrong in ``accuracy`` and ``per_class``, left out of
-    ``accuracy_spoke`` and of the confusion matrix.
-    """
-    pred = np.asarray(pred, dtype=np.int64)
-    y = np.asarray(labels, dtype=np.int64)
-    k = len(classes)
-    spoke = pred >= 0
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (y[spoke], pred[spoke]), 1)
-    correct = pred == y
-    per_class = {}
-    for i, c in enumerate(classes):
-        m = y == i
-        per_class[c] = {"accuracy": float(correct[m].mean()) if m.any() else None, "support": int(m.sum())}
-    return {
-        "n": int(y.size),
-        "accuracy": float(correct.mean()) if y.size else 0.0,
-        "coverage": float(spoke.mean()) if y.size else 0.0,
-        "accuracy_spoke": float(correct[spoke].mean()) if spoke.any() else 0.0,
-        "per_class": per_class,
-        "classes": list(classes),
-        "confusion": conf.tolist(),
-    }
-
-
-#: Dataset kinds :func:`read_group_items` reads (the readers of :mod:`groupmood.data.groups`).
-GROUP_DATA_KINDS = ("auto", "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6")
+#: Labelled photo sets :func:`read_group_items` reads: ``auto`` or one of the readers of
+#: :mod:`groupmood.data.groups` (not the training ``data.kind`` values, :data:`~groupmood.data.groups.IMAGE_DATA_KINDS`).
+EVAL_SET_KINDS: tuple[str, ...] = ("auto", *SOURCE_KINDS)
 
 
 def read_group_items(path: str | Path, kind: str = "auto", split: str | None = None) -> list[tuple[Path, int, str]]:
@@ -87,7 +62,7 @@ def read_group_items(path: str | Path, kind: str = "auto", split: str | None = N
     if kind == "auto":
         kind = "gaf" if p.is_dir() and not (p / "labels.csv").is_file() else "image_csv"
     if kind not in readers:
-        raise DatasetError(f"unknown group dataset kind {kind!r}; choose one of {', '.join(GROUP_DATA_KINDS)}")
+        raise DatasetError(f"unknown group dataset kind {kind!r}; choose one of {', '.join(EVAL_SET_KINDS)}")
     if not p.exists():
         raise DatasetError(f"group dataset {p} does not exist; give a GAF-style folder or a CSV path,label")
     table = readers[kind](p)
