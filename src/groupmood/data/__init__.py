@@ -2,7 +2,7 @@
 
 The training loop never names a dataset: it calls :func:`build_data`, which looks the kind up in
 :data:`DATASET_BUILDERS` and returns a :class:`DataBundle`. A new source (group photos for the
-global branch, a face cache) plugs in with :func:`register_dataset` or one more entry here.
+global branch, a face cache) plugs in with one more entry there.
 
 A builder is ``fn(cfg, info, run_dir, splits) -> DataBundle``: ``cfg`` the resolved config,
 ``info`` the model's :class:`~groupmood.models.registry.ModelInfo` (family, input size, channels),
@@ -24,7 +24,10 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
 
-__all__ = ["DATASET_BUILDERS", "DataBundle", "SubsetDataset", "build_data", "register_dataset"]
+__all__ = ["DATASET_BUILDERS", "SPLITS", "DataBundle", "SubsetDataset", "build_data"]
+
+#: The split names of every dataset kind (``all`` asks a builder for every sample).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass
@@ -62,11 +65,6 @@ DATASET_BUILDERS: dict[str, Builder | str] = {
         "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6", "images")},
     "group_faces": "groupmood.data.group_faces:build_group_face_data",
 }
-
-
-def register_dataset(kind: str, builder: Builder | str) -> None:
-    """Make ``data.kind: <kind>`` build its datasets with ``builder``."""
-    DATASET_BUILDERS[kind] = builder
 
 
 def build_data(cfg: Mapping[str, Any], info: Any, run_dir: str | Path,

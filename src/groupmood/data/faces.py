@@ -45,19 +45,18 @@ from ..io import atomic_write
 from ..errors import DatasetError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, valence_map, valence_matrix
-from . import DataBundle
-from .transforms import batch_augment, fit_face, train_transform
+from . import SPLITS, DataBundle
+from .transforms import batch_augment, fit_face, seeded_call, train_transform
 
 __all__ = [
     "FERPLUS_FOLDERS", "FERPLUS_MODES", "FERPLUS_VOTE_COLUMNS", "ClassMap", "FaceDataset", "FaceTable",
-    "build_face_data", "ferplus_distribution", "ferplus_targets", "group_split", "read_ferplus",
+    "build_face_data", "ferplus_distribution", "ferplus_targets", "fit_all_faces", "group_split", "read_ferplus",
     "read_folder", "read_legend", "read_npz", "read_split", "resolve_split", "write_split",
 ]
 
 FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (*FERPLUS_EMOTIONS, "unknown", "NF")
 FERPLUS_FOLDERS: dict[str, str] = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 FERPLUS_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 LEGEND_GROUP_REGEX = r"^(.+?)_?\d*$"
 _CACHE_VERSION = "1"
 
@@ -430,7 +429,7 @@ def _with_images(table: FaceTable, files: Sequence[Path], tag: str, size: Sequen
         if not found.all():
             print(f"note: MTCNN found no face in {int((~found).sum())} of {len(paths)} {desc} images; "
                   "they are left out")
-        return FaceTable(_fit_all(crops, size, in_chans), table.names[found], table.labels[found], table.groups[found])
+        return FaceTable(fit_all_faces(crops, size, in_chans), table.names[found], table.labels[found], table.groups[found])
     if faces != "file":
         raise DatasetError(f"data.faces must be file or mtcnn, got {faces!r}")
     key = f"{_CACHE_VERSION}|{tuple(size)}|{in_chans}|{crop}|{_file_key(files)}"
@@ -454,7 +453,7 @@ def read_npz(path: str | Path, size: Sequence[int], in_chans: int) -> FaceTable:
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
         raise DatasetError(f"{path}: 'images' must be uint8 (N, H, W[, C]) with one label each; got "
                            f"{images.dtype} {images.shape} and {len(labels)} labels")
-    images = _fit_all(images, size, in_chans)
+    images = fit_all_faces(images, size, in_chans)
     names = arrays["names"].astype(str) if "names" in arrays else np.asarray([f"{i:07d}" for i in range(len(labels))])
     groups = arrays["groups"].astype(str) if "groups" in arrays else names
     return FaceTable(images, names, np.asarray([canonical_expression(s) for s in labels]), groups)
@@ -590,21 +589,13 @@ class FaceDataset(Dataset):
         img = torch.from_numpy(self.images[i])
         x = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
         if self.transform is not None:
-            x = self._seeded(self.transform, x, i)
+            x = seeded_call(self.transform, x, self.seed, self.epoch, i)
         if self._sampled is not None:
             return x, int(self._sampled[i])
         if self.targets.ndim == 2:
             return x, torch.from_numpy(self.targets[i])
         return x, int(self.targets[i])
 
-    def _seeded(self, fn: Callable[[Tensor], Tensor], x: Tensor, i: int) -> Tensor:
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
-        state = torch.get_rng_state()
-        try:
-            torch.default_generator.manual_seed(seed)
-            return fn(x)
-        finally:
-            torch.set_rng_state(state)
 
 
 # --------------------------------------------------------------------------- builder
@@ -639,7 +630,7 @@ def _load_table(data: Mapping[str, Any], info: Any, progress: bool) -> FaceTable
     raise DatasetError(f"data.kind {kind!r} is not a face source; use ferplus, folder, named, legend or npz")
 
 
-def _fit_all(images: np.ndarray, size: Sequence[int], in_chans: int) -> np.ndarray:
+def fit_all_faces(images: np.ndarray, size: Sequence[int], in_chans: int) -> np.ndarray:
     """Faces (N, H, W[, C]) -> the model's (size, in_chans); unchanged when they already fit."""
     want = (int(size[0]), int(size[1])) + ((in_chans,) if in_chans > 1 else ())
     if images.shape[1:] == want:
@@ -664,7 +655,7 @@ def _ferplus_datasets(cfg: Mapping[str, Any], info: Any, cmap: ClassMap, splits:
         ok = dist.sum(axis=1) > 0
         keep, dist = keep[ok], dist[ok]
         targets = dist if split_mode != "majority" else dist.argmax(axis=1).astype(np.int64)
-        out[split] = make(_fit_all(raw["images"][keep], info.input_size, info.in_chans), targets, raw["names"][keep], split,
+        out[split] = make(fit_all_faces(raw["images"][keep], info.input_size, info.in_chans), targets, raw["names"][keep], split,
                           sample_labels=split_mode == "probability")
     return out
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DatasetError
 from . import DataBundle
-from .faces import FaceDataset, _fit_all
-from .groups import IMAGE_DATA_KINDS, _classes, source_specs, split_parts
+from .faces import FaceDataset, fit_all_faces
+from .groups import IMAGE_DATA_KINDS, chosen_classes, source_specs, split_parts
 from .transforms import batch_augment, train_transform
 
 __all__ = ["GROUP_FACE_KINDS", "GroupFaceDataset", "build_group_face_data", "collect_faces", "photo_specs",
@@ -137,7 +137,7 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
                            "(groupmood.models.list_models(family='face_aligned' or 'face_nonaligned'))")
     data = cfg["data"]
     progress = bool(cfg["train"].get("progress", True))
-    classes = _classes(data)
+    classes = chosen_classes(data)
     top_k = _top_k(data.get("top_k_faces"))
     aligned = info.family == "face_aligned"
     grey = bool(data.get("grey", False))
@@ -166,7 +166,7 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
         entries = [cache.get(p) for p in paths]
         crops, which, rank = collect_faces(entries, aligned, top_k)
         if aligned and grey and len(crops):
-            crops = np.repeat(_fit_all(crops, info.input_size, 1)[..., None], 3, axis=3)
+            crops = np.repeat(fit_all_faces(crops, info.input_size, 1)[..., None], 3, axis=3)
         with_face = np.bincount(which, minlength=len(paths)) > 0 if len(paths) else np.zeros(0, bool)
         per_source = {}
         for src in dict.fromkeys(sources.tolist()):
@@ -186,7 +186,7 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
             raise DatasetError(f"the {s} split of the group_faces data has no face ({len(paths)} photos, sources "
                                f"{', '.join(sp['name'] for sp in specs)}); adjust data.split or the sources")
         names = np.asarray([f"{photos[p]}#{r}" for p, r in zip(which, rank)])
-        datasets[s] = GroupFaceDataset(_fit_all(crops, info.input_size, info.in_chans), targets[which], classes,
+        datasets[s] = GroupFaceDataset(fit_all_faces(crops, info.input_size, info.in_chans), targets[which], classes,
                                        names, photos[which], sources[which],
                                        per_image if s == "train" else None, cfg_seed)
     return DataBundle(datasets, classes, batch_augment(aug),

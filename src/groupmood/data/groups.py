@@ -56,17 +56,16 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DatasetError, ImageLoadError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import GROUP_CLASSES
-from . import DataBundle
+from . import SPLITS, DataBundle
 from .faces import group_split, split_indices, write_split
-from .transforms import GLOBAL_RESIZE, eval_transform, train_transform
+from .transforms import GLOBAL_RESIZE, eval_transform, seeded_call, train_transform
 
 __all__ = [
-    "IMAGE_DATA_KINDS", "SOURCE_KINDS", "GroupImageDataset", "ImageTable", "build_group_data", "decode_images",
+    "IMAGE_DATA_KINDS", "SOURCE_KINDS", "GroupImageDataset", "ImageTable", "build_group_data", "chosen_classes", "decode_images",
     "group_label", "read_emotion6", "read_gaf", "read_image_csv", "read_sentibank", "read_source", "read_you2015",
     "source_specs", "split_source",
 ]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 SOURCE_KINDS: tuple[str, ...] = ("gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6")
 #: Every data.kind this module builds: one source each, or ``images`` (several, from data.sources).
 IMAGE_DATA_KINDS: tuple[str, ...] = (*SOURCE_KINDS, "images")
@@ -446,19 +445,14 @@ class GroupImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.images[i]
         if self.transform is not None:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
-            state = torch.get_rng_state()
-            try:
-                torch.default_generator.manual_seed(seed)
-                x = self.transform(x)
-            finally:
-                torch.set_rng_state(state)
+            x = seeded_call(self.transform, x, self.seed, self.epoch, i)
         return x, int(self.targets[i])
 
 
 # --------------------------------------------------------------------------- builder
 
-def _classes(data: Mapping[str, Any]) -> tuple[str, ...]:
+def chosen_classes(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The group classes of ``data.classes`` in :data:`GROUP_CLASSES` order (all three when unset)."""
     chosen = data.get("classes")
     if chosen is None:
         return GROUP_CLASSES
@@ -500,7 +494,7 @@ def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: S
                            "model (groupmood.models.list_models(family='global'))")
     data = cfg["data"]
     progress = bool(cfg["train"].get("progress", True))
-    classes = _classes(data)
+    classes = chosen_classes(data)
     split_dir = Path(data.get("split_dir") or Path(run_dir) / "splits")
     parts = split_parts(source_specs(data), data, splits, classes, split_dir)
     counts = {s: {t.source: {c: int((t.labels[idx] == c).sum()) for c in classes} for t, idx in parts[s]}

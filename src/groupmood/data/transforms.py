@@ -21,7 +21,7 @@ Normalisation is a batch operation on the device (:func:`normalize`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -32,7 +32,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 __all__ = ["GLOBAL_CROP", "GLOBAL_RESIZE", "NORMALIZATION", "BatchAffine", "batch_augment", "eval_transform",
-           "fit_face", "global_eval_views", "input_stats", "normalize", "train_transform"]
+           "fit_face", "global_eval_views", "input_stats", "normalize", "seeded_call", "train_transform"]
 
 #: Global branch: shorter side resized to GLOBAL_RESIZE, then GLOBAL_CROP x GLOBAL_CROP crops.
 GLOBAL_RESIZE = 256
@@ -206,6 +206,20 @@ def train_transform(family: str, aug: Mapping[str, Any]) -> v2.Transform:
                         interpolation=v2.InterpolationMode.BILINEAR),
         v2.RandomHorizontalFlip(float(aug["hflip"])),
     ])
+
+
+def seeded_call(fn: Callable[[Tensor], Tensor], x: Tensor, seed: int, epoch: int, index: int) -> Tensor:
+    """``fn(x)`` with torch's generator seeded by (seed, epoch, index), its state restored afterwards.
+
+    Every dataset runs its per-image transform through this, so a sample's random crop and flip
+    depend on those three numbers only, never on worker count or on where a run was resumed.
+    """
+    state = torch.get_rng_state()
+    try:
+        torch.default_generator.manual_seed(int(np.random.SeedSequence([seed, epoch, int(index)]).generate_state(1)[0]))
+        return fn(x)
+    finally:
+        torch.set_rng_state(state)
 
 
 def eval_transform(family: str) -> v2.Transform:

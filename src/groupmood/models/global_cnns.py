@@ -258,7 +258,6 @@ class VGG19Global(GlobalNet):
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.fc6, self.fc7 = tv.classifier[0], tv.classifier[3]
         self._finish(4096, num_classes, head, margin_m, 0.0, margin_kw, freeze_bn)
-        self.fc_drop_rate = float(drop_rate)
         self.drop6, self.drop7 = nn.Dropout(drop_rate), nn.Dropout(drop_rate)
 
     def forward_features(self, x: Tensor) -> Tensor:
