@@ -127,6 +127,9 @@ DEFAULTS: dict[str, Any] = {
         "tta_flip": False,          # validation with horizontal-flip test-time augmentation
         "select_by": "accuracy",    # best.pt keeps the epoch with the best validation accuracy |
                                     # mean_class_accuracy (unbalanced validation sets, class-weighted losses)
+        "batchnorm": "batch",       # under torchrun: batch (each process's own batch statistics) | sync
+                                    # (SyncBatchNorm over the global batch, CUDA only) | frozen (running
+                                    # statistics fixed; any number of processes trains alike); see README
         "progress": True,           # tqdm bars
     },
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -28,13 +29,21 @@ def _run_dir(config: Path, cfg: dict, out: Path | None) -> Path:
               help="Run folder (default: the config's `out`, else runs/<config name>).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the config's `device`, auto).")
 def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path | None, device: str | None) -> int:
-    """Train the recipe CONFIG (a YAML file in configs/) into a run folder."""
+    """Train the recipe CONFIG (a YAML file in configs/) into a run folder.
+
+    Under torchrun (``torchrun --nproc_per_node N -m groupmood.cli train CONFIG ...``) every process
+    runs this; train.batch_size stays the global batch, rank 0 writes and prints (README, "Scaling out").
+    """
     from ..engine.train import train
 
     cfg = load_config(config, overrides)
     run_dir = _run_dir(config, cfg, out)
-    click.echo(f"run folder: {run_dir}")
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        click.echo(f"run folder: {run_dir}")
     summary = train(cfg, run_dir, resume=resume, device=device)
+    if not main_process:
+        return 0
     state = "finished" if summary["finished"] else "stopped (continue with --resume)"
     metric = ("best validation accuracy" if summary["validated"]
               else "best training accuracy (no validation: train.val_every=0 or no val split)")

@@ -14,6 +14,16 @@ The loop knows nothing about datasets: :func:`groupmood.data.build_data` builds 
 
 Each epoch appends a row to ``metrics.csv`` and ``metrics.jsonl``; the best validation accuracy
 is kept as ``best.pt`` and exported to ``model.safetensors`` (fp16, config in the metadata).
+
+Under torchrun (``WORLD_SIZE > 1``) the same loop runs in every process (:mod:`.distributed`):
+``train.batch_size`` stays the global batch, split evenly across processes by
+:class:`EpochDistributedSampler` so that global batch b holds the items one process would take;
+the batch augmentation is drawn for the global batch and each process keeps its own samples;
+``DistributedDataParallel`` averages the gradients; loss and accuracy sums are added over the
+processes at every step, so every process holds the same :class:`TrainState`; validation is split
+across processes and gathered; rank 0 alone writes. ``scaling.json`` in the run folder records the
+number of processes, the per-process and effective batch, the learning-rate rule and the BatchNorm
+mode.
 """
 from __future__ import annotations
 
@@ -33,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from ..config import dump_config, load_config
@@ -41,11 +52,29 @@ from ..io import atomic_write
 from ..errors import ConfigError
 from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
+from ..losses import class_balanced_weights
+from . import distributed as dist_
 from .evaluate import classification_report, load_model, predict
 
-__all__ = ["EpochBatchSampler", "TrainState", "Trainer", "export", "lr_at", "resolve_device", "train"]
+__all__ = ["BATCHNORM_MODES", "EpochBatchSampler", "EpochDistributedSampler", "TrainState", "Trainer", "export", "lr_at", "resolve_device", "train"]
 
 SCHEDULES = ("step", "multistep", "cosine", "constant")
+_BATCHNORM_TEXT = {
+    "batch": "each process normalises by the statistics of its own batch (batch_size_per_process items); the "
+             "running statistics kept are rank 0's (DistributedDataParallel broadcasts its buffers)",
+    "sync": "SyncBatchNorm: statistics of the whole effective batch over all processes (CUDA), as one process "
+            "with the same batch would compute them",
+    "frozen": "BatchNorm layers stay in eval mode: running statistics fixed as initialised or loaded, never "
+              "updated; results do not depend on the number of processes",
+}
+#: train.batchnorm: each process's own batch statistics | SyncBatchNorm over the global batch | running stats fixed.
+BATCHNORM_MODES = ("batch", "sync", "frozen")
+#: What scaling.json says about the learning rate.
+LR_RULE = ("optim.lr is the learning rate of the effective (global) batch train.batch_size, whatever the number "
+           "of processes: each process takes batch_size / world_size items and DistributedDataParallel averages "
+           "the gradients, so the same recipe gives the same updates on 1 or N processes and needs no scaling. "
+           "To train with a larger effective batch, raise train.batch_size and scale optim.lr linearly with it "
+           "(Goyal et al. 2017), with sched.warmup_iters of a few hundred steps.")
 #: Keys that may differ between a run and its resumption (they do not change the result).
 RESUME_FREE_KEYS = ("device", "threads", "out", "train.max_steps", "train.progress", "data.workers",
                     "data.cache", "data.root")
@@ -92,6 +121,11 @@ def lr_at(step: int, base_lr: float, sched: Mapping[str, Any], iters_per_epoch: 
     return float(lr)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the ``n`` training items in ``epoch``: a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, 0x0DDE5]).permutation(n)
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches ``start`` to ``stop`` of a permutation seeded by (seed, epoch) (resume skips the rest)."""
 
@@ -105,9 +139,39 @@ class EpochBatchSampler(Sampler[list[int]]):
         return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch, 0x0DDE5]).permutation(self.n)
+        order = epoch_order(self.n, self.seed, self.epoch)
         for b in range(self.start, self.start + len(self)):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+class EpochDistributedSampler(DistributedSampler):
+    """This process's share of global batches ``start`` to ``stop`` of the engine's epoch order.
+
+    Global batch b is the b-th slice of ``batch_size`` items of :func:`epoch_order`, as one process
+    takes it; process r of N takes its positions r, r + N, r + 2N, ... (``batch_size / N`` items),
+    so the N processes together see exactly the items of one process's batch b. Batch the items
+    with ``BatchSampler(sampler, batch_size // N, drop_last=True)``. Resuming skips whole global
+    batches (``start``), as :class:`EpochBatchSampler` does.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, epoch: int, num_replicas: int, rank: int,
+                 start: int = 0, stop: int | None = None) -> None:
+        if batch_size % num_replicas:
+            raise ConfigError(f"train.batch_size {batch_size} (the global batch) must divide evenly among "
+                              f"{num_replicas} processes; use a multiple of {num_replicas}")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.set_epoch(epoch)
+        self.batch_size, self.local_batch = batch_size, batch_size // num_replicas
+        full = len(dataset) // batch_size
+        self.start, self.stop = start, full if stop is None else min(stop, full)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.local_batch
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(len(self.dataset), self.seed, self.epoch)
+        for b in range(self.start, self.start + max(0, self.stop - self.start)):
+            yield from order[b * self.batch_size + self.rank:(b + 1) * self.batch_size:self.num_replicas].tolist()
 
 
 @dataclass
@@ -188,11 +252,26 @@ class Trainer:
         self.cfg = dict(cfg)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device or self.cfg.get("device"))
+        self.dist = dist_.SINGLE
+        if dist_.requested():
+            self.device = dist_.process_device(self.device)
+            self.dist = dist_.setup(self.device)
+        try:
+            self._build(resume)
+        except BaseException:
+            dist_.teardown(self.dist)
+            raise
+
+    def _build(self, resume: bool) -> None:
+        """Everything after the process group: data, model, optimizer, state (resumed or initialised)."""
+        from ..models import model_info
+
         if self.cfg.get("threads"):
             torch.set_num_threads(int(self.cfg["threads"]))
         self.seed = int(self.cfg.get("seed", 0))
         self.tcfg = self.cfg["train"]
-        self.progress = bool(self.tcfg.get("progress", True))
+        self.progress = bool(self.tcfg.get("progress", True)) and self.dist.is_main
+        self.batchnorm = self._batchnorm_mode()
         try:
             self.info = model_info(self.cfg["model"]["name"])
         except KeyError as exc:
@@ -203,10 +282,16 @@ class Trainer:
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
-        self.data: DataBundle = build_data(self.cfg, self.info, self.run_dir, self._splits())
+        with dist_.main_first(self.dist):  # rank 0 writes split files and caches; the others read them
+            self.data: DataBundle = build_data(self.cfg, self.info, self.run_dir, self._splits())
         self._take_subset()
         self.classes = tuple(self.data.classes)
-        self.model = self._build_model().to(self.device)
+        self.loss_weight = self._loss_weight()
+        self._select_by()
+        self.model = self._build_model()
+        if self.batchnorm == "sync" and self.dist.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
         self.use_cuda = self.device.type == "cuda"
         if self.use_cuda and self.tcfg.get("channels_last", True):
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -215,6 +300,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.iters_per_epoch = len(self.data.datasets["train"]) // int(self.tcfg["batch_size"])
+        if int(self.tcfg["batch_size"]) % self.dist.world_size:
+            raise ConfigError(f"train.batch_size {self.tcfg['batch_size']} (the global batch) must divide evenly "
+                              f"among {self.dist.world_size} processes; use a multiple of {self.dist.world_size}")
         if self.iters_per_epoch < 1:
             raise ConfigError(f"train.batch_size {self.tcfg['batch_size']} is larger than the training set "
                               f"({len(self.data.datasets['train'])} images); lower it")
@@ -225,10 +313,20 @@ class Trainer:
         if resume:
             self._resume()
         else:
-            dump_config(self.cfg, self.run_dir / "config.yaml")
-            self._init_pretrained()
-            if self.cfg.get("init_from"):
-                self._init_from(Path(self.cfg["init_from"]), list(self.cfg.get("init_exclude") or []))
+            if self.dist.is_main:
+                dump_config(self.cfg, self.run_dir / "config.yaml")
+            with dist_.main_first(self.dist):  # pretrained weights may be fetched into the shared cache
+                self._init_pretrained()
+                if self.cfg.get("init_from"):
+                    self._init_from(Path(self.cfg["init_from"]), list(self.cfg.get("init_exclude") or []))
+        if self.dist.enabled and not resume:
+            # every process now holds the same weights; from here on each draws its own dropout masks
+            torch.manual_seed(_mix(self.seed, self.dist.rank, 0xD15))
+        if self.dist.is_main:
+            self._write_scaling(resume)
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.use_cuda else None)
 
     # ------------------------------------------------------------------ building
 
@@ -246,6 +344,31 @@ class Trainer:
             return ("train",)
         return ("train", "val")
 
+    def _batchnorm_mode(self) -> str:
+        """``train.batchnorm``, checked against the device: SyncBatchNorm exists on CUDA only (torch's own limit)."""
+        mode = self.tcfg.get("batchnorm", "batch")
+        if mode not in BATCHNORM_MODES:
+            raise ConfigError(f"train.batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {mode!r}")
+        if mode == "sync" and self.dist.enabled and self.device.type != "cuda":
+            raise ConfigError("train.batchnorm=sync needs CUDA (torch's SyncBatchNorm runs on GPUs only); on CPU "
+                              "use batch (each process normalises its own batch) or frozen")
+        return mode
+
+    def _write_scaling(self, resume: bool) -> None:
+        """``scaling.json``: processes, per-process and effective batch, learning-rate rule, BatchNorm mode."""
+        batch = int(self.tcfg["batch_size"])
+        frozen_by_model = bool(getattr(self.model, "freeze_bn", False))
+        info = {
+            "world_size": self.dist.world_size, "backend": self.dist.backend, "device": self.device.type,
+            "batch_size_per_process": batch // self.dist.world_size, "effective_batch_size": batch,
+            "lr": float(self.cfg["optim"]["lr"]), "lr_rule": LR_RULE,
+            "batchnorm": "frozen (model.kwargs.freeze_bn)" if frozen_by_model else self.batchnorm,
+            "batchnorm_rule": _BATCHNORM_TEXT["frozen" if frozen_by_model else self.batchnorm],
+            "resumed": resume,
+        }
+        with atomic_write(self.run_dir / "scaling.json") as fh:
+            fh.write(json.dumps(info, indent=2) + "\n")
+
     def _take_subset(self) -> None:
         """train.subset: keep a fixed, seeded choice of that many training items."""
         n = self.tcfg.get("subset")
@@ -257,6 +380,22 @@ class Trainer:
                               f"({len(full)}), got {n!r}")
         rng = np.random.default_rng([self.seed, 0x5B5E7])
         self.data.datasets["train"] = SubsetDataset(full, np.sort(rng.choice(len(full), n, replace=False)))
+
+    def _loss_weight(self) -> Tensor | None:
+        """``loss.class_weights``: None, ``balanced`` (from the training labels) or one weight per class."""
+        spec = (self.cfg.get("loss") or {}).get("class_weights")
+        if spec is None:
+            return None
+        if spec == "balanced":
+            labels = torch.as_tensor(np.asarray(self.data.datasets["train"].labels))
+            weight = class_balanced_weights(labels, len(self.classes))
+        elif isinstance(spec, (list, tuple)) and len(spec) == len(self.classes) and all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in spec):
+            weight = torch.tensor([float(w) for w in spec])
+        else:
+            raise ConfigError(f"loss.class_weights must be null, 'balanced' or {len(self.classes)} non-negative "
+                              f"numbers (classes {', '.join(self.classes)}), got {spec!r}")
+        return weight.to(self.device)
 
     def _build_model(self) -> nn.Module:
         from ..models import create_model
@@ -314,8 +453,8 @@ class Trainer:
                               "architecture?")
         self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in take.items()}, strict=False)
         skipped = sorted(set(own) - set(take))
-        tqdm.write(f"init_from {path}: loaded {len(take)} tensors, kept {len(skipped)} as initialised"
-                   + (f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else ""))
+        self._say(f"init_from {path}: loaded {len(take)} tensors, kept {len(skipped)} as initialised"
+              + (f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else ""))
 
     @staticmethod
     def _raw_state(path: Path) -> dict[str, Tensor]:
@@ -348,7 +487,17 @@ class Trainer:
             raise ConfigError(f"the config differs from the run being resumed in {', '.join(diff)}; "
                               f"resume with the run's own config ({saved_path}) or start a new run")
 
+    def _say(self, text: str) -> None:
+        """A log line, from rank 0 only."""
+        if self.dist.is_main:
+            tqdm.write(text)
+
     def _checkpoint(self, path: Path, full: bool = True) -> None:
+        """Save a checkpoint from rank 0; a full one gathers every process's RNG state first (all ranks call)."""
+        rng = _rng_state() if full else None
+        ranks = dist_.all_gather(self.dist, rng) if full and self.dist.enabled else None
+        if not self.dist.is_main:
+            return
         obj: dict[str, Any] = {
             "model": self.model.state_dict(), "config": self.cfg, "classes": list(self.classes),
             "epoch": self.state.epoch, "step": self.state.step, "metric": self.state.best_metric,
@@ -356,7 +505,10 @@ class Trainer:
         }
         if full:
             obj.update({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                        "state": asdict(self.state), "rng": _rng_state(), "total_iters": self.total_iters})
+                        "state": asdict(self.state), "rng": rng, "total_iters": self.total_iters,
+                        "world_size": self.dist.world_size})
+            if ranks is not None:
+                obj["rng_ranks"] = ranks
         _save(obj, path)
 
     def _resume(self) -> None:
@@ -365,9 +517,17 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
-        tqdm.write(f"resumed {self.run_dir} at epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
-                   f"step {self.state.step}")
+        saved_world = int(ckpt.get("world_size", 1))
+        ranks = ckpt.get("rng_ranks")
+        _set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else ckpt["rng"])
+        if saved_world != self.dist.world_size:
+            if self.dist.enabled:
+                torch.manual_seed(_mix(self.seed, self.state.step, self.dist.rank, 0xD15))
+            self._say(f"note: this run was saved by {saved_world} process(es) and resumes on "
+                      f"{self.dist.world_size}: same global batch and data order; per-process BatchNorm "
+                      "statistics (train.batchnorm=batch) and dropout masks differ from an uninterrupted run")
+        self._say(f"resumed {self.run_dir} at epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
+                  f"step {self.state.step}")
 
     # ------------------------------------------------------------------ the loop
 
@@ -375,7 +535,12 @@ class Trainer:
         ds = self.data.datasets["train"]
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)
-        sampler = EpochBatchSampler(len(ds), int(self.tcfg["batch_size"]), self.seed, epoch, start, stop)
+        batch = int(self.tcfg["batch_size"])
+        sampler: Sampler[list[int]] = EpochBatchSampler(len(ds), batch, self.seed, epoch, start, stop)
+        if self.dist.enabled:
+            share = EpochDistributedSampler(ds, batch, self.seed, epoch, self.dist.world_size, self.dist.rank,
+                                            start, stop)
+            sampler = BatchSampler(share, share.local_batch, drop_last=True)
         workers = int(self.cfg["data"].get("workers") or 0)
         return DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=self.use_cuda,
                           generator=torch.Generator().manual_seed(_mix(self.seed, epoch, 7)),
@@ -387,7 +552,7 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         if self.data.batch_augment is not None:
             gen = torch.Generator().manual_seed(_mix(self.seed, self.state.epoch, batch_index, 11))
-            x = self.data.batch_augment(x, gen)
+            x = self._augment(x, gen)
         x = normalize(x, self.info)
         if self.use_cuda and self.tcfg.get("channels_last", True):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -398,8 +563,9 @@ class Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            logits = self.model(x, target=hard)
-        loss = F.cross_entropy(logits.float(), y.float() if y.ndim == 2 else y)
+            logits = self.net(x, target=hard)
+        loss = F.cross_entropy(logits.float(), y.float() if y.ndim == 2 else y, weight=self.loss_weight,
+                               label_smoothing=float((self.cfg.get("loss") or {}).get("label_smoothing") or 0.0))
         if not torch.isfinite(loss):
             raise ConfigError(f"the loss became {loss.item()} at step {self.state.step} (lr {lr:g}); lower "
                               "optim.lr, add sched.warmup_iters, or use a softmax head first")
@@ -408,6 +574,29 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach()) * len(y), int((logits.detach().argmax(dim=1) == hard).sum())
+
+    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The batch augmentation; with N processes drawn for the global batch, this process's samples kept.
+
+        Process r holds positions r, r + N, ... of the global batch (:class:`EpochDistributedSampler`),
+        so it takes those rows of the global draw: every item gets the transform it gets in one process.
+        """
+        aug = self.data.batch_augment
+        if not self.dist.enabled:
+            return aug(x, gen)
+        r, n = self.dist.rank, self.dist.world_size
+        params = {k: v[r::n] for k, v in aug.sample(len(x) * n, gen).items()}
+        b, c, h, w = x.shape
+        grid = F.affine_grid(aug.theta(params, h, w).to(x.device), [b, c, h, w], align_corners=False)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _set_train_mode(self) -> None:
+        """``model.train()``, with every BatchNorm back in eval mode when ``train.batchnorm`` is frozen."""
+        self.model.train()
+        if self.batchnorm == "frozen":
+            for mod in self.model.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; False when train.max_steps stopped the run early."""
@@ -418,11 +607,15 @@ class Trainer:
         bar = tqdm(total=end, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}", unit="batch",
                    disable=not self.progress, leave=False)
         t0 = time.perf_counter()
-        self.model.train()
+        self._set_train_mode()
         with bar:
             for x, y in loader:
                 loss, correct = self._step(x, y, st.batch_in_epoch)
-                st.loss_sum, st.correct, st.seen = st.loss_sum + loss, st.correct + correct, st.seen + len(y)
+                n = len(y)
+                if self.dist.enabled:  # the global batch's sums, so that every process holds the same state
+                    loss, correct, n = dist_.sum_counts(self.dist, [loss, correct, n], self.device)
+                    correct, n = int(round(correct)), int(round(n))
+                st.loss_sum, st.correct, st.seen = st.loss_sum + loss, st.correct + correct, st.seen + n
                 st.batch_in_epoch += 1
                 st.step += 1
                 bar.update(1)
@@ -452,15 +645,14 @@ class Trainer:
         every = int(self.tcfg.get("val_every", 1))
         last = st.epoch + 1 >= self.epochs
         if val is not None and ((st.epoch + 1) % every == 0 or last):
-            probs, labels = predict(self.model, val, self.info, self.device,
-                                    int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip")),
-                                    self.progress, desc="val")
+            probs, labels = self._validate(val)
             rep = classification_report(probs, labels, self.classes, self.cfg["data"].get("surprise", "Positive"))
-            row["val_acc"] = metric = rep["accuracy"]
-            row["val_mean_class_acc"] = rep["mean_class_accuracy"]
+            row["val_acc"], row["val_mean_class_acc"] = rep["accuracy"], rep["mean_class_accuracy"]
+            metric = rep[self._select_by()]
             if "valence" in rep:
                 row["val_valence_acc"] = rep["valence"]["accuracy"]
-        _write_rows(self.run_dir, row)
+        if self.dist.is_main:
+            _write_rows(self.run_dir, row)
         improved = metric > st.best_metric
         if improved:
             st.best_metric, st.best_epoch = metric, st.epoch + 1
@@ -469,8 +661,26 @@ class Trainer:
         if improved:
             self._checkpoint(self.run_dir / "best.pt", full=False)
         self._checkpoint(self.run_dir / "last.pt")
-        tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        self._say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         return row
+
+    def _validate(self, val: Any) -> tuple[Tensor, Tensor]:
+        """Probabilities and labels of the validation set; with N processes each predicts a slice, gathered."""
+        batch, tta = int(self.tcfg["eval_batch_size"]), bool(self.tcfg.get("tta_flip"))
+        if not self.dist.enabled:
+            return predict(self.model, val, self.info, self.device, batch, tta, self.progress, desc="val")
+        n, r, w = len(val), self.dist.rank, self.dist.world_size
+        part = SubsetDataset(val, np.arange(r * n // w, (r + 1) * n // w))
+        probs, labels = predict(self.model, part, self.info, self.device, batch, tta, self.progress, desc="val")
+        parts = dist_.all_gather(self.dist, (probs, labels))
+        return torch.cat([p for p, _ in parts]), torch.cat([lab for _, lab in parts])
+
+    def _select_by(self) -> str:
+        """``train.select_by``: the validation figure that picks ``best.pt``."""
+        key = self.tcfg.get("select_by", "accuracy")
+        if key not in ("accuracy", "mean_class_accuracy"):
+            raise ConfigError(f"train.select_by must be accuracy or mean_class_accuracy, got {key!r}")
+        return key
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or to ``train.max_steps``); returns a summary of the run."""
@@ -485,15 +695,31 @@ class Trainer:
                    "epoch": self.state.epoch, "best_metric": self.state.best_metric,
                    "best_epoch": self.state.best_epoch, "last": last,
                    "validated": "val" in self.data.datasets}
-        if finished and (self.run_dir / "best.pt").is_file():
+        if finished and self.dist.is_main and (self.run_dir / "best.pt").is_file():
             summary["export"] = str(export(self.run_dir / "best.pt", self.run_dir / "model.safetensors"))
+        summary.update(world_size=self.dist.world_size, rank=self.dist.rank)
         return summary
+
+    def close(self) -> None:
+        """Leave the process group this trainer created (waits for the others first)."""
+        dist_.barrier(self.dist)
+        dist_.teardown(self.dist)
 
 
 def train(cfg: Mapping[str, Any], run_dir: str | Path, resume: bool = False,
           device: str | None = None) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (``resume`` continues its ``last.pt``); returns a summary."""
-    return Trainer(cfg, run_dir, device=device, resume=resume).fit()
+    """Train ``cfg`` into ``run_dir`` (``resume`` continues its ``last.pt``); returns a summary.
+
+    Under torchrun (``WORLD_SIZE > 1``) every process calls this; see :mod:`groupmood.engine.distributed`.
+    """
+    trainer = Trainer(cfg, run_dir, device=device, resume=resume)
+    try:
+        summary = trainer.fit()
+    except BaseException:
+        dist_.teardown(trainer.dist)  # no barrier: the other processes may be gone (torchrun stops them)
+        raise
+    trainer.close()
+    return summary
 
 
 def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
