@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from groupmood.detect import CascadeSettings, FaceDetector
 from groupmood.detect.cascade import _pack, _Tile, area_resize, integral_image, pyramid_scales
@@ -131,11 +132,27 @@ def test_settings_min_face():
     assert CascadeSettings(min_face_px=33).min_face(400, 1000) == 33
 
 
-def test_weights_dir_option(tmp_path):
+def test_weights_dir_option(tmp_path, detector, astronaut):
+    """``weights_dir`` is where the nets are read from: same nets, same faces; a bad copy there is refused."""
     from groupmood import weights as W
+    from groupmood.errors import WeightsError
 
     for name in ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"):
         src = W.fetch(name)
         (tmp_path / src.name).write_bytes(src.read_bytes())
-    det = FaceDetector.from_pretrained(weights_dir=tmp_path)
-    assert det.settings.thresholds == (0.6, 0.7, 0.9)
+    det = FaceDetector.from_pretrained(weights_dir=tmp_path, thresholds=(0.5, 0.6, 0.8))
+    assert det.settings.thresholds == (0.5, 0.6, 0.8)
+    for mine, ref in ((det.pnet, detector.pnet), (det.rnet, detector.rnet), (det.onet, detector.onet)):
+        theirs = ref.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in mine.state_dict().items())
+    got = det.with_settings(thresholds=detector.settings.thresholds).detect_one(astronaut)
+    want = detector.detect_one(astronaut)
+    assert len(got) == len(want) == 1
+    np.testing.assert_allclose(got[0].box, want[0].box, atol=1e-3)
+    onet = tmp_path / W.spec("mtcnn_onet").filename
+    onet.write_bytes(b"not the O-Net")
+    with pytest.raises(WeightsError):
+        FaceDetector.from_pretrained(weights_dir=tmp_path)
+    onet.unlink()
+    with pytest.raises(WeightsError):
+        FaceDetector.from_pretrained(weights_dir=tmp_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -24,8 +25,18 @@ def _softmax(x):
 
 # --------------------------------------------------------------------------- the authors' rule
 
-def test_class_order_is_the_score_files():
-    assert GROUP_CLASSES == ("Negative", "Neutral", "Positive")
+def test_score_columns_are_negative_neutral_positive(tmp_path):
+    """The authors' files give scores as Negative, Neutral, Positive; a CSV is read by its header names."""
+    authors = tmp_path / "authors.txt"
+    authors.write_text("neg.jpg 0.7 0.2 0.1\nneu.jpg 0.2 0.7 0.1\npos.jpg 0.1 0.2 0.7\n")
+    t = read_scores(authors)
+    _, idx = fuse_rows({"a": t.scores}, {"a": 1.0})
+    assert [GROUP_CLASSES[i] for i in idx] == ["Negative", "Neutral", "Positive"]
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("name,Positive,Negative,Neutral\npos.jpg,0.7,0.1,0.2\n")
+    np.testing.assert_allclose(read_scores(shuffled).scores, [[0.1, 0.2, 0.7]])
+    out = write_scores(tmp_path / "ours.csv", ["x.jpg"], np.array([[0.1, 0.2, 0.7]]))
+    assert out.read_text().splitlines()[0] == "name,Negative,Neutral,Positive"
 
 
 def test_to_probabilities_softmaxes_only_rows_not_summing_to_one():
@@ -130,12 +141,22 @@ def test_parse_pooling_and_weights():
         parse_weights("face=1", ["aligned", "global"])
 
 
+def test_preset_descriptions_state_their_weights():
+    """Each preset's description names the weight of every branch it sets, e.g. ``Global VGG19 (0.8, ...)``."""
+    pattern = {"aligned": r"Aligned \(([\d.]+)", "global": r"Global \w+ \(([\d.]+)", "nonaligned": r"Non-aligned \(([\d.]+)"}
+    for key, p in PRESETS.items():
+        stated = {b: float(re.search(rx, p.description).group(1)) for b, rx in pattern.items()}
+        assert stated == p.weights, key
+
+
 def test_presets():
-    assert len(PRESETS) == 7
+    assert sorted(PRESETS) == [f"run{i}" for i in range(1, 8)]
     assert preset_weights("run1") == W
     assert preset_weights("emotiw17-run5") == preset_weights("5") == {"aligned": 3.2, "global": 0.8, "nonaligned": 0.6}
     assert {k for k, p in PRESETS.items() if p.weights == W} == {"run1", "run2", "run3", "run4"}
-    assert PRESETS["run5"].test == 80.9
+    got = preset_weights("run1")
+    got["aligned"] = 0.0
+    assert preset_weights("run1") == W, "a caller's change to its weights must not change the preset"
     with pytest.raises(ConfigError, match="run1"):
         preset_weights("run9")
     with pytest.raises(ConfigError, match="nonaligned"):
