@@ -96,12 +96,22 @@ def test_config_unknown_keys_and_bad_input(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_recipes_resolve(recipe):
-    cfg = load_config(CONFIGS / recipe)
-    from groupmood.models import model_info
+    """A recipe's model builds from its model section, reads a data kind of its family, and names its command."""
+    from groupmood.data import DATASET_BUILDERS
+    from groupmood.data.groups import IMAGE_DATA_KINDS
+    from groupmood.models import create_model, model_info
 
-    assert model_info(cfg["model"]["name"]).family in ("face_aligned", "face_nonaligned", "global")
-    if recipe != "base_face.yaml":
-        assert (CONFIGS / recipe).read_text().startswith("#"), "a recipe starts with the command that runs it"
+    cfg = load_config(CONFIGS / recipe)
+    m, kind = cfg["model"], cfg["data"]["kind"]
+    with torch.device("meta"):  # the constructor's checks, without the memory of VGG19 or ResNet-101
+        create_model(m["name"], num_classes=3, head=m["head"], margin_m=m["margin_m"], drop_rate=m["drop_rate"],
+                     **dict(m.get("kwargs") or {}))
+    assert kind in DATASET_BUILDERS
+    is_global = model_info(m["name"]).family == "global"
+    assert (kind in IMAGE_DATA_KINDS) == is_global, f"a {'global' if is_global else 'face'} model reads {kind!r}"
+    header = "".join(line for line in (CONFIGS / recipe).read_text().splitlines(True) if line.startswith("#"))
+    if not recipe.startswith("base_"):
+        assert f"groupmood train configs/{recipe}" in header, "a recipe starts with the command that runs it"
 
 
 def test_schedules():
