@@ -5,9 +5,16 @@ An image is keyed by the sha256 of its bytes, so renamed or copied files hit the
 edited file misses it. The cache folder is named after the detector and crop settings, so other
 settings never read stale crops. Each shard (``shard-XXXXX.npz``) is written atomically and only
 then listed in ``index.jsonl``; an interrupted build resumes from the last finished shard.
+
+A sharded build (``cache build --shard I/N`` on many machines sharing the folder, or under
+torchrun) takes images I, I + N, ... of the input list and writes its own files
+(``part-I-of-N-XXXXX.npz``, ``index.part-I-of-N.jsonl``), so jobs never write the same file;
+readers read every index. The job that completes last (each leaves ``part-I-of-N.done``) merges
+the part indexes into ``index.jsonl`` in input order, under a lock, and removes them.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -27,6 +35,9 @@ from ..errors import ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, check_image_file, load_image
 from ..io import atomic_write_bytes
 from ..weights import sha256_file
+
+if TYPE_CHECKING:
+    from ..shard import Shard
 
 CACHE_VERSION = 1
 
@@ -68,6 +79,7 @@ class BuildReport:
     cached: int = 0
     faces: int = 0
     errors: list[ImageLoadError] = field(default_factory=list)
+    merged: bool = False  # a sharded build that completed last merged the part indexes
 
 
 def _settings_id(settings: CascadeSettings, margin: float) -> str:
@@ -137,22 +149,48 @@ class FaceCache:
         self._shards: dict[str, dict[str, np.ndarray]] = {}
         self._load_index()
 
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> FaceCache:
+        """The cache of an existing settings folder (``<root>/<settings id>``, which holds ``settings.json``)."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+            cache = cls(folder.parent, CascadeSettings(**meta["settings"]), float(meta["margin"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{folder} is not a face cache folder (its settings.json: {exc}); give the folder "
+                             "that holds settings.json and index.jsonl") from None
+        if cache.dir.resolve() != folder.resolve():
+            raise ValueError(f"{folder}: its settings.json belongs to the folder {cache.dir.name}; was it renamed?")
+        return cache
+
+    def _index_files(self) -> list[Path]:
+        """``index.jsonl``, then the part indexes of sharded builds not merged yet."""
+        return [self.index_path, *sorted(self.dir.glob("index.part-*.jsonl"))]
+
     def _load_index(self) -> None:
         self._index.clear()
-        if not self.index_path.exists():
-            return
-        text = self.index_path.read_text(encoding="utf-8")
-        good = []
+        for path in self._index_files():
+            for row in self._read_rows(path):
+                self._index.setdefault(row["key"], row)
+
+    def _read_rows(self, path: Path) -> list[dict]:
+        """The rows of one index file whose shard exists; a last line cut by a crash is dropped (and the file fixed)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        rows, good = [], []
         for line in text.splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash; its image is computed again
             if (self.dir / row["shard"]).exists():
-                self._index[row["key"]] = row
+                rows.append(row)
                 good.append(line)
         if text and not text.endswith("\n"):
-            atomic_write_bytes(self.index_path, "".join(g + "\n" for g in good).encode())
+            atomic_write_bytes(path, "".join(g + "\n" for g in good).encode())
+        return rows
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -160,14 +198,15 @@ class FaceCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def _next_shard(self) -> int:
-        nums = [int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")]
+    def _next_shard(self, prefix: str = "shard") -> int:
+        nums = [int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{prefix}-*.npz")
+                if p.stem.rsplit("-", 1)[1].isdigit() and (prefix != "shard" or p.stem.count("-") == 1)]
         return max(nums, default=-1) + 1
 
     def _remove_stale_temp_files(self) -> None:
         """Delete the half-written shard files a killed build left (old enough not to be another build's)."""
         now = time.time()
-        for tmp in self.dir.glob(".shard-*.tmp"):
+        for tmp in [*self.dir.glob(".shard-*.tmp"), *self.dir.glob(".part-*.tmp")]:
             try:
                 if now - tmp.stat().st_mtime > _STALE_TMP_S:
                     tmp.unlink()
@@ -176,11 +215,13 @@ class FaceCache:
 
     def build(self, paths: Sequence[str | Path], detector: FaceDetector | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 1, weights_dir: str | None = None,
-              progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> BuildReport:
+              progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              shard: Shard | None = None) -> BuildReport:
         """Make sure every readable image in ``paths`` is cached; resumable, optionally in parallel.
 
         A path that is not a non-empty regular file (a FIFO, a device, a folder) is reported, never
-        opened: hashing a FIFO would wait for ever.
+        opened: hashing a FIFO would wait for ever. With ``shard`` (I of N) only images I, I + N, ...
+        of ``paths`` are built, into this shard's own files; the last shard to complete merges.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
@@ -190,7 +231,10 @@ class FaceCache:
                                                  "version": CACHE_VERSION}, indent=2).encode())
         report = BuildReport()
         todo: dict[str, str] = {}
-        for p in paths:
+        position: dict[str, int] = {}
+        positions = range(len(paths)) if shard is None else range(shard.index, len(paths), shard.count)
+        for pos in positions:
+            p = paths[pos]
             try:
                 check_image_file(p)
                 key = file_key(p)
@@ -204,15 +248,20 @@ class FaceCache:
                 report.cached += 1
             else:
                 todo.setdefault(key, str(p))
+                position.setdefault(key, pos)
         items = list(todo.items())
-        first = self._next_shard()
+        prefix = "shard" if shard is None else f"part-{shard.index}-of-{shard.count}"
+        index_path = self.index_path if shard is None else self.dir / f"index.{prefix}.jsonl"
+        first = self._next_shard(prefix)
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        outs = [str(self.dir / f"shard-{first + k:05d}.npz") for k in range(len(chunks))]
+        outs = [str(self.dir / f"{prefix}-{first + k:05d}.npz") for k in range(len(chunks))]
         bar = tqdm(total=len(items), unit="img", desc="face cache", disable=not progress)
         for chunk, (rows, errors) in zip(chunks, self._run(chunks, outs, detector, workers, weights_dir,
                                                            max_pixels)):
-            with open(self.index_path, "a", encoding="utf-8") as f:
+            with open(index_path, "a", encoding="utf-8") as f:
                 for row in rows:
+                    if shard is not None:
+                        row = {**row, "pos": position[row["key"]]}  # input position, for the merge's order
                     f.write(json.dumps(row) + "\n")
                     self._index[row["key"]] = row
                 f.flush()
@@ -222,7 +271,45 @@ class FaceCache:
             report.errors.extend(ImageLoadError(p, reason) for p, reason in errors)
             bar.update(len(chunk))
         bar.close()
+        if shard is not None:
+            atomic_write_bytes(self.dir / f"{prefix}.done", json.dumps({"inputs": len(paths)}).encode())
+            report.merged = self.merge_parts(shard.count)
         return report
+
+    def merge_parts(self, count: int | None = None) -> bool:
+        """Merge the part indexes into ``index.jsonl`` when all ``count`` parts are done (None: whatever is there).
+
+        New rows follow the input order (their ``pos``), after the rows already there; the part
+        indexes and done markers are then removed. Runs under a lock, so that two jobs completing
+        together merge once. Returns whether it merged.
+        """
+        with open(self.dir / ".merge.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                parts = sorted(self.dir.glob("index.part-*.jsonl"))
+                done = sorted(self.dir.glob("part-*-of-*.done"))
+                counts = {int(d.stem.rsplit("-", 1)[1]) for d in done}
+                complete = {n for n in counts if sum(d.stem.endswith(f"-of-{n}") for d in done) >= n}
+                if count is not None and count not in complete:
+                    return False
+                if not parts and not complete:
+                    return False
+                # a by-hand merge of unfinished shards keeps their markers: the last shard still merges
+                done = [d for d in done if int(d.stem.rsplit("-", 1)[1]) in complete]
+                kept = self._read_rows(self.index_path)
+                seen = {r["key"] for r in kept}
+                new = sorted((r for path in parts for r in self._read_rows(path)), key=lambda r: r.get("pos", 0))
+                for row in new:
+                    if row["key"] not in seen:
+                        seen.add(row["key"])
+                        kept.append({k: v for k, v in row.items() if k != "pos"})
+                atomic_write_bytes(self.index_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+                for path in (*parts, *done):
+                    path.unlink(missing_ok=True)
+                self._load_index()
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _run(self, chunks: list, outs: list[str], detector: FaceDetector | None, workers: int,
              weights_dir: str | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
