@@ -80,8 +80,32 @@ def test_annotate_without_faces_leaves_the_photo_and_lists_every_branch():
     assert annotate(photo, fewer).shape[0] < one.shape[0]  # one banner line per branch
 
 
-def test_label_colours_cover_every_label():
-    assert set(LABEL_COLOURS) == {*GROUP_CLASSES, ABSTAIN}
+def _result_saying(label: str) -> GroupResult:
+    """A result whose group label, face and only branch all say ``label`` (ABSTAIN: no face, no branch spoke)."""
+    if label == ABSTAIN:
+        silent = BranchResult(np.full(3, 1 / 3), 1.0, 0.0, False, (), "all", "face_aligned")
+        return GroupResult(ABSTAIN, np.full(3, 1 / 3), {"aligned": silent}, [], True, True, W, H)
+    probs = np.full(3, 0.1)
+    probs[GROUP_CLASSES.index(label)] = 0.8
+    face = FaceResult(np.array(BOX), 0.998, np.zeros((5, 2)), label, probs, {"aligned": probs}, ("aligned",))
+    branch = BranchResult(probs, 1.0, 1.0, True, (0,), "all", "face_aligned")
+    return GroupResult(label, probs, {"aligned": branch}, [face], False, False, W, H)
+
+
+@pytest.mark.parametrize("label", [*GROUP_CLASSES, ABSTAIN])
+def test_each_label_is_drawn_in_its_own_colour(label):
+    """A picture saying one label shows that label's colour and no other label's.
+
+    A few pixels of anti-aliased white text can match the grey of Abstain, so colours are counted.
+    """
+    out = annotate(_photo(), _result_saying(label))
+
+    def count(rgb: tuple[int, int, int]) -> int:
+        return int((out == np.array(rgb, np.uint8)).all(axis=-1).sum())
+
+    assert count(LABEL_COLOURS[label]) > 500
+    for other in {*GROUP_CLASSES, ABSTAIN} - {label}:
+        assert count(LABEL_COLOURS[other]) < 20, f"{label} drawn with {other}'s colour"
 
 
 # --------------------------------------------------------------------------- HTML report
