@@ -13,9 +13,12 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError, display_path
 
@@ -79,6 +82,9 @@ def check_image_file(path: str | Path) -> int:
         raise ImageLoadError(p, "empty file (0 bytes)")
     return st.st_size
 
+#: Modes PIL's box reduction (:meth:`PIL.Image.Image.reduce`) takes.
+_REDUCIBLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "I", "F", "CMYK"})
+
 #: Default pixel limit, PIL's own (about 89 megapixels); above it a file is refused as a possible bomb.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
@@ -102,12 +108,53 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _check_size(p: Path, img: Image.Image, max_pixels: int | None) -> None:
-    """Refuse an image above ``max_pixels``, read from the header before anything is decoded."""
+    """Refuse an image that would decode to more than ``max_pixels``, before anything is decoded.
+
+    What counts is what the decoder will make: the header's size, or after a JPEG draft reduction
+    the reduced size (``img.size`` once :meth:`PIL.Image.Image.draft` ran).
+    """
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         raise ImageLoadError(p, f"image too large: {w} x {h} = {w * h} pixels, above the limit of {max_pixels} "
                                 "(a guard against decompression bombs); raise the limit with --max-pixels "
                                 "if the file is trusted")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo's pixels, perhaps decoded at a reduced size, and the size of the photo itself.
+
+    :func:`load_photo` gives fewer pixels than the file holds when the models need fewer
+    (JPEG draft decoding, or a box reduction for other formats); ``width`` and ``height`` are the
+    photo's own (EXIF orientation applied), so that boxes can be reported in its coordinates.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> Photo:
+        """A photo decoded at full size."""
+        return cls(pixels, int(pixels.shape[1]), int(pixels.shape[0]))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(x, y) factors from pixel coordinates to the photo's own coordinates (1.0 at full size)."""
+        return self.width / self.pixels.shape[1], self.height / self.pixels.shape[0]
+
+
+def reduction(width: int, height: int, min_short_side: int | None, steps: tuple[int, ...] = (8, 4, 2)) -> int:
+    """The largest factor of ``steps`` that keeps the shorter side at ``min_short_side`` pixels or more; 1 if none.
+
+    The decoding rule: a photo is decoded (JPEG: libjpeg's 1/2, 1/4, 1/8 scaling; other formats: a
+    box reduction after decoding) at the smallest size whose shorter side still has
+    ``min_short_side`` pixels, the most any model needs (:meth:`groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`).
+    """
+    if not min_short_side:
+        return 1
+    short = min(width, height)
+    return next((k for k in steps if short // k >= min_short_side), 1)
 
 
 def _check_finite(p: Path, img: Image.Image) -> None:
@@ -127,6 +174,18 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     truncated, non-image or oversized (decompression-bomb) file, and for a float image with NaN or
     infinite pixels.
     """
+    return load_photo(path, max_pixels).pixels
+
+
+def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_short_side: int | None = None) -> Photo:
+    """Read ``path`` as a :class:`Photo`: RGB pixels, EXIF orientation applied, and the photo's own size.
+
+    With ``min_short_side`` the pixels are decoded at a reduced size whose shorter side keeps at
+    least that many pixels (:func:`reduction`): a JPEG through libjpeg's draft mode (the full
+    size is never decoded), another format reduced by box averaging right after decoding. The
+    pixel guard ``max_pixels`` counts the pixels the decoder makes. Errors as :func:`load_image`.
+    """
     p = Path(path)
     check_image_file(p)
     old_limit = Image.MAX_IMAGE_PIXELS
@@ -135,12 +194,24 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         Image.MAX_IMAGE_PIXELS = None  # checked by _check_pixels against max_pixels itself
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         with Image.open(p) as img:
+            full = img.size
+            k = reduction(*full, min_short_side)
+            if k > 1 and img.format == "JPEG":
+                img.draft(img.mode, (-(-full[0] // k), -(-full[1] // k)))  # libjpeg scales 1/k while decoding
             _check_size(p, img, max_pixels)
             img.load()
             _check_finite(p, img)
-            img = ImageOps.exif_transpose(img)
+            drafted = img.size != full
+            orient = img.getexif().get(ExifTags.Base.Orientation, 1)
+            ImageOps.exif_transpose(img, in_place=True)
+            if k > 1 and not drafted and img.mode in _REDUCIBLE:
+                img = img.reduce(k)
+                k = 1
             rgb = _to_rgb(img)
-            return np.asarray(rgb, dtype=np.uint8).copy()
+            if k > 1 and not drafted:
+                rgb = rgb.reduce(k)
+            w, h = (full[1], full[0]) if orient in (5, 6, 7, 8) else full
+            return Photo(np.asarray(rgb, dtype=np.uint8).copy(), w, h)
     except UnidentifiedImageError as exc:
         fmt = _UNSUPPORTED.get(p.suffix.lower())
         if fmt:
@@ -264,21 +335,34 @@ def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = Non
                     yield from emit(mp)
 
 
-def load_in_order(paths: Iterable[Path], batch_size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                  ) -> Iterator[list[tuple[Path, np.ndarray | ImageLoadError]]]:
-    """Load images in batches of ``batch_size``; per batch, (path, array or its load error) in input order.
+#: Default decoded pixels per batch (:func:`load_in_order`): with the detector's summed-area tables and
+#: pyramid, about 30 bytes of working memory per pixel, so a batch stays near 250 MB whatever its photos.
+DEFAULT_PIXEL_BUDGET = 8_000_000
 
-    A bad file never stops the run: its :class:`ImageLoadError` takes its place in the batch.
+
+def load_in_order(paths: Iterable[Path], batch_size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  min_short_side: int | None = None, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET
+                  ) -> Iterator[list[tuple[Path, Any]]]:
+    """Load images in batches; per batch, (path, pixels or its load error) in input order.
+
+    A batch ends at ``batch_size`` photos or once its decoded pixels reach ``pixel_budget`` (None: no
+    budget), so that memory is bounded by pixels, not photo count: a 24-megapixel photo makes a
+    batch of its own. Items are (H, W, 3) arrays, or :class:`Photo` objects decoded at a reduced
+    size when ``min_short_side`` is given (:func:`load_photo`). A bad file never stops the run: its
+    :class:`ImageLoadError` takes its place in the batch.
     """
-    batch: list[tuple[Path, np.ndarray | ImageLoadError]] = []
+    batch: list[tuple[Path, Any]] = []
+    pixels = 0
     for p in paths:
         try:
-            batch.append((p, load_image(p, max_pixels=max_pixels)))
+            photo = load_photo(p, max_pixels, min_short_side)
+            batch.append((p, photo if min_short_side else photo.pixels))
+            pixels += photo.pixels.shape[0] * photo.pixels.shape[1]
         except ImageLoadError as exc:
             batch.append((p, exc))
-        if len(batch) >= batch_size:
+        if len(batch) >= batch_size or (pixel_budget is not None and pixels >= pixel_budget):
             yield batch
-            batch = []
+            batch, pixels = [], 0
     if batch:
         yield batch
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from . import weights as weight_store
 from .align import align_faces, square_crops
 from .data.transforms import GLOBAL_CROP, global_eval_views, normalize
 from .detect import Face, FaceDetector
-from .detect.detector import ImageLike, Images, as_rgb_list
+from .detect.detector import ImageLike, Images, as_photo_list
 from .calibration import Calibration
 from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
@@ -77,6 +77,7 @@ from .labels import GROUP_CLASSES, valence_matrix
 from .models.bn_fold import fold_batchnorm
 from .models.tta import flip_averaged_logits
 from .models.registry import ModelInfo
+from .runtime.onnx import OrtModel
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
            "default_bundle_path", "read_bundle"]
@@ -146,6 +147,8 @@ class Branch:
         self.grey = bool(grey)
         self.calibration = calibration or Calibration()
         self._to_group = _group_matrix(self.classes)
+        self.backend = "torch"
+        self.runner: OrtModel | None = None
 
     def _example(self) -> torch.Tensor:
         """A fixed random input of this branch's size, on the model's device."""
@@ -230,10 +233,46 @@ class Branch:
             out[start:start + len(x)] = feats.double().cpu().numpy()
         return out
 
+    def with_backend(self, backend: str, parity_inputs: Callable[[], list[torch.Tensor]]) -> Branch:
+        """A shallow copy run by ``backend`` (``torch`` or ``onnxruntime``: exported once into the cache and
+        checked against PyTorch on ``parity_inputs``, normalised real inputs; :meth:`parity_inputs`)."""
+        other = copy.copy(self)
+        other.backend, other.runner = "torch", None
+        if backend == "torch":
+            return other
+        if backend != "onnxruntime":
+            raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
+        from .runtime.onnx import export_onnx
+
+        example = torch.zeros(1, self.in_chans, *self.input_size)
+        other.runner = export_onnx(self.model.cpu(), f"{self.family}-{self.info.name}", ("logits",), example,
+                                   parity_inputs, recipe={"folded": self.folded})
+        other.backend = "onnxruntime"
+        return other
+
+    def parity_inputs(self, photos: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[torch.Tensor]:
+        """Normalised (N, C, H, W) inputs of this branch for (photo, faces) pairs, flips included when ``tta_flip``."""
+        parts = [self.crops(img, faces) for img, faces in photos if faces or not self.is_face]
+        if not parts:
+            raise ConfigError("the photos for the ONNX parity check have no face; check them on a photo with faces")
+        x = normalize(torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2), self.info)
+        return [torch.cat([x, torch.flip(x, dims=[3])]) if self.tta_flip else x]
+
     @torch.inference_mode()
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """Group-class probabilities (N, 3) float64 for (N, H, W, C) uint8 inputs, in chunks."""
         out = np.zeros((len(inputs), len(GROUP_CLASSES)))
+        if self.runner is not None:
+            to_group = self._to_group.double().numpy()
+            for start in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
+                x = normalize(x.permute(0, 3, 1, 2), self.info).numpy()
+                n = len(x)
+                logits = self.runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
+                logits = (logits[:n] + logits[n:]) / 2 if self.tta_flip else logits
+                z = np.exp(logits - logits.max(axis=1, keepdims=True))
+                out[start:start + n] = (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ to_group
+            return out
         device = self.device
         for start in range(0, len(inputs), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
@@ -517,6 +556,39 @@ class GroupEmotionRecognizer:
                                       pooling, self.device, self.chosen_on,
                                       self.fusion_model if weights is None else None)
 
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``onnxruntime``: what runs the detector and the branches."""
+        return self.detector.backend
+
+    def with_backend(self, backend: str = "auto",
+                     parity_photos: Callable[[], list[np.ndarray]] | None = None) -> GroupEmotionRecognizer:
+        """A recognizer sharing this one's models and fusion, run by ``backend``.
+
+        ``auto`` is ONNX Runtime on a CPU where it is installed, PyTorch elsewhere
+        (:func:`groupmood.runtime.resolve_backend`). For ONNX Runtime, MTCNN and every branch are exported
+        once into the cache and checked against PyTorch on the faces of ``parity_photos`` (default:
+        the ``group`` sample photo) and their crops.
+        """
+        from .runtime.onnx import parity_photos as default_photos, resolve_backend
+
+        backend = resolve_backend(backend, self.device)
+        found: list[tuple[np.ndarray, list[Face]]] = []
+
+        def photos_faces() -> list[tuple[np.ndarray, list[Face]]]:
+            if not found:
+                photos = (parity_photos or default_photos)()
+                # PyTorch MTCNN with the authors' settings: the faces do not depend on a bundle's thresholds
+                probe = FaceDetector(self.detector.pnet, self.detector.rnet, self.detector.onet, device=self.device)
+                found.extend(zip(photos, probe.detect(photos)))
+            return found
+
+        detector = self.detector.with_backend(backend, parity_photos)
+        branches = {n: br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
+                    for n, br in self.branches.items()}
+        return GroupEmotionRecognizer(detector, branches, self.weights, None, self.device, self.chosen_on,
+                                      self.fusion_model)
+
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
         """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
         read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
@@ -532,23 +604,31 @@ class GroupEmotionRecognizer:
         probabilities before calibration (fusion still uses the calibrated ones): what calibration
         and fusion are fitted on.
         """
-        arrays = as_rgb_list(images)
+        branches = self.active_branches(all_branches)
+        photos = as_photo_list(images, self.decode_short_side(all_branches))
+        arrays = [ph.pixels for ph in photos]
         if not arrays:
             return []
-        branches = self.active_branches(all_branches)
         faces_per = self.detector.detect(arrays)
         counts = [len(f) for f in faces_per]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
+        # on a CPU each photo's inputs go through a model on their own, so that a photo's scores never
+        # depend on its batch neighbours (a convolution's rounding may change with the batch size)
+        per_photo = self.device.type == "cpu"
         for name, br in branches.items():
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
-                x = np.concatenate(parts) if parts else np.zeros((0, *br.input_size, br.in_chans), np.uint8)
             else:
-                x = np.concatenate([br.crops(img, []) for img in arrays])
-            per_branch[name] = br.scores(x)
+                parts = [br.crops(img, []) for img in arrays]
+            if not parts:
+                per_branch[name] = np.zeros((0, len(GROUP_CLASSES)))
+            elif per_photo:
+                per_branch[name] = np.concatenate([br.scores(x) for x in parts])
+            else:
+                per_branch[name] = br.scores(np.concatenate(parts))
         results = []
-        for i, (img, faces) in enumerate(zip(arrays, faces_per)):
+        for i, (photo, faces) in enumerate(zip(photos, faces_per)):
             face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face}
             pooled = {}
             for n, br in branches.items():
@@ -558,16 +638,41 @@ class GroupEmotionRecognizer:
                     pooled[n] = Pooled(per_branch[n][i], True, ())
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p
                           for n, p in pooled.items()}
-            fused = self._fuse(calibrated, faces, img)
-            results.append(self._result(img, faces, face_probs, pooled if raw else calibrated, fused))
+            fused = self._fuse(calibrated, faces, photo.pixels.shape[:2])
+            own = [f.scaled(*photo.scale) for f in faces]  # in the photo's own coordinates
+            results.append(self._result((photo.height, photo.width), own, face_probs,
+                                        pooled if raw else calibrated, fused))
         return results
 
-    def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], img: np.ndarray) -> Fused:
-        """The bundle's fusion of one photo's calibrated branches: weighted average or fusion model."""
+    def decode_short_side(self, all_branches: bool = False) -> int | None:
+        """The fewest pixels on a photo's shorter side that give every model what it needs; None: all of them.
+
+        MTCNN's smallest face is ``min_face_frac`` of the shorter side, and no input cut from a face
+        is larger than the largest face input (O-Net's 48 px, a face branch's crop); the global branch
+        needs 256 px. So a photo decoded with ``max(256, largest face input / min_face_frac)`` pixels
+        on its shorter side (960 for the shipped bundle, whose aligned 112x96 branch does not vote)
+        gives the smallest face every pixel its crops use. A smallest face in pixels
+        (``min_face_px``) needs the full size.
+        """
+        cfg = self.detector.settings
+        if cfg.min_face_px is not None or cfg.min_face_frac <= 0:
+            return None
+        branches = self.active_branches(all_branches).values()
+        face_px = max([48, *(max(b.input_size) for b in branches if b.is_face)])
+        need = face_px / cfg.min_face_frac
+        if any(not b.is_face for b in branches):
+            need = max(need, 256)
+        return int(math.ceil(need))
+
+    def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], size: tuple[int, int]) -> Fused:
+        """The bundle's fusion of one photo's calibrated branches: weighted average or fusion model.
+
+        ``faces`` and ``size`` (height, width) are in one coordinate system (decoded pixels).
+        """
         fused = fuse(pooled, self.weights)
         if self.fusion_model is None:
             return fused
-        fracs = [f.area / float(img.shape[0] * img.shape[1]) for f in faces]
+        fracs = [f.area / float(size[0] * size[1]) for f in faces]
         x = self.fusion_model.features({n: p.probs for n, p in pooled.items()},
                                        {n: p.spoke for n, p in pooled.items()}, len(faces), fracs)
         probs = self.fusion_model.predict_proba(x)
@@ -578,8 +683,9 @@ class GroupEmotionRecognizer:
         """Label one photo."""
         return self.predict([image])[0]
 
-    def _result(self, img: np.ndarray, faces: Sequence[Face], face_probs: Mapping[str, np.ndarray],
+    def _result(self, size: tuple[int, int], faces: Sequence[Face], face_probs: Mapping[str, np.ndarray],
                 pooled: Mapping[str, Pooled], fused: Fused) -> GroupResult:
+        """One photo's result; ``size`` is its (height, width), the coordinates of ``faces``."""
         face_w = {n: self.weights[n] for n in face_probs}
         total = sum(face_w.values())
         face_w = {n: (w / total if total > 0 else 1.0 / len(face_w)) for n, w in face_w.items()}
@@ -598,7 +704,7 @@ class GroupEmotionRecognizer:
                                     pooled[n].faces, pooling_name(br.top_k) if br.is_face else "image", br.family)
                     for n, br in self.branches.items() if n in pooled}
         return GroupResult(fused.label, fused.probs, branches, face_results, not faces, fused.abstained,
-                           int(img.shape[1]), int(img.shape[0]))
+                           int(size[1]), int(size[0]))
 
 
 def _pooling_overrides(pooling: str | Mapping[str, str] | None,

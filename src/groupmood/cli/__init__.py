@@ -13,11 +13,12 @@ from ..errors import GroupmoodError
 from .cache import cache_group
 from .detect import detect_cmd
 from .evaluate_groups import evaluate_groups_cmd
+from .export import export_cmd
 from .fuse import fuse_cmd
 from .predict import predict_cmd
 from .samples import samples_cmd
 from .serve import serve_cmd
-from .train import evaluate_cmd, export_cmd, train_cmd
+from .train import evaluate_cmd, train_cmd
 from .weights import weights_group
 
 

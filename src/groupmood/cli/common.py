@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-import numpy as np
 from tqdm import tqdm
 
 from ..detect import FaceDetector
@@ -277,8 +276,12 @@ def resume_note(sink: PartialFileSink, n_paths: int, n_todo: int) -> str:
 
 
 def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: PartialFileSink, progress: bool,
-               handle: Callable[[list[tuple[Path, np.ndarray]]], list[dict]]) -> PhotoRun:
+               handle: Callable[[list[tuple[Path, Any]]], list[dict]], min_short_side: int | None = None) -> PhotoRun:
     """Load photos in batches and pass the readable ones to ``handle``; report, record and skip the rest.
+
+    Batches end at ``batch_size`` photos or at the loader's pixel budget
+    (:func:`~groupmood.images.load_in_order`); with ``min_short_side`` photos come as
+    :class:`~groupmood.images.Photo` objects decoded at a reduced size that keeps that many pixels.
 
     ``handle`` returns one record per photo it was given; records are written in input order, each
     unreadable file's error record in its place. The sink is completed when every photo was seen and
@@ -288,8 +291,8 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
     start = time.perf_counter()
     bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr)
     try:
-        for batch in load_in_order(paths, batch_size, max_pixels):
-            good = [(p, x) for p, x in batch if isinstance(x, np.ndarray)]
+        for batch in load_in_order(paths, batch_size, max_pixels, min_short_side):
+            good = [(p, x) for p, x in batch if not isinstance(x, ImageLoadError)]
             done = iter(handle(good) if good else [])
             for p, x in batch:
                 if isinstance(x, ImageLoadError):

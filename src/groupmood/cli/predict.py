@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from ..errors import ConfigError, display_path
 from ..images import path_key
@@ -38,8 +37,9 @@ def fusion_options(fn: Any) -> Any:
 
 
 def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text: str | None,
-                    preset: str | None, pooling: str | None) -> GroupEmotionRecognizer:
-    """The recognizer of ``bundle`` (default: the shipped one) with the CLI's fusion overrides."""
+                    preset: str | None, pooling: str | None, backend: str = "auto") -> GroupEmotionRecognizer:
+    """The recognizer of ``bundle`` (default: the shipped one) with the CLI's fusion overrides, run by
+    ``backend`` (``auto``: ONNX Runtime on a CPU, PyTorch on a GPU)."""
     if weights_text and preset:
         raise click.UsageError("give --weights or --preset, not both")
     rec = (GroupEmotionRecognizer.from_bundle(bundle, device=device, detector=detector) if bundle
@@ -51,7 +51,10 @@ def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text
         weights = preset_weights(preset, rec.branches)
     if weights is not None or pooling is not None:
         rec = rec.with_fusion(weights, pooling)
-    return rec
+    try:
+        return rec.with_backend(backend)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
 
 
 class CsvSink(PartialFileSink):
@@ -102,7 +105,7 @@ class CsvSink(PartialFileSink):
         self._fh.flush()
 
 
-def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionRecognizer:
+def build_recognizer(bundle: str | Path | None, device: str, backend: str = "auto") -> GroupEmotionRecognizer:
     """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
 
     The detector settings are predict's: its option defaults, then the bundle's ``detector:``
@@ -112,7 +115,7 @@ def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionReco
     d = {p.name: p.default for p in predict_cmd.params}
     detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
                               d["mtcnn_weights"], bundle)
-    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None)
+    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None, backend)
 
 
 # --------------------------------------------------------------------------- command
@@ -129,12 +132,16 @@ def build_recognizer(bundle: str | Path | None, device: str) -> GroupEmotionReco
               help="Write each photo with faces coloured by label and the group decision into this folder.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write one self-contained HTML page with every photo of this run and its evidence.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs the models: onnxruntime (CPU; models exported once into the cache and checked "
+                   "against PyTorch), torch; auto: onnxruntime on a CPU where it is installed, torch on a GPU.")
 @click.option("--all-branches", is_flag=True,
               help="Also run and report the branches with weight 0 (skipped by default: they change no label).")
 @fusion_options
 @detector_options
 def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: str, resume: bool,
-                annotate_dir: str | None, report_path: str | None, all_branches: bool, weights_text: str | None,
+                annotate_dir: str | None, report_path: str | None, backend: str, all_branches: bool,
+                weights_text: str | None,
                 preset: str | None,
                 pooling: str | None, device: str, batch_size: int, min_face_frac: float | None,
                 min_face_px: float | None,
@@ -151,7 +158,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     names = output_names(paths)
     stems = output_stems(paths)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle)
-    rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling)
+    rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling, backend)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
                                  else JsonlSink(output, resume=resume))
     todo = [p for p in paths if not sink.is_done(p)]
@@ -159,7 +166,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     n_faces = 0
     report = HtmlReport() if report_path else None
 
-    def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:
+    def handle(good: list[tuple[Path, Any]]) -> list[dict]:
         nonlocal n_faces
         records = []
         for (path, img), res in zip(good, rec.predict([img for _, img in good], all_branches=all_branches)):
@@ -173,7 +180,9 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
                 report.add(display_path(names[path]), img, res)
         return records
 
-    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
+    # pictures for people are drawn on the full photo; otherwise decode only the pixels the models need
+    draft = None if annotate_dir or report is not None else rec.decode_short_side(all_branches)
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, draft)
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (resume_note(sink, len(paths), len(todo)) if resume else ""))

@@ -1,4 +1,4 @@
-"""``groupmood train``, ``groupmood evaluate`` and ``groupmood export``: the training engine's commands."""
+"""``groupmood train`` and ``groupmood evaluate``: the training engine's commands (``export``: cli/export.py)."""
 from __future__ import annotations
 
 import json
@@ -104,18 +104,4 @@ def evaluate_cmd(checkpoint: Path, config: Path | None, data: str | None, split:
                    f"{p['mean_class_accuracy']:.4f}, n={p['n']} photos with a face")
     click.echo(json.dumps({c: v["accuracy"] for c, v in report["per_class"].items()}))
     click.echo(f"wrote {', '.join(report['files'].values())}")
-    return 0
-
-
-@click.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output .safetensors (default: beside the checkpoint).")
-def export_cmd(checkpoint: Path, out: Path | None) -> int:
-    """Write CHECKPOINT's model as fp16 safetensors with its config embedded, ready to ship."""
-    from ..engine.train import export
-
-    if out is not None and out.suffix != ".safetensors":
-        raise ConfigError(f"--out {out} must end in .safetensors")
-    click.echo(f"exported {export(checkpoint, out)}")
     return 0

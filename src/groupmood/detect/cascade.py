@@ -12,7 +12,8 @@ instead of once per scale per image; on a CPU, where the canvas' gaps cost as mu
 many small calls cost nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a
 12x12 window, so a cell whose window lies inside one tile scores the same as on that tile alone.
 Stages 2 and 3 crop every candidate of every image (no per-box torch call) and run R-Net / O-Net
-in chunks. NMS is per image (and per scale in stage 1) with ``torchvision.ops.batched_nms``.
+in chunks, each image's crops apart, and NMS is per image (and per scale in stage 1), one group at a
+time: a photo's detections are the same bit for bit whatever photos share its batch (on a CPU).
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
 landmark formulas), so detections match the original implementation.
@@ -20,11 +21,12 @@ landmark formulas), so detections match the original implementation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from .nets import ONet, PNet, RNet
 
@@ -179,9 +181,9 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg:
     b = torch.cat(boxes)
     tid = torch.cat(tile_ids)
     img_ids = torch.cat(image_ids)
-    keep = batched_nms(b[:, :4], b[:, 4], tid, cfg.nms_thresholds[0])
+    keep = nms_per_group(b[:, :4], b[:, 4], tid, cfg.nms_thresholds[0])
     b, img_ids = b[keep], img_ids[keep]
-    keep = batched_nms(b[:, :4], b[:, 4], img_ids, cfg.nms_thresholds[1])
+    keep = nms_per_group(b[:, :4], b[:, 4], img_ids, cfg.nms_thresholds[1])
     b, img_ids = b[keep], img_ids[keep]
     w = b[:, 2] - b[:, 0]
     h = b[:, 3] - b[:, 1]
@@ -285,10 +287,42 @@ def _crops(tables: list[np.ndarray], regions: torch.Tensor, img_ids: torch.Tenso
     return _normalise(torch.from_numpy(out).to(device).permute(0, 3, 1, 2))
 
 
-def _chunked(net: torch.nn.Module, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
+def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float) -> torch.Tensor:
+    """Indices kept by NMS within each group, by decreasing score (stable), as ``batched_nms`` returns them.
+
+    Each group alone: ``batched_nms`` shifts boxes by a group offset that depends on the largest
+    coordinate of the whole batch, so its rounding (and rarely its choices) could change with a
+    photo's batch neighbours; here a photo's result never does.
+    """
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    keep = []
+    for g in torch.unique(groups):
+        idx = torch.nonzero(groups == g).flatten()
+        keep.append(idx[nms(boxes[idx], scores[idx], thr)])
+    kept = torch.cat(keep)
+    order = torch.sort(scores[kept], descending=True, stable=True).indices
+    return kept[order]
+
+
+def _chunked(net: Callable, x: torch.Tensor, chunk: int, img_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``net`` on the crops of each image apart (in chunks), outputs in input order.
+
+    A photo's crops go through the net without its batch neighbours' crops, so that its scores
+    are the same bit for bit whatever else is in the batch.
+    """
     x = x.contiguous(memory_format=torch.channels_last)
-    outs = [net(x[i:i + chunk]) for i in range(0, len(x), chunk)]
-    return tuple(torch.cat(parts) for parts in zip(*outs))
+    ids = img_ids.cpu()
+    outs: list[tuple[torch.Tensor, ...]] = []
+    order = []
+    for g in torch.unique(ids):
+        idx = torch.nonzero(ids == g).flatten()
+        xs = x[idx.to(x.device)]
+        order.append(idx)
+        outs.extend(net(xs[i:i + chunk]) for i in range(0, len(xs), chunk))
+    cat = [torch.cat(parts) for parts in zip(*outs)]
+    inverse = torch.argsort(torch.cat(order)).to(cat[0].device)
+    return tuple(c[inverse] for c in cat)
 
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float) -> torch.Tensor:
@@ -303,7 +337,7 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
     inter = (xx2 - xx1 + 1).clamp(min=0) * (yy2 - yy1 + 1).clamp(min=0)
     overlap = inter / torch.minimum(area[:, None], area[None, :])
     overlap = torch.where(groups[:, None] == groups[None, :], overlap, torch.zeros_like(overlap))
-    order = torch.argsort(scores, descending=True).tolist()
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
     suppressed = torch.zeros(len(boxes), dtype=torch.bool)
     over = (overlap > thr).cpu()
     keep = []
@@ -316,7 +350,8 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
 
 
 @torch.inference_mode()
-def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet, cfg: CascadeSettings,
+def run_cascade(images: list[np.ndarray], pnet: PNet | Callable, rnet: RNet | Callable, onet: ONet | Callable,
+                cfg: CascadeSettings,
                 device: torch.device, pack: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Detect faces in RGB uint8 images; per image return (boxes (N,4), scores (N,), landmarks (N,5,2)).
 
@@ -336,11 +371,11 @@ def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet, cf
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes):
-        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24, device), cfg.chunk_size)
+        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24, device), cfg.chunk_size, img_ids)
         keep = prob > cfg.thresholds[1]
         boxes = torch.cat([boxes[keep, :4], prob[keep, None]], dim=1)
         img_ids, reg = img_ids[keep], reg[keep]
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[2])
+        keep = nms_per_group(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[2])
         boxes = _square(_regress(boxes[keep], reg[keep]))
         img_ids = img_ids[keep]
 
@@ -348,7 +383,7 @@ def run_cascade(images: list[np.ndarray], pnet: PNet, rnet: RNet, onet: ONet, cf
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes) == 0:
         return results
-    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48, device), cfg.chunk_size)
+    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48, device), cfg.chunk_size, img_ids)
     keep = prob > cfg.thresholds[2]
     boxes = torch.cat([boxes[keep, :4], prob[keep, None]], dim=1)
     img_ids, reg, lm = img_ids[keep], reg[keep], lm[keep]
