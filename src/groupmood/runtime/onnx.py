@@ -17,6 +17,7 @@ not burn the cores that PyTorch's or the image decoder's work needs between two 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -198,6 +199,9 @@ def _export(module: torch.nn.Module, key: Mapping[str, Any], path: Path, output_
             example: torch.Tensor, parity_inputs: Callable[[], Sequence[torch.Tensor]], dynamic_hw: bool) -> OrtModel:
     import onnxruntime as ort
 
+    if importlib.util.find_spec("onnx") is None:
+        raise WeightsError(f"exporting {key['name']} to ONNX needs the onnx package: pip install onnx "
+                           "(or use --backend torch)")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     dynamic = {"input": axes, **{n: {0: "batch"} for n in output_names}}
     buf = io.BytesIO()
