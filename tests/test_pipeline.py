@@ -63,7 +63,7 @@ def results(recognizer, astronaut, coffee):
     return recognizer.predict([astronaut, coffee])
 
 
-def test_results_shapes_and_probabilities(recognizer, results):
+def test_results_fuse_the_branches_by_weight(recognizer, results):
     assert set(recognizer.branches) == {"aligned", "nonaligned", "global"}
     assert recognizer.branches["aligned"].tta_flip and recognizer.branches["nonaligned"].top_k == 3
     astro, cof = results
@@ -79,6 +79,10 @@ def test_results_shapes_and_probabilities(recognizer, results):
     assert set(face.branch_probs) == {"aligned", "nonaligned"} and face.pooled == ("aligned", "nonaligned")
     assert face.probs.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(astro.branches["aligned"].probs, face.branch_probs["aligned"])
+    # the fused vector is the weighted mean of the branches, and the label its argmax
+    fused = sum(br.effective_weight * br.probs for br in astro.branches.values())
+    np.testing.assert_allclose(astro.probs, fused, atol=1e-6)
+    assert astro.label == GROUP_CLASSES[int(np.argmax(fused))]
     rec = json.loads(json.dumps(astro.to_dict()))
     assert rec["label"] == astro.label and rec["n_faces"] == 1 and rec["faces"][0]["pooled_in"]
 
@@ -136,10 +140,38 @@ def test_top_k_pooling_uses_largest_faces(recognizer, astronaut):
                                np.mean([f.branch_probs["nonaligned"] for f in every.faces], axis=0))
 
 
+def test_global_branch_is_the_model_on_centre_crop_and_flip(tmp_path, detector, astronaut, coffee):
+    """The shipped global model through the pipeline equals the model run by hand on centre crop and flip."""
+    from groupmood.data.transforms import global_eval_views, normalize
+    from groupmood.engine.evaluate import load_model
+    from groupmood.models import model_info
+    from groupmood.pipeline import default_bundle_path
+
+    shipped = default_bundle_path().parent / "global_efficientnet_lite0.safetensors"
+    spec = {"format": "groupmood-bundle-1", "branches": [{"name": "global", "model": str(shipped)}],
+            "weights": {"global": 1.0}, "chosen_on": {"data": "none", "method": "test"}}
+    (tmp_path / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    rec = GroupEmotionRecognizer.from_bundle(tmp_path / "bundle.yaml", detector=detector)
+    model, _ = load_model(shipped)
+    for photo in (astronaut, coffee):  # coffee: the flip moves Negative by about 0.04
+        with torch.no_grad():
+            logits = model(normalize(global_eval_views(photo), model_info("efficientnet_lite0"))).mean(dim=0)
+        res = rec.predict_one(photo)
+        np.testing.assert_allclose(res.branches["global"].probs, torch.softmax(logits, 0).numpy(), atol=1e-4)
+        np.testing.assert_allclose(res.probs, res.branches["global"].probs, atol=1e-6)
+
+
 def test_annotate_real_result_adds_banner(results, astronaut, coffee):
     for photo, res in zip((astronaut, coffee), results):  # a face, and no face (face branches abstain)
         out = annotate(photo, res)
         assert out.shape[1] == photo.shape[1] and out.shape[0] > photo.shape[0] and out.dtype == np.uint8
+        below = out[out.shape[0] - photo.shape[0]:]
+        keep = np.ones(photo.shape[:2], bool)  # the photo is untouched away from the faces' boxes and tags
+        for f in res.faces:
+            x1, y1, x2, y2 = f.box
+            keep[max(0, int(y1) - 40):int(y2) + 10, max(0, int(x1) - 10):int(x2) + 10] = False
+        assert np.array_equal(below[keep], photo[keep])
+        assert (res.faces == []) == np.array_equal(below, photo)
 
 
 def test_bundle_errors(tmp_path, bundle, monkeypatch):
