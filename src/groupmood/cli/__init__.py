@@ -15,6 +15,7 @@ from .detect import detect_cmd
 from .evaluate_groups import evaluate_groups_cmd
 from .export import export_cmd
 from .fuse import fuse_cmd
+from .merge import merge_cmd
 from .predict import predict_cmd
 from .samples import samples_cmd
 from .serve import serve_cmd
@@ -37,6 +38,7 @@ cli.add_command(evaluate_cmd)
 cli.add_command(export_cmd)
 cli.add_command(predict_cmd)
 cli.add_command(fuse_cmd)
+cli.add_command(merge_cmd)
 cli.add_command(evaluate_groups_cmd)
 cli.add_command(serve_cmd)
 

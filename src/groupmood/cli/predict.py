@@ -17,6 +17,7 @@ from ..io import write_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, default_bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
+from ..shard import PredictShards, shard_option
 from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, complete_lines, detector_options,
                      output_names, output_stems, resume_note, run_photos)
 
@@ -139,6 +140,7 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
               help="Also run and report the branches with weight 0 (skipped by default: they change no label).")
 @fusion_options
 @detector_options
+@shard_option
 def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: str, resume: bool,
                 annotate_dir: str | None, report_path: str | None, backend: str, all_branches: bool,
                 weights_text: str | None,
@@ -157,6 +159,9 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     paths = collect_paths(inputs)
     names = output_names(paths)
     stems = output_stems(paths)
+    shards = PredictShards.from_context(paths, output, fmt)  # --shard I/N or torchrun: this job's photos
+    paths, output, device = shards.paths, shards.output, shards.device(device)
+    report_path = shards.suffixed(report_path)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling, backend)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
@@ -189,4 +194,5 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     if report is not None:
         report.write(report_path, summary, describe_fusion(rec, bundle or default_bundle_path()), run.failed)
     click.echo(summary, err=True)
+    shards.finish()
     return 1 if run.failed else 0
