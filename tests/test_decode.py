@@ -119,23 +119,37 @@ def test_predict_reports_the_photos_own_coordinates(tmp_path, astronaut, detecto
     assert np.array_equal(by_path.faces[0].box, drafted.faces[0].box)
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 @pytest.mark.shared
 def test_draft_on_real_photos_upscaled(tmp_path, detector):
-    """Real group photos upscaled 4x (about 24 MP for a 1024 x 768 photo): drafted boxes within 2 px."""
+    """Real group photos upscaled to a shorter side of 1920 px or more (faces of 300-500 px), drafted: the same faces.
+
+    On such large faces MTCNN's boxes move by up to 58 px when the full photo is shifted by one pixel,
+    and the drafted boxes are as far (up to 12 % of a face's width, median 4 %); so the test asks for
+    the same faces, each overlapping its full-decode box by IoU >= 0.7, not a pixel bound.
+    """
     folder = shared_path("multiemova-dev")
     photos = sorted(p for p in folder.rglob("*.jpg"))[:3]
     if not photos:
         pytest.skip("no JPEG in multiemova-dev")
     for i, src in enumerate(photos):
         p = tmp_path / f"{i}.jpg"
-        _upscaled(load_image(src), p, 4, quality=92)
+        img = load_image(src)
+        _upscaled(img, p, -(-1920 // min(img.shape[:2])), quality=92)  # at least 1920 px: drafted at 1/2
         full = load_photo(p)
         small = load_photo(p, min_short_side=960)
+        assert small.scale[0] > 1.9  # drafted at 1/2 (or less)
         a = detector.detect_one(full.pixels)
         b = [f.scaled(*small.scale) for f in detector.detect_one(small.pixels)]
         assert len(a) == len(b), (src, len(a), len(b))
         for fa in a:
-            assert min(np.abs(fa.box - fb.box).max() for fb in b) <= _bound(fa.box), (src, fa.box)
+            assert max(_iou(fa.box, fb.box) for fb in b) >= 0.7, (src, fa.box)
 
 
 def test_photo_of():
