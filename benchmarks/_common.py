@@ -1,4 +1,8 @@
-"""Helpers shared by the benchmark scripts: machine description, load, RESULTS.md appends."""
+"""Helpers shared by the benchmark scripts: machine description, load, RESULTS.md sections.
+
+RESULTS.md holds the current result of each measurement, one section each; a script replaces its
+own section (:func:`write_result_section`) and git keeps the history.
+"""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +48,128 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
 
 
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "The current result of each measurement, one section each: a benchmark script replaces its own section\n"
+    "when it runs (`write_result_section` in `benchmarks/_common.py`). Each section starts with the date,\n"
+    "commit, machine and command of its run. Earlier results are in git history:\n"
+    "`git log -p benchmarks/RESULTS.md`.\n"
+)
+_MARK = "<!-- result: "
+
+
+def git_commit() -> str:
+    """The short commit the working tree is at, noting uncommitted changes to tracked code or configs."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], check=False, cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "commit not recorded"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks", "configs")
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def render_result_section(name: str, markdown: str, command: str, machine: str, when: str | None = None,
+                          commit: str | None = None) -> str:
+    """A RESULTS.md section: marker, ``## name``, one row of date / commit / machine / command, the body.
+
+    ``markdown`` is the body (notes and tables); it must not hold ``## `` headings (use ``###``).
+    """
+    import datetime as dt
+
+    when = when or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = commit or git_commit()
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    return "\n".join([
+        f"{_MARK}{name} -->",
+        f"## {name}",
+        "",
+        "| date | commit | machine | command |",
+        "|---|---|---|---|",
+        f"| {cell(when)} | {cell(commit)} | {cell(machine)} | `{cell(command)}` |",
+        "",
+        markdown.strip("\n"),
+        "",
+    ])
+
+
+def split_result_sections(text: str) -> list[tuple[str | None, list[str]]]:
+    """RESULTS.md as chunks: (section name, lines) for marked sections, (None, lines) for anything else.
+
+    A section runs from its marker to the next marker or the next ``## `` heading after its own.
+    """
+    chunks: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in text.splitlines():
+        if line.startswith(_MARK) and line.rstrip().endswith("-->"):
+            chunks.append((line[len(_MARK):].rstrip()[:-3].strip(), [line]))
+        elif line.startswith("## ") and chunks[-1][0] is not None and any(
+                x.startswith("## ") for x in chunks[-1][1]):
+            chunks.append((None, [line]))
+        else:
+            chunks[-1][1].append(line)
+    return chunks
+
+
+def write_result_section(name: str, markdown: str, command: str, machine: str, path: Path = RESULTS,
+                         when: str | None = None, commit: str | None = None) -> str:
+    """Replace section ``name`` of RESULTS.md with this run's (added after the others if new); atomic write.
+
+    Returns the section's text. A lock file keeps two benchmarks finishing together from losing one.
+    """
+    import fcntl
+
+    from groupmood.io import atomic_write_text
+
+    new = render_result_section(name, markdown, command, machine, when, commit)
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chunks = split_result_sections(path.read_text() if path.exists() else RESULTS_HEADER)
+        names = [n for n, _ in chunks]
+        if name in names:
+            chunks[names.index(name)] = (name, new.splitlines())
+        else:
+            last = max((i for i, n in enumerate(names) if n is not None), default=len(chunks) - 1)
+            chunks.insert(last + 1, (name, new.splitlines()))
+        body = "\n\n".join("\n".join(lines).strip("\n") for _, lines in chunks if any(x.strip() for x in lines))
+        atomic_write_text(path, body + "\n")
+    return new
+
+
+def repo_path(path: Path) -> Path:
+    """``path`` relative to the repo root when it lies inside it (section names do not depend on the cwd)."""
+    p = Path(path).resolve()
+    return p.relative_to(REPO) if p.is_relative_to(REPO) else p
+
+
+def result_body(load_start: str, notes: list[str], table: list[str]) -> str:
+    """The body of a section: load average at start and end, notes, table."""
+    return "\n".join([
+        f"Load average at start / end: {load_start} / {loadavg()} (1/5/15 min; the machine may be shared)  ",
+        *[n + "  " for n in notes],
+        "",
+        *table,
+    ])
+
+
+def publish_result(name: str, threads: int, load_start: str, notes: list[str], table: list[str],
+                   write: bool) -> None:
+    """Print this run's section and, unless told not to, make it the current one of ``name`` in RESULTS.md."""
+    body, command, machine = result_body(load_start, notes, table), command_line(), machine_line(threads)
+    if write:
+        text = write_result_section(name, body, command, machine)
+        print("\n" + text + f"\n(section {name!r} of {RESULTS} replaced)")
+    else:
+        print("\n" + render_result_section(name, body, command, machine))
+
+
 def append_results(section: str, path: Path = RESULTS) -> None:
     """Append a markdown section to RESULTS.md atomically (groupmood imported only here: the
     memory-measuring workers of detect.py start from a parent that holds the standard library only)."""
@@ -85,7 +211,7 @@ def photo_benchmark_parser(doc: str, threads_help: str, memory_help: str) -> arg
     ap.add_argument("--threads", type=int, default=2, help=threads_help)
     ap.add_argument("--limit", type=int, default=None, help="use only N photos (quick run)")
     ap.add_argument("--no-memory", action="store_true", help=memory_help)
-    ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
     return ap
 
 

@@ -13,7 +13,7 @@ face ``settings.min_face(h, w)``), in one run it measures:
   greedy one-to-one), with a clearly labelled looser "covered" column;
 * faces found per dataset folder.
 
-It prints markdown tables and appends a dated section to ``benchmarks/RESULTS.md``.
+It prints markdown tables and replaces the ``Face detection`` section of ``benchmarks/RESULTS.md``.
 
 facenet-pytorch is not a project dependency: it is pip-installed (``--no-deps``, it pins
 torch<2.3) into the git-ignored ``benchmarks/.peers`` when missing.
@@ -36,8 +36,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from _common import (REPO, append_results, loadavg, machine_line, photo_benchmark_parser,
-                     run_memory_workers)
+from _common import (REPO, loadavg, machine_line, photo_benchmark_parser, render_result_section,
+                     run_memory_workers, write_result_section)
 
 PEERS = REPO / "benchmarks" / ".peers"
 PEER_PACKAGES = ["facenet-pytorch==2.6.0", "requests", "urllib3", "idna", "certifi", "charset-normalizer"]
@@ -410,13 +410,9 @@ def benchmark(args) -> int:
             f"{k} {v['peak_mb']:.0f} vs {v['vmhwm_mb']:.0f}" for k, v in memory.items()))
     print(f"load average: start {load_start}, end {load_end}")
 
-    section = "\n".join([
-        f"## Face detection (issue 2) — {started.strftime('%Y-%m-%d %H:%M %Z')}",
-        "",
-        f"Command: `{command}` (repo root)",
-        "",
-        f"Machine: {machine_line(args.threads)}. Load average (1/5/15 min) at start {load_start}, "
-        f"at end {load_end} (shared machine).",
+    body = "\n".join([
+        f"Load average (1/5/15 min) at start {load_start}, at end {load_end} (shared machine). Command run "
+        "from the repo root.",
         "",
         f"{len(names)} photos of `../shared/data` ({', '.join(f'{f} {n}' for f, n, _, _ in per_folder)}). "
         f"Both detectors: thresholds {'/'.join(map(str, THRESHOLDS))}, factor {FACTOR}, per-photo minimum face "
@@ -433,9 +429,12 @@ def benchmark(args) -> int:
         f"Photos with a face unmatched at IoU >= {MATCH_IOU} (either way): {len(unmatched)}"
         + (f" ({', '.join(n for n, _, _ in unmatched)})" if unmatched else "") + ".",
     ])
-    if not args.no_write:
-        append_results(section, args.results)
-        print(f"appended to {args.results}")
+    when, machine = started.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine_line(args.threads)
+    if args.no_write:
+        print("\n" + render_result_section("Face detection", body, command, machine, when))
+    else:
+        write_result_section("Face detection", body, command, machine, args.results, when)
+        print(f"section 'Face detection' of {args.results} replaced")
     return 0
 
 
@@ -443,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = photo_benchmark_parser(__doc__, "torch.set_num_threads (default 2)", "skip the peak-RSS subprocesses")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
-                    help="markdown file to append to (default: benchmarks/RESULTS.md)")
+                    help="results file whose Face detection section is replaced (default: benchmarks/RESULTS.md)")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "facenet"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv

@@ -5,7 +5,8 @@ FERPlus FER2013Test (majority labels, 8-class and 3-class valence), and as cross
 CK+48 (all 981 images, 7 classes), JAFFE (68 images) and lfw-expressions (the held-out persons of
 the model's own run when it was trained there, else all 3,126 photos), each face cut the way the
 model's branch sees it at inference (non-aligned: the 48x48 file or MTCNN's square crop;
-aligned: MTCNN + 5-point alignment). Appends a table to benchmarks/RESULTS.md.
+aligned: MTCNN + 5-point alignment). Its table becomes the current section of that model, those
+sets and that flip setting in benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/face_accuracy.py --checkpoint src/groupmood/assets/face_nonaligned.safetensors
     .venv/bin/python benchmarks/face_accuracy.py --checkpoint runs/lfw_sphereface_compact/best.pt --sets lfw ckplus jaffe
@@ -16,7 +17,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from _common import REPO, loadavg, publish, section
+from _common import REPO, loadavg, publish_result, repo_path
 
 SETS = ("ferplus", "ckplus", "jaffe", "lfw")
 
@@ -80,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     table = ["| data (split) | faces | accuracy (its classes) | mean class accuracy | 3-class valence accuracy |",
              "|---|---:|---:|---:|---:|"]
     table += [f"| {w} | {n} | {a:.4f} | {m:.4f} | {v:.4f} |" for w, n, a, m, v in rows]
-    text = section(f"Face expression accuracy: `{cfg0['model']['name']}`", args.threads, load_start, [
-        f"Model: `{args.checkpoint}` (trained with `data.kind={cfg0['data'].get('kind')}`, "
+    name = (f"Face expression accuracy: `{repo_path(args.checkpoint)}` on {' '.join(args.sets)}"
+            f"{' with flip' if args.tta else ''}")
+    publish_result(name, args.threads, load_start, [
+        f"Model: `{args.checkpoint}`, {cfg0['model']['name']} (trained with `data.kind={cfg0['data'].get('kind')}`, "
         f"`root={cfg0['data'].get('root')}`, target {cfg0['data'].get('target')})",
         f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes; the "
         "data may lack some (CK+ has no neutral, JAFFE no contempt). Valence maps happiness to Positive, "
         "neutral to Neutral, surprise to Positive, the rest to Negative."
         + (" This model has a group-class head: each face's label is read as valence (`data.target: valence`: "
            "majority over the three valence classes, so the kept faces differ from the 8-class test's) and "
-           "its accuracy is the valence accuracy." if group_head else "")], table)
-    publish(text, not args.no_write)
+           "its accuracy is the valence accuracy." if group_head else "")], table, not args.no_write)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Evaluates one checkpoint or exported model on the held-out test photos of its own data config
 (by default the committed splits of ``configs/splits/global``: twitter-you2015 5-agree test
-photos, twitter-sentibank603, emotion6), centre crop + flip, and appends to benchmarks/RESULTS.md
-one row per set: photos, class balance, majority-class baseline, accuracy, mean class accuracy,
+photos, twitter-sentibank603, emotion6), centre crop + flip, and makes its table the current section
+of that model and split in benchmarks/RESULTS.md, one row per set: photos, class balance, majority-class baseline, accuracy, mean class accuracy,
 and the confusion matrix of all sets together. The data roots of the config are re-pointed at
 ``--shared`` so the numbers come from the same photos wherever the repo lives.
 
@@ -15,7 +15,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from _common import REPO, loadavg, publish, section
+from _common import REPO, loadavg, publish_result, repo_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"| **{report['accuracy']:.1%}** | {report['mean_class_accuracy']:.1%} |")
     rows += ["", f"Confusion matrix, all sets (rows true {', '.join(classes)}; columns predicted): "
                  f"`{report['confusion']}`. Files: {', '.join(report['files'].values())}."]
-    ckpt = args.checkpoint.resolve()
-    name = ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt
-    notes = [f"Model: `{name}` ({cfg['model']['name']}); split `{args.split}` of its own data config "
+    ckpt = repo_path(args.checkpoint)
+    notes = [f"Model: `{ckpt}` ({cfg['model']['name']}); split `{args.split}` of its own data config "
              f"(split files `{split_dir}`), centre crop + flip averaged."]
-    publish(section(f"Global model accuracy per set: `{cfg['model']['name']}`", args.threads, load_start, notes,
-                    rows), not args.no_write)
+    publish_result(f"Global model accuracy per set: `{ckpt}`, split {args.split}", args.threads, load_start, notes,
+                   rows, not args.no_write)
     return 0
 
 

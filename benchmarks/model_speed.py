@@ -2,7 +2,8 @@
 
 Each model is timed on random inputs of its own size: a few warm-up steps, then ``--steps``
 SGD steps (forward, loss, backward, update) at ``--batch`` and inference passes at
-``--infer-batch``. Prints a markdown table and appends it to benchmarks/RESULTS.md.
+``--infer-batch``. Prints a markdown table and makes it the current section of those ``--models``
+in benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/model_speed.py                      # every model
     .venv/bin/python benchmarks/model_speed.py --models 'resnet*_48,sphereface*' --steps 5
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from _common import loadavg, publish, section
+from _common import loadavg, publish_result
 
 
 def _time(fn, steps: int, warmup: int) -> float:
@@ -81,10 +82,9 @@ def main(argv: list[str] | None = None) -> int:
              % (args.batch, args.infer_batch), "|---|---|---|---:|---:|---:|"]
     table += [f"| {r['model']} | {r['family']} | {r['input']} | {r['params_m']:.3f} | {r['train_ips']:.1f} | "
               f"{r['infer_ips']:.1f} |" for r in rows]
-    text = section("Model throughput", args.threads, load_start, [
+    publish_result(f"Model throughput: `{args.models}` on {args.device}", args.threads, load_start, [
         f"Device {args.device}. Random inputs at each model's own size; SGD steps with cross-entropy; "
-        "BatchNorm in train mode (global models keep theirs frozen)."], table)
-    publish(text, not args.no_write)
+        "BatchNorm in train mode (global models keep theirs frozen)."], table, not args.no_write)
     return 0
 
 
