@@ -286,13 +286,13 @@ def test_concurrent_requests_get_their_own_records(tiny, photos):
 # --------------------------------------------------------------------------- page and command
 
 def test_page_is_self_contained_and_uses_the_report_style(client):
-    from groupmood.report import _CSS, LABEL_COLOURS
+    from groupmood.report import LABEL_COLOURS, REPORT_CSS
 
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     html = page.text.replace('"http://www.w3.org/2000/svg"', "")  # a namespace name, never fetched
-    assert _CSS in html and 'type="file"' in html and "multiple" in html
+    assert REPORT_CSS in html and 'type="file"' in html and "multiple" in html
     assert "#%02x%02x%02x" % LABEL_COLOURS["Positive"] in html
     for remote in ("http://", "https://", "src=\"//", "<link"):
         assert remote not in html, remote

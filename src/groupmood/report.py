@@ -26,7 +26,7 @@ from .labels import GROUP_CLASSES
 if TYPE_CHECKING:
     from .pipeline import GroupEmotionRecognizer, GroupResult
 
-__all__ = ["LABEL_COLOURS", "HtmlReport", "annotate", "describe_fusion", "draw_faces"]
+__all__ = ["LABEL_COLOURS", "REPORT_CSS", "HtmlReport", "annotate", "describe_fusion", "draw_faces"]
 
 #: RGB colour per group class for drawings and pages: Negative red, Neutral amber, Positive green.
 LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -99,7 +99,8 @@ def annotate(image: np.ndarray, result: GroupResult) -> np.ndarray:
 
 # --------------------------------------------------------------------------- HTML report
 
-_CSS = """
+#: The style sheet of the report page, shared with the serve page.
+REPORT_CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 .photo{display:flex;gap:1.2em;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:1em;margin-bottom:1.2em;flex-wrap:wrap}
@@ -218,7 +219,7 @@ class HtmlReport:
             err = f'<h2 class="error">Skipped files</h2><ul class="error">{items}</ul>'
         title = html.escape(self.title)
         return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-                f'<style>{_CSS}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>'
+                f'<style>{REPORT_CSS}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>'
                 f'<p class="muted">{html.escape(settings)}</p>{err}{"".join(self._blocks)}</body></html>\n')
 
     def write(self, path: str | Path, summary: str = "", settings: str = "",

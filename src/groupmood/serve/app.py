@@ -40,8 +40,7 @@ from ..errors import ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, load_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, GroupResult, read_bundle
-from ..report import _CSS as REPORT_CSS
-from ..report import LABEL_COLOURS
+from ..report import LABEL_COLOURS, REPORT_CSS
 
 __all__ = ["ServeLimits", "create_app", "page_html", "get_labeller"]
 
