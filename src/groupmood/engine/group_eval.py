@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..calibration import calibrate_rows
-from ..data.groups import SOURCE_KINDS
+from ..data.groups import SOURCE_KINDS, read_emotion6, read_gaf, read_image_csv, read_sentibank, read_you2015
 from ..errors import DatasetError
 from ..fusion import fuse_rows, parse_pooling, pool, pooling_name, write_scores
 from ..images import DEFAULT_MAX_PIXELS, load_batches
@@ -54,10 +54,8 @@ def read_group_items(path: str | Path, kind: str = "auto", split: str | None = N
     unless it holds ``labels.csv``, and a file as a ``path,label`` CSV. ``split`` keeps the photos
     of one of the dataset's own splits (GAF split folders, a CSV ``split`` column).
     """
-    from ..data import groups
-
-    readers = {"gaf": groups.read_gaf, "image_csv": groups.read_image_csv, "twitter_you2015": groups.read_you2015,
-               "twitter_sentibank603": groups.read_sentibank, "emotion6": groups.read_emotion6}
+    readers = {"gaf": read_gaf, "image_csv": read_image_csv, "twitter_you2015": read_you2015,
+               "twitter_sentibank603": read_sentibank, "emotion6": read_emotion6}
     p = Path(path)
     if kind == "auto":
         kind = "gaf" if p.is_dir() and not (p / "labels.csv").is_file() else "image_csv"
