@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_engine import _write_faces
 
 from groupmood.config import load_config
 from groupmood.engine.train import EpochBatchSampler, EpochDistributedSampler, train
 from groupmood.errors import ConfigError
-
-from test_engine import _write_faces
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -46,7 +45,7 @@ def _torchrun_argv(nproc: int, run: Path, *sets: str, resume: bool = False) -> l
 
 def _torchrun(nproc: int, run: Path, *sets: str, resume: bool = False) -> subprocess.CompletedProcess:
     proc = subprocess.run(_torchrun_argv(nproc, run, *sets, resume=resume), env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
+                          text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -62,6 +61,18 @@ def _rows(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
     return _write_faces(tmp_path_factory.mktemp("dfaces") / "set")
+
+
+def _sets(faces: Path) -> list[str]:
+    """The 2-process recipe of both torchrun tests: tiny model, augmentation on, frozen BatchNorm."""
+    return [f"data.root={faces}", "train.epochs=6", "train.ckpt_every=1", "train.batchnorm=frozen"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(faces, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted 2-process run (global batch 8 = 2 x 4)."""
+    run = tmp_path_factory.mktemp("two") / "run"
+    return run, _torchrun(2, run, *_sets(faces))
 
 
 # --------------------------------------------------------------------------- sampler (no processes)
@@ -100,25 +111,24 @@ def test_single_process_batchnorm_option(faces, tmp_path):
 # --------------------------------------------------------------------------- torchrun
 
 @pytest.mark.slow
-def test_two_processes_train_as_one(faces, tmp_path):
+def test_two_processes_train_as_one(faces, tmp_path, two_processes):
     """Same global batch (8 = 2 x 4), augmentation on, frozen BatchNorm: same losses and weights."""
-    sets = [f"data.root={faces}", "train.epochs=3", "train.batchnorm=frozen"]
-    one = train(load_config(TINY, [*sets, "device=cpu"]), tmp_path / "one")
-    proc = _torchrun(2, tmp_path / "two", *sets)
+    two, proc = two_processes
+    one = train(load_config(TINY, [*_sets(faces), "device=cpu"]), tmp_path / "one")
     assert proc.stdout.count("finished at step") == 1  # rank 0 alone prints
-    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
-    assert len(a) == 3 and [r["step"] for r in a] == [r["step"] for r in b]
+    a, b = _rows(tmp_path / "one"), _rows(two)
+    assert len(a) == 6 and [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5, abs=1e-6)
         assert rb["train_acc"] == ra["train_acc"] and rb["val_acc"] == ra["val_acc"]
-    wa, wb = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    wa, wb = _weights(tmp_path / "one" / "last.pt"), _weights(two / "last.pt")
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    scaling = json.loads((tmp_path / "two" / "scaling.json").read_text())
+    scaling = json.loads((two / "scaling.json").read_text())
     assert scaling["world_size"] == 2 and scaling["backend"] == "gloo"
     assert scaling["batch_size_per_process"] == 4 and scaling["effective_batch_size"] == 8
-    assert one["finished"] and (tmp_path / "two" / "model.safetensors").is_file()
+    assert one["finished"] and (two / "model.safetensors").is_file()
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:
@@ -141,11 +151,11 @@ def _worker_pids(launcher: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc (Linux)")
-def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path):
-    """SIGKILL rank 1 after the first checkpoint; torchrun stops rank 0; --resume ends where an
-    uninterrupted 2-process run ends, bit for bit (default BatchNorm: each process's own batch)."""
-    sets = [f"data.root={faces}", "train.epochs=6", "train.ckpt_every=1"]
-    _torchrun(2, tmp_path / "whole", *sets)
+def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path, two_processes):
+    """SIGKILL rank 1 after the first checkpoint; torchrun stops rank 0; --resume ends where the
+    uninterrupted 2-process run ends, bit for bit."""
+    whole, _ = two_processes
+    sets = _sets(faces)
 
     run = tmp_path / "killed"
     launcher = subprocess.Popen(_torchrun_argv(2, run, *sets), env=_env(), stdout=subprocess.PIPE,
@@ -164,13 +174,13 @@ def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path):
             launcher.wait()
     assert launcher.returncode != 0, out[-3000:]
     stopped = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    total = torch.load(tmp_path / "whole" / "last.pt", map_location="cpu", weights_only=True)["step"]
+    total = torch.load(whole / "last.pt", map_location="cpu", weights_only=True)["step"]
     assert 1 <= stopped["step"] < total, (stopped["step"], total)
 
     proc = _torchrun(2, run, *sets, resume=True)
     assert f"step {stopped['step']}" in proc.stdout
-    wa, wb = _weights(tmp_path / "whole" / "last.pt"), _weights(run / "last.pt")
+    wa, wb = _weights(whole / "last.pt"), _weights(run / "last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    drop = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}  # noqa: E731
-    assert [drop(r) for r in _rows(tmp_path / "whole")] == [drop(r) for r in _rows(run)]
+    drop = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}
+    assert [drop(r) for r in _rows(whole)] == [drop(r) for r in _rows(run)]
     assert np.isfinite([r["train_loss"] for r in _rows(run)]).all()

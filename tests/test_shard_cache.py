@@ -57,7 +57,7 @@ def test_interrupted_shard_redoes_only_its_unfinished_images(tmp_path, astronaut
     paths = _photos(tmp_path, astronaut, coffee)
     cache = FaceCache(tmp_path / "c")
     cache.build(paths, detector=detector, shard_size=1, progress=False, shard=Shard(0, 2))  # images 0, 2, 4
-    last = sorted(cache.dir.glob("part-0-of-2-*.npz"))[-1]
+    last = max(cache.dir.glob("part-0-of-2-*.npz"))
     last.unlink()  # a kill before the last shard file was written
     (cache.dir / "part-0-of-2.done").unlink()
     again = FaceCache(tmp_path / "c").build(paths, detector=detector, shard_size=1, progress=False,

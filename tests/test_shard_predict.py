@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_kill_resume import _photos
+from test_pipeline import _bundle
 
 from groupmood.cli import main
 from groupmood.shard import Shard, merge_predictions, parse_shard, shard_output
-
-from test_kill_resume import _photos
-from test_pipeline import _bundle
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..errors import ConfigError
 
 _SET_HELP = "Override a config value, e.g. --set train.epochs=3 --set data.root=../shared/data/ferplus (repeatable)."
 

@@ -48,10 +48,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 from tqdm.auto import tqdm
 
 from ..config import dump_config, load_config
-from ..io import atomic_write
-from ..errors import ConfigError
 from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
+from ..errors import ConfigError
+from ..io import atomic_write
 from ..losses import class_balanced_weights
 from . import distributed as dist_
 from .evaluate import classification_report, load_model, predict
@@ -247,8 +247,6 @@ class Trainer:
 
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
                  resume: bool = False) -> None:
-        from ..models import model_info
-
         self.cfg = dict(cfg)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device or self.cfg.get("device"))
@@ -614,7 +612,7 @@ class Trainer:
                 n = len(y)
                 if self.dist.enabled:  # the global batch's sums, so that every process holds the same state
                     loss, correct, n = dist_.sum_counts(self.dist, [loss, correct, n], self.device)
-                    correct, n = int(round(correct)), int(round(n))
+                    correct, n = round(correct), round(n)
                 st.loss_sum, st.correct, st.seen = st.loss_sum + loss, st.correct + correct, st.seen + n
                 st.batch_in_epoch += 1
                 st.step += 1
