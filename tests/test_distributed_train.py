@@ -35,16 +35,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun_argv(nproc: int, run: Path, *sets: str, resume: bool = False) -> list[str]:
+def _torchrun_argv(nproc: int, run: Path, *sets: str, resume: bool = False, device: str = "cpu") -> list[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "groupmood.cli", "train", str(TINY), "--out", str(run), "--device", "cpu"]
+            "-m", "groupmood.cli", "train", str(TINY), "--out", str(run), "--device", device]
     for s in sets:
         argv += ["--set", s]
     return argv + (["--resume"] if resume else [])
 
 
-def _torchrun(nproc: int, run: Path, *sets: str, resume: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_torchrun_argv(nproc, run, *sets, resume=resume), env=_env(), capture_output=True,
+def _torchrun(nproc: int, run: Path, *sets: str, resume: bool = False,
+              device: str = "cpu") -> subprocess.CompletedProcess:
+    proc = subprocess.run(_torchrun_argv(nproc, run, *sets, resume=resume, device=device), env=_env(),
+                          capture_output=True,
                           text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -106,6 +108,17 @@ def test_single_process_batchnorm_option(faces, tmp_path):
     assert "lr_rule" in scaling
     with pytest.raises(ConfigError, match="batch, sync, frozen"):
         train(load_config(TINY, [f"data.root={faces}", "device=cpu", "train.batchnorm=local"]), tmp_path / "bad")
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused(faces, tmp_path, monkeypatch):
+    """torch's SyncBatchNorm runs on GPUs only: asking for it with CPU processes says what to use instead."""
+    from groupmood.engine import distributed
+
+    monkeypatch.setattr(distributed, "requested", lambda: True)
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.DistInfo(0, 2, 0, "gloo"))
+    cfg = load_config(TINY, [f"data.root={faces}", "device=cpu", "train.batchnorm=sync"])
+    with pytest.raises(ConfigError, match="needs CUDA.*batch.*frozen"):
+        train(cfg, tmp_path / "run")
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -184,3 +197,18 @@ def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path, two_processes)
     drop = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}
     assert [drop(r) for r in _rows(whole)] == [drop(r) for r in _rows(run)]
     assert np.isfinite([r["train_loss"] for r in _rows(run)]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL and SyncBatchNorm: needs 2 GPUs")
+def test_two_gpus_with_sync_batchnorm_train_as_one(faces, tmp_path):
+    """SyncBatchNorm normalises by the global batch: 2 GPUs give one GPU's losses and weights (GPU rounding)."""
+    sets = [f"data.root={faces}", "train.epochs=3", "train.batchnorm=sync", "train.amp=false"]
+    train(load_config(TINY, [*sets, "device=cuda"]), tmp_path / "one")
+    _torchrun(2, tmp_path / "two", *sets, device="cuda")
+    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-3)
+    wa, wb = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4, msg=k)
+    assert json.loads((tmp_path / "two" / "scaling.json").read_text())["backend"] == "nccl"
