@@ -6,6 +6,7 @@ import sys
 import click
 from tqdm import tqdm
 
+from ..data import SPLITS
 from ..engine.group_eval import EVAL_SET_KINDS, evaluate_groups, format_tables, read_group_items
 from .common import build_detector, detector_options
 from .predict import fusion_options, load_recognizer
@@ -15,7 +16,7 @@ from .predict import fusion_options, load_recognizer
 @click.argument("data")
 @click.option("--kind", type=click.Choice(EVAL_SET_KINDS), default="auto", show_default=True,
               help="Dataset layout: auto = GAF-style folder, or a CSV path,label (a folder with labels.csv).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+@click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Evaluate one of the dataset's own splits (GAF split folders / CSV split column).")
 @click.option("--bundle", default=None, type=click.Path(dir_okay=False),
               help="Bundle YAML. Default: the shipped groupmood/assets/bundle.yaml.")
