@@ -1,6 +1,20 @@
 """Acceptance benchmark of ``groupmood predict`` against the ``fer`` package's ``FER(mtcnn=True)``.
 
-On the photos of ``benchmarks/detect.py`` (``../shared/data``: voc-faces, gaf-samples, wider-val-200,
+**Whole process** (the default table; issue 14): each photo set goes through one ``groupmood predict``
+process per backend (``--backend onnxruntime``, ``--backend torch``; default options otherwise: batches of
+8 within the pixel budget, JPEG draft decoding) and through one fer worker process per fer release,
+timed from start to exit (imports, model load, decoding and every photo), with the process's own peak
+RSS (``os.wait4``'s ``ru_maxrss``), faces found, photos per second, and whether the two backends give
+every photo the same label. Photo sets: the 228 benchmark photos below; ``multiemova-dev`` (127 group
+photos up to 1024 px); and 8 photos of about 24 MP made once by upscaling real gaf-samples photos
+(bicubic, JPEG quality 90) into the git-ignored ``runs/bench-24mp`` (named ``upscaled-24mp-*.jpg``).
+Files are read once before timing (page cache warm for everyone), and the ONNX files are exported
+once before timing (``groupmood export --format onnx``, as ``scripts/setup.sh`` does). Targets:
+groupmood (ONNX Runtime) >= 2x fer 25.10.3's photos/s on the 228 photos and >= 1.5x on the large
+sets, peak RSS <= 1 GB on every set. ONNX Runtime's settings (threads, spinning) are printed with
+the table; torch keeps its default threads.
+
+**In loop** (``--in-loop``, the earlier table): on the photos of ``benchmarks/detect.py`` (``../shared/data``: voc-faces, gaf-samples, wider-val-200,
 misc-group; 228 in all), in one run it measures, per photo set and overall:
 
 * seconds per photo (mean, median) of groupmood's default bundle called as ``groupmood predict``
@@ -44,7 +58,9 @@ fer subprocesses put those folders on ``sys.path``, so groupmood is measured wit
 own OpenCV; they import torch and torchvision.ops before fer (tensorflow imported first crashes
 the process).
 
-    .venv/bin/python benchmarks/predict.py                          # all 228 photos, about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/predict.py --fer 25.10.3 --no-write # whole-process table, all sets
+    .venv/bin/python benchmarks/predict.py --fer 25.10.3 --limit 4 --no-write --large 2   # smoke test
+    .venv/bin/python benchmarks/predict.py --in-loop                # also the in-loop table, all fer releases
     .venv/bin/python benchmarks/predict.py --limit 3 --no-write     # quick check, prints only
     .venv/bin/python benchmarks/predict.py --fer 22.5.1             # one fer release only
 """
@@ -387,9 +403,142 @@ def tables(t: Timings, sets: dict[str, Timings], peers: list[str], ready: dict[s
     return out + ["", "Targets:", ""] + target + ["", "Per photo set:", ""] + per_set
 
 
+# ---------------------------------------------------------------------------------------- whole process
+
+LARGE = REPO / "runs" / "bench-24mp"
+GiB = 2**30
+RSS_WHOLE_TARGET = 1e9  # bytes: "peak RSS <= 1 GB"
+
+
+def make_24mp(shared: Path, n: int) -> list[Path]:
+    """``n`` photos of about 24 MP: real gaf-samples JPEGs upscaled (bicubic) to 24 MP, made once in runs/."""
+    from PIL import Image
+
+    LARGE.mkdir(parents=True, exist_ok=True)
+    srcs = sorted(p for p in (shared / "gaf-samples").iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
+    out = []
+    for src in srcs:
+        dst = LARGE / f"upscaled-24mp-{src.stem}.jpg"
+        if not dst.exists():
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                k = (24e6 / (im.width * im.height)) ** 0.5
+                im.resize((round(im.width * k), round(im.height * k)), Image.Resampling.BICUBIC).save(dst, quality=90)
+        out.append(dst)
+    return out
+
+
+def photo_sets(shared: Path, limit: int | None, n_large: int) -> dict[str, list[Path]]:
+    """The photo sets of the whole-process table, each in a fixed order."""
+    from groupmood.images import iter_image_paths
+
+    sets = {"benchmark photos": [p for _, p in photo_paths(shared, limit)]}
+    emova = shared / "multiemova-dev"
+    if emova.is_dir():
+        sets["multiemova-dev"] = list(iter_image_paths([emova]))[:limit]
+    if n_large:
+        sets["24 MP (upscaled gaf-samples)"] = make_24mp(shared, n_large)
+    return sets
+
+
+def run_ours(paths: list[Path], backend: str, out: Path) -> dict:
+    """One whole ``groupmood predict`` process on ``paths``: wall seconds, its peak RSS, faces and labels."""
+    cmd = [sys.executable, "-m", "groupmood.cli", "predict", *map(str, paths), "--backend", backend,
+           "-o", str(out), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    records = [json.loads(ln) for ln in out.read_text().splitlines()] if out.exists() else []
+    if proc.returncode not in (0, 1) or not records:
+        raise SystemExit(f"groupmood predict --backend {backend} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return {"s": wall, "rss": usage.ru_maxrss * 1024, "faces": sum(r.get("n_faces", 0) for r in records),
+            "labels": {r["file"]: r.get("label") for r in records}, "n": len(records)}
+
+
+def run_fer(paths: list[Path], threads: int, peer: FerPeer) -> dict:
+    """One whole fer worker process on ``paths`` (start, imports, model, every photo, exit)."""
+    t0 = time.perf_counter()
+    client = FerClient(threads, peer)
+    faces = 0
+    for p in paths:
+        answer = client.ask({"path": str(p)})
+        faces += answer.get("faces", 0)
+    mem = client.close()
+    return {"s": time.perf_counter() - t0, "rss": mem["peak_mb"] * 2**20, "faces": faces, "n": len(paths)}
+
+
+def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
+    """The whole-process table and its notes."""
+    from groupmood.runtime import settings
+
+    shared = args.shared.resolve()
+    sets = photo_sets(shared, args.limit, args.large)
+    subprocess.run([sys.executable, "-m", "groupmood.cli", "export", "--format", "onnx"], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    fer_names_ = [p.name for p in peers]
+    head = ("| Photos | n | groupmood onnxruntime: s (photos/s) | faces | peak RSS | groupmood torch: s (photos/s) | "
+            "faces | peak RSS | same label (ort vs torch) | "
+            + " | ".join(f"fer {n}: s (photos/s) | faces | peak RSS | onnxruntime vs fer {n}" for n in fer_names_)
+            + " |")
+    table = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (4 * len(peers))]
+    checks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, paths in sets.items():
+            for p in paths:
+                p.read_bytes()  # page cache warm for every process
+            print(f"{name}: {len(paths)} photos; load average {loadavg()}", flush=True)
+            ort = run_ours(paths, "onnxruntime", Path(tmp) / f"{name}-ort.jsonl")
+            print(f"  groupmood onnxruntime {ort['s']:.1f} s, {ort['faces']} faces", flush=True)
+            tor = run_ours(paths, "torch", Path(tmp) / f"{name}-torch.jsonl")
+            print(f"  groupmood torch {tor['s']:.1f} s, {tor['faces']} faces", flush=True)
+            fers = {}
+            for peer in peers:
+                fers[peer.name] = run_fer(paths, args.threads, peer)
+                print(f"  fer {peer.name} {fers[peer.name]['s']:.1f} s, {fers[peer.name]['faces']} faces", flush=True)
+            same = sum(ort["labels"][f] == tor["labels"].get(f) for f in ort["labels"])
+            n = len(paths)
+
+            def cell(r: dict) -> list[str]:
+                return [f"{r['s']:.1f} ({n / r['s']:.2f})", str(r["faces"]), f"{r['rss'] / 2**20:.0f} MiB"]
+
+            row = [name, str(n), *cell(ort), *cell(tor), f"{same} of {len(ort['labels'])}"]
+            for peer in peers:
+                f = fers[peer.name]
+                row += [*cell(f), f"{f['s'] / ort['s']:.2f}x"]
+            table.append("| " + " | ".join(row) + " |")
+            target = 2.0 if name == "benchmark photos" else 1.5
+            if "25.10.3" in fers:
+                speed = fers["25.10.3"]["s"] / ort["s"]
+                checks.append(f"{name}: onnxruntime {speed:.2f}x fer 25.10.3 (target {target:g}x): "
+                              f"{yes(speed >= target)}; peak RSS {ort['rss'] / 2**20:.0f} MiB <= 1 GB: "
+                              f"{yes(ort['rss'] <= RSS_WHOLE_TARGET)}; same labels as torch: "
+                              f"{yes(same == len(ort['labels']))}")
+    notes = [f"Whole process, each set in one process per backend / fer release: `groupmood predict PATHS "
+             f"--backend B -o FILE` with the default options; fer {', '.join(fer_names_)} `FER(mtcnn=True)` "
+             f"in one worker process per set (torch / tensorflow threads {args.threads}).",
+             f"ONNX Runtime: {settings().describe()}; torch threads: its default.",
+             "Targets: " + "; ".join(checks) if checks else "Targets: fer 25.10.3 not measured."]
+    return table, notes
+
+
 # ---------------------------------------------------------------------------------------- main
 
 def benchmark(args) -> int:
+    peers = [PEERS[name] for name in args.fer]
+    ensure_fer(peers)
+    load_start = loadavg()
+    table, notes = whole_process(args, peers)
+    print("\n".join(table))
+    print("\n".join(notes))
+    publish(section("groupmood predict vs fer, whole process", args.threads, load_start, notes, table),
+            not args.no_write)
+    return in_loop(args) if args.in_loop else 0
+
+
+def in_loop(args) -> int:
     shared = args.shared.resolve()
     load_start = loadavg()
     peers = [PEERS[name] for name in args.fer]
@@ -535,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "skip groupmood's peak-RSS subprocesses")
     ap.add_argument("--fer", type=fer_names, default=list(PEERS),
                     help=f"fer releases to measure, comma-separated (default: all of {', '.join(PEERS)})")
+    ap.add_argument("--large", type=int, default=8, help="24 MP photos made by upscaling real ones (default 8)")
+    ap.add_argument("--in-loop", action="store_true",
+                    help="also the in-loop table (models loaded first, calls timed alone)")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "fer"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker == "fer":
