@@ -6,8 +6,8 @@ process per backend (``--backend onnxruntime``, ``--backend torch``; default opt
 timed from start to exit (imports, model load, decoding and every photo), with the process's own peak
 RSS (``os.wait4``'s ``ru_maxrss``), faces found, photos per second, and whether the two backends give
 every photo the same label. Photo sets: the 228 benchmark photos below; ``multiemova-dev`` (127 group
-photos up to 1024 px); and 8 photos of about 24 MP made once by upscaling real gaf-samples photos
-(bicubic, JPEG quality 90) into the git-ignored ``runs/bench-24mp`` (named ``upscaled-24mp-*.jpg``).
+photos up to 1024 px); and 8 photos of about 24 MP made once by upscaling real multiemova-dev photos
+(every 16th; bicubic, JPEG quality 90) into the git-ignored ``runs/bench-24mp`` (named ``upscaled-24mp-*.jpg``).
 Files are read once before timing (page cache warm for everyone), and the ONNX files are exported
 once before timing (``groupmood export --format onnx``, as ``scripts/setup.sh`` does). Targets:
 groupmood (ONNX Runtime) >= 2x fer 25.10.3's photos/s on the 228 photos and >= 1.5x on the large
@@ -411,11 +411,12 @@ RSS_WHOLE_TARGET = 1e9  # bytes: "peak RSS <= 1 GB"
 
 
 def make_24mp(shared: Path, n: int) -> list[Path]:
-    """``n`` photos of about 24 MP: real gaf-samples JPEGs upscaled (bicubic) to 24 MP, made once in runs/."""
+    """``n`` photos of about 24 MP: real group photos (multiemova-dev JPEGs, every 16th) upscaled (bicubic) to
+    24 MP, made once in runs/."""
     from PIL import Image
 
     LARGE.mkdir(parents=True, exist_ok=True)
-    srcs = sorted(p for p in (shared / "gaf-samples").iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
+    srcs = sorted((shared / "multiemova-dev").rglob("*.jpg"))[::16][:n]
     out = []
     for src in srcs:
         dst = LARGE / f"upscaled-24mp-{src.stem}.jpg"
@@ -437,7 +438,7 @@ def photo_sets(shared: Path, limit: int | None, n_large: int) -> dict[str, list[
     if emova.is_dir():
         sets["multiemova-dev"] = list(iter_image_paths([emova]))[:limit]
     if n_large:
-        sets["24 MP (upscaled gaf-samples)"] = make_24mp(shared, n_large)
+        sets["24 MP (multiemova-dev upscaled)"] = make_24mp(shared, n_large)
     return sets
 
 

@@ -197,7 +197,8 @@ def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             full = img.size
             k = reduction(*full, min_short_side)
             if k > 1 and img.format == "JPEG":
-                img.draft(img.mode, (-(-full[0] // k), -(-full[1] // k)))  # libjpeg scales 1/k while decoding
+                # libjpeg scales by 1/k while decoding (to ceil(size / k)); PIL picks k from size // request
+                img.draft(img.mode, (full[0] // k, full[1] // k))
             _check_size(p, img, max_pixels)
             img.load()
             _check_finite(p, img)
