@@ -46,6 +46,9 @@ def test_jpeg_draft_decodes_fewer_pixels(tmp_path, astronaut):
     assert small.pixels.shape == (512, 512, 3) and (small.width, small.height) == (2048, 2048)
     assert small.scale == (4.0, 4.0)
     assert np.array_equal(load_image(p), full.pixels)
+    odd = tmp_path / "odd.jpg"
+    Image.fromarray(astronaut).resize((2047, 2049)).save(odd, quality=90)  # not a multiple of 2: still 1/2
+    assert load_photo(odd, min_short_side=960).pixels.shape == (1025, 1024, 3)
 
 
 def test_draft_keeps_boxes_within_2px(tmp_path, astronaut, detector):
