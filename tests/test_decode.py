@@ -158,3 +158,18 @@ def test_draft_on_real_photos_upscaled(tmp_path, detector):
 def test_photo_of():
     px = np.zeros((3, 4, 3), np.uint8)
     assert Photo.of(px).scale == (1.0, 1.0) and (Photo.of(px).width, Photo.of(px).height) == (4, 3)
+
+
+@pytest.mark.shared
+def test_benchmark_photos_are_decoded_in_full():
+    """The 228 benchmark photos (and multiemova-dev) are at most 1024 px: the rule (960 px on the shorter side
+    for the shipped bundle) decodes every one in full, so their labels cannot change."""
+    from groupmood.images import iter_image_paths
+
+    folders = [shared_path(f) for f in ("voc-faces", "gaf-samples", "wider-val-200", "misc-group", "multiemova-dev")]
+    n = 0
+    for p in iter_image_paths(folders):
+        with Image.open(p) as im:
+            assert reduction(*im.size, 960) == 1, p
+        n += 1
+    assert n >= 228
