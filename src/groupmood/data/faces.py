@@ -683,7 +683,7 @@ def build_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: Se
     aug, seed = cfg["aug"], int(cfg.get("seed", 0))
     per_image = None
     if aug.get("enabled", True) and not aug.get("batched", True):
-        per_image = train_transform(info.family, aug)
+        per_image = train_transform(info, aug)
 
     def make(images: np.ndarray, targets: np.ndarray, names: np.ndarray, split: str,
              sample_labels: bool = False) -> FaceDataset:

@@ -154,7 +154,7 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
                            "replace them or remove them from their label file / folder")
 
     aug, cfg_seed = cfg["aug"], int(cfg.get("seed", 0))
-    per_image = train_transform(info.family, aug) if aug.get("enabled", True) and not aug.get("batched", True) \
+    per_image = train_transform(info, aug) if aug.get("enabled", True) and not aug.get("batched", True) \
         else None
     datasets: dict[str, GroupFaceDataset] = {}
     counts: dict[str, dict[str, Any]] = {}

@@ -56,9 +56,10 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DatasetError, ImageLoadError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import GROUP_CLASSES
+from ..models.registry import FAMILY_RECIPES
 from . import SPLITS, DataBundle
 from .faces import group_split, split_indices, write_split
-from .transforms import GLOBAL_RESIZE, eval_transform, seeded_call, train_transform
+from .transforms import eval_transform, seeded_call, train_transform
 
 __all__ = [
     "IMAGE_DATA_KINDS", "SOURCE_KINDS", "GroupImageDataset", "ImageTable", "build_group_data", "chosen_classes", "decode_images",
@@ -387,7 +388,7 @@ def _decode_one(path: Path, short_side: int) -> Tensor:
     return TF.resize(t, [short_side], antialias=True).contiguous()
 
 
-def decode_images(paths: Sequence[Path], short_side: int = GLOBAL_RESIZE, workers: int = 0,
+def decode_images(paths: Sequence[Path], short_side: int = FAMILY_RECIPES["global"]["resize"], workers: int = 0,
                   progress: bool = True, desc: str = "decode") -> list[Tensor]:
     """Decode each file (content sniffed, EXIF applied) to a (3, H, W) uint8 tensor, shorter side ``short_side``.
 
@@ -510,8 +511,8 @@ def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: S
         names = [f"{t.source}:{t.names[i]}" for t, idx in parts[s] for i in idx]
         sources = [t.source for t, idx in parts[s] for _ in idx]
         targets = np.asarray([classes.index(t.labels[i]) for t, idx in parts[s] for i in idx], dtype=np.int64)
-        transform = train_transform(info.family, aug) if s == "train" else eval_transform(info.family)
-        images = decode_images(paths, GLOBAL_RESIZE, workers, progress, desc=f"decode {s}")
+        transform = train_transform(info, aug) if s == "train" else eval_transform(info)
+        images = decode_images(paths, info.resize, workers, progress, desc=f"decode {s}")
         datasets[s] = GroupImageDataset(images, targets, classes, names, sources, transform, cfg_seed)
         per_source = "; ".join(f"{src} " + " ".join(f"{c[:3]} {n}" for c, n in cc.items())
                                for src, cc in counts[s].items())

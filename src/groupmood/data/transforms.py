@@ -1,14 +1,14 @@
-"""Per-family image transforms and normalisation constants.
+"""Image transforms derived from each model's input recipe (timm's ``resolve_data_config`` idea).
 
-Families (``groupmood.models.model_info(name).family``):
+A model's recipe (:class:`~groupmood.models.registry.ModelInfo`: input size, channels, mean / std,
+crop, resize, flip; stored once in the registry entry and in every exported weight file) is the only
+source of these transforms: pass the ModelInfo, or a family name for the family's recipe
+(:data:`~groupmood.models.registry.FAMILY_RECIPES`):
 
 - ``face_aligned``: RGB 112 high x 96 wide SphereFace crops, pixels ``(x - 127.5) / 128``.
 - ``face_nonaligned``: grey 48 x 48 crops, mean 0.5 / std 0.5 on [0, 1], i.e. ``(x - 127.5) / 127.5``.
 - ``global``: RGB whole images, 224 x 224 crops of images whose shorter side is 256; ImageNet
   mean / std unless the model registers its own (EfficientNet-Lite: ``(x - 127) / 128``).
-
-A model's own constants (``ModelInfo.mean`` / ``.std``) win over its family's: pass the
-:class:`~groupmood.models.registry.ModelInfo` to :func:`normalize` rather than the family name.
 
 Face datasets are fitted to the model's size once, at load time (:func:`fit_face`), so training
 works on uint8 arrays already at size. The FERPlus reference augmentation (shift 8 %, zoom 1.05,
@@ -31,47 +31,34 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-__all__ = ["GLOBAL_CROP", "GLOBAL_RESIZE", "NORMALIZATION", "BatchAffine", "batch_augment", "eval_transform",
-           "fit_face", "global_eval_views", "input_stats", "normalize", "seeded_call", "train_transform"]
+from ..models.registry import ModelInfo, family_info
 
-#: Global branch: shorter side resized to GLOBAL_RESIZE, then GLOBAL_CROP x GLOBAL_CROP crops.
-GLOBAL_RESIZE = 256
-GLOBAL_CROP = 224
+__all__ = ["BatchAffine", "batch_augment", "center_crop", "eval_transform", "fit_face", "global_eval_views",
+           "input_stats", "normalize", "recipe_of", "seeded_call", "train_transform"]
 
-#: (mean, std) per channel in 0..255 pixel units, per model family.
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "face_aligned": ((127.5, 127.5, 127.5), (128.0, 128.0, 128.0)),
-    "face_nonaligned": ((127.5,), (127.5,)),
-    "global": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-}
+Spec = ModelInfo | str
 
 
-def _stats(family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    try:
-        return NORMALIZATION[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(NORMALIZATION)}") from None
+def recipe_of(spec: Spec) -> ModelInfo:
+    """The input recipe of a ModelInfo (itself) or of a family name (the family's recipe)."""
+    return family_info(spec) if isinstance(spec, str) else spec
 
 
-def input_stats(spec: str | Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) in 0..255 units of a family name, or of a ModelInfo (its own constants first)."""
-    if isinstance(spec, str):
-        return _stats(spec)
-    mean, std = getattr(spec, "mean", None), getattr(spec, "std", None)
-    if mean is not None and std is not None:
-        return tuple(mean), tuple(std)
-    return _stats(spec.family)
+def input_stats(spec: Spec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in 0..255 units of a model's recipe (a ModelInfo, or a family name)."""
+    info = recipe_of(spec)
+    return tuple(info.mean), tuple(info.std)
 
 
-def normalize(x: Tensor, family: str | Any) -> Tensor:
+def normalize(x: Tensor, spec: Spec) -> Tensor:
     """(B, C, H, W) pixels in 0..255 (uint8 or float) -> float32 network input.
 
-    ``family`` is a family name or a model's ModelInfo (whose own mean / std, if any, are used).
+    ``spec`` is a model's ModelInfo (its recipe's mean / std) or a family name.
     """
-    mean, std = input_stats(family)
+    info = recipe_of(spec)
+    mean, std = info.mean, info.std
     if x.shape[1] != len(mean):
-        name = family if isinstance(family, str) else getattr(family, "name", family)
-        raise ValueError(f"{name} inputs have {len(mean)} channel(s), got a batch of shape {tuple(x.shape)}")
+        raise ValueError(f"{info.name} inputs have {len(mean)} channel(s), got a batch of shape {tuple(x.shape)}")
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     return (x.float() - m) / s
@@ -181,21 +168,21 @@ def batch_augment(aug: Mapping[str, Any]) -> BatchAffine | None:
     return BatchAffine(aug["degrees"], aug["translate"], aug["scale"], aug["shear"], aug["hflip"])
 
 
-def train_transform(family: str, aug: Mapping[str, Any]) -> v2.Transform:
-    """Per-image training transform on uint8 (C, H, W) tensors (torchvision v2).
+def train_transform(spec: Spec, aug: Mapping[str, Any]) -> v2.Transform:
+    """Per-image training transform on uint8 (C, H, W) tensors (torchvision v2), from the model's recipe.
 
     Faces: the FERPlus reference recipe as ``RandomAffine`` + ``RandomHorizontalFlip`` (the skew
-    factor becomes a shear angle of atan(skew)). Global images: shorter side 256, random 224 crop,
-    flip (the slides' recipe).
+    factor becomes a shear angle of atan(skew)). Whole images (``center`` crop): shorter side to the
+    recipe's ``resize``, random crop of its input size, flip (the slides' recipe).
     """
-    _stats(family)
-    if family == "global":
+    info = recipe_of(spec)
+    if info.crop == "center":
         if aug.get("global_strong", False):  # scale and colour as well: for fine-tuning the whole trunk
-            return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True),
-                               v2.RandomResizedCrop(GLOBAL_CROP, scale=(0.35, 1.0), antialias=True),
+            return v2.Compose([v2.Resize(info.resize, antialias=True),
+                               v2.RandomResizedCrop(list(info.input_size), scale=(0.35, 1.0), antialias=True),
                                v2.RandomHorizontalFlip(),
                                v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)])
-        return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True), v2.RandomCrop(GLOBAL_CROP),
+        return v2.Compose([v2.Resize(info.resize, antialias=True), v2.RandomCrop(list(info.input_size)),
                            v2.RandomHorizontalFlip()])
     if not aug.get("enabled", True):
         return v2.Identity()
@@ -222,21 +209,20 @@ def seeded_call(fn: Callable[[Tensor], Tensor], x: Tensor, seed: int, epoch: int
         torch.set_rng_state(state)
 
 
-def eval_transform(family: str) -> v2.Transform:
-    """Per-image evaluation transform: faces are already at size; global images get 256 + centre 224."""
-    _stats(family)
-    if family == "global":
-        return v2.Compose([v2.Resize(GLOBAL_RESIZE, antialias=True), v2.CenterCrop(GLOBAL_CROP)])
+def eval_transform(spec: Spec) -> v2.Transform:
+    """Per-image evaluation transform: faces are already at size; whole images get the recipe's resize +
+    centre crop (256, then 224 x 224 for the global family)."""
+    info = recipe_of(spec)
+    if info.crop == "center":
+        return v2.Compose([v2.Resize(info.resize, antialias=True), v2.CenterCrop(list(info.input_size))])
     return v2.Identity()
 
 
-def global_eval_views(img: np.ndarray | Tensor) -> Tensor:
-    """The authors' global test views of one image: centre crop and its horizontal flip.
+def center_crop(img: np.ndarray | Tensor, spec: Spec = "global") -> Tensor:
+    """The test input of a whole-image model: (3, H, W) uint8, the recipe's resize and centre crop.
 
     ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives) or a
-    (3, H, W) uint8 tensor. Shorter side to 256, centre 224 x 224 crop; returns (2, 3, 224, 224)
-    uint8, to be normalised and passed to
-    :func:`groupmood.models.tta.average_view_logits` (logits averaged over the two).
+    (3, H, W) uint8 tensor.
     """
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3:
@@ -244,5 +230,14 @@ def global_eval_views(img: np.ndarray | Tensor) -> Tensor:
         img = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
     elif img.dim() != 3 or img.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(img.shape)}")
-    crop = eval_transform("global")(img)
+    return eval_transform(spec)(img)
+
+
+def global_eval_views(img: np.ndarray | Tensor, spec: Spec = "global") -> Tensor:
+    """The authors' global test views of one image: centre crop (:func:`center_crop`) and its horizontal flip.
+
+    Returns (2, 3, H, W) uint8 ((2, 3, 224, 224) for the global family), to be normalised and passed
+    to :func:`groupmood.models.tta.average_view_logits` (logits averaged over the two).
+    """
+    crop = center_crop(img, spec)
     return torch.stack([crop, crop.flip(-1)])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .. import weights
+from ..checkpoint import read_state_dict
 from ..images import Photo
 from .cascade import CascadeSettings, run_cascade
 from .nets import ONet, PNet, RNet
@@ -133,7 +134,7 @@ class FaceDetector:
             src: str | Path = name
             if weights_dir is not None:
                 src = Path(weights_dir) / weights.spec(name).filename
-            sd = weights.load_state_dict(src, sha256=weights.spec(name).sha256, auto_fetch=auto_fetch)
+            sd = read_state_dict(src, sha256=weights.spec(name).sha256, auto_fetch=auto_fetch)
             net = cls_()
             net.load_state_dict(sd)
             nets.append(net)

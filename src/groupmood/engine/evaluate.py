@@ -4,8 +4,8 @@
 its horizontal flip, as the authors' test code does); :func:`classification_report` gives overall,
 per-class and mean-class accuracy and the confusion matrix, and for expression models also the
 same for the 3 group classes, reading the probabilities as valence with
-:func:`groupmood.labels.to_valence`. :func:`load_model` rebuilds a model from a training
-checkpoint (``.pt``) or an exported ``.safetensors`` file.
+:func:`groupmood.labels.to_valence`. Models load through :func:`groupmood.checkpoint.load_model`
+(re-exported here).
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..checkpoint import load_model
+from ..data import build_data
+from ..data.group_faces import pool_by_photo
+from ..data.transforms import normalize
 from ..errors import ConfigError
+from ..io import atomic_write
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_valence, valence_map
 from ..metrics import accuracy_table
-from ..data.transforms import normalize
 from ..models.tta import flip_averaged_logits
 
 __all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
@@ -138,47 +141,6 @@ def save_report(report: Mapping[str, Any], out_dir: str | Path, stem: str = "eva
     return paths
 
 
-def _model_from_meta(cfg: Mapping[str, Any], classes: Sequence[str]) -> nn.Module:
-    from ..models import create_model
-
-    m = cfg["model"]
-    return create_model(m["name"], num_classes=len(classes), head=m["head"], margin_m=m["margin_m"],
-                        drop_rate=m["drop_rate"], **dict(m.get("kwargs") or {}))
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model in eval mode from a checkpoint (``.pt``) or an export (``.safetensors``), and its meta.
-
-    ``meta`` holds ``config`` (the resolved training config), ``classes`` and, when known, the
-    validation metric it was selected by.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as fh:
-            raw_meta = fh.metadata() or {}
-        if "config" not in raw_meta or "classes" not in raw_meta:
-            raise ConfigError(f"{path} has no groupmood metadata (config, classes); export it with "
-                              "`groupmood export`")
-        meta = {k: json.loads(v) for k, v in raw_meta.items()}
-        state = load_file(str(path))
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-            raise ConfigError(f"{path} is not a groupmood training checkpoint (no model / config)")
-        meta = {k: ckpt[k] for k in ("config", "classes", "metric", "epoch", "step") if k in ckpt}
-        state = ckpt["model"]
-    model = _model_from_meta(meta["config"], meta["classes"])
-    ref = model.state_dict()
-    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
-
-
 def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = None, split: str = "test",
                         out_dir: str | Path | None = None, device: torch.device | str = "cpu",
                         tta_flip: bool = False, batch_size: int = 256,
@@ -188,13 +150,12 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
     The split file of a folder / legend dataset is looked up in the checkpoint's folder (the run
     folder), so ``test`` is the same test split the run held out.
     """
-    from ..data import build_data
-    from ..models import model_info
-
     checkpoint = Path(checkpoint)
     model, meta = load_model(checkpoint, device)
+    if cfg is None and meta.get("config") is None:
+        raise ConfigError(f"{checkpoint} carries no training config; pass a config with the data to evaluate on")
     cfg = dict(cfg) if cfg is not None else dict(meta["config"])
-    info = model_info(cfg["model"]["name"])
+    info = meta["info"]
     bundle = build_data(cfg, info, checkpoint.parent, (split,))
     if tuple(bundle.classes) != tuple(meta["classes"]):
         raise ConfigError(f"the checkpoint predicts {list(meta['classes'])} but the data has classes "
@@ -209,8 +170,6 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
         report["per_source"] = per_source(probs.argmax(dim=1).numpy(), labels.numpy(), sources, bundle.classes)
     photos = getattr(bundle.datasets[split], "photos", None)
     if photos is not None:  # group_faces: the table above is per face; add the photos' (mean of their faces)
-        from ..data.group_faces import pool_by_photo
-
         _, pooled, photo_labels = pool_by_photo(probs.numpy(), photos, labels.numpy())
         report["unit"] = "face"
         report["per_photo"] = {**accuracy_table(pooled.argmax(axis=1), photo_labels, bundle.classes),

