@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from groupmood.config import data_options
     from groupmood.engine.evaluate import evaluate_checkpoint, load_model
 
     torch.set_num_threads(args.threads)
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     _, meta = load_model(args.checkpoint)
     cfg = copy.deepcopy(meta["config"])
     cfg["train"]["progress"] = False
-    data = cfg["data"]
+    data = cfg["data"] = data_options(cfg["data"])  # one flat view, whichever spelling the file's config used
     for spec in data.get("sources") or []:
         spec["root"] = str(args.shared / Path(spec["root"]).name)
     if data.get("root"):

@@ -4,8 +4,12 @@ A recipe names its parent with ``base: other.yaml`` (a path relative to the reci
 merged first, children deep-merged on top, then ``key.sub=value`` overrides (values parsed as
 YAML). :data:`DEFAULTS` is the schema: every key a config may set exists there, so a typo is a
 :class:`~groupmood.errors.ConfigError` naming the key instead of a silently ignored option. A
-default of ``{}`` is an open mapping (any keys). The resolved config is written beside each run as
-``config.yaml``, so a run can always be reproduced from its folder alone.
+default of ``{}`` is an open mapping (any keys). The ``data`` section holds the options every
+dataset kind shares; each kind's own options live in its section, ``data.<kind>``
+(:data:`DATA_KINDS`, checked per kind; the old flat spelling ``data.mode`` still works). Recipes
+state only what differs from their base. The resolved config (complete: every default, the
+section of its data kind) is written beside each run as ``config.yaml``, so a run can always be
+reproduced from its folder alone.
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write
 
-__all__ = ["DEFAULTS", "apply_overrides", "dump_config", "load_config", "merge", "parse_override",
-           "validate_keys"]
+__all__ = ["DATA_KINDS", "DEFAULTS", "LEGACY_DATA_KEYS", "SCHEMA", "apply_overrides", "data_options", "dump_config",
+           "load_config", "merge", "parse_override", "resolve_data", "validate_keys"]
 
 #: Every known option with its default. Recipes in ``configs/`` change a few of them.
 DEFAULTS: dict[str, Any] = {
@@ -38,42 +42,23 @@ DEFAULTS: dict[str, Any] = {
     },
     "init_from": None,              # checkpoint (.pt / .safetensors) to fine-tune from
     "init_exclude": [],             # fnmatch patterns of state-dict keys not to load (e.g. "head.*")
-    "data": {
+    "data": {                       # options of every data kind; each kind's own: DATA_KINDS (data.<kind>)
         "kind": "ferplus",          # ferplus | folder | named | legend | npz (see groupmood.data.faces); gaf |
                                     # image_csv | twitter_you2015 | twitter_sentibank603 | emotion6 | images
                                     # (whole-image sets, see groupmood.data.groups); group_faces: a face model
                                     # on every MTCNN face of whole-image photos, each labelled with its photo's
                                     # group class, split per photo with the global branch's split files
                                     # (val / test accuracy per face; see groupmood.data.group_faces)
-        "source": None,             # group_faces: the photos' whole-image kind (gaf | image_csv | twitter_you2015
-                                    # | twitter_sentibank603 | emotion6, read from root), or images / None for
-                                    # the data.sources list
         "root": None,               # dataset folder (or .npz file for kind npz)
-        "mode": "majority",         # FERPlus training labels: majority | probability | crossentropy
         "target": "expressions",    # expressions (8 FERPlus classes) | valence (3 group classes)
         "surprise": "Positive",     # group class of surprise when reading expressions as valence
         "classes": None,            # expression classes to train on (None: the 8 FERPlus emotions); whole-image
                                     # data and group_faces: a subset of Negative, Neutral, Positive (None: all three)
-        "csv": "legend.csv",        # kind legend: the label file, relative to root
-        "image_dir": "images",      # kind legend: the image folder, relative to root
-        "group_regex": None,        # regex on the file stem whose group 1 is the subject / person
-        "label_regex": None,        # kind named: regex whose group 1 is the label in the file name (default: JAFFE's KA.HA2.29.jpg)
-        "faces": "file",            # file: use each image as the face | mtcnn: our detector's crop of its largest face
-        "crop": None,               # [left, top, right, bottom] box in fractions of width / height, cut before resizing
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},  # group-disjoint split (not FERPlus)
         "split_seed": 0,
-        "split_file": None,         # JSON split to reuse or create (None: <run>/split.json)
+        "split_file": None,         # face data: JSON split to reuse or create (None: <run>/split.json)
         "split_dir": None,          # whole-image data and group_faces: one split JSON per source, reused
                                     # (None: <run>/splits)
-        "sources": [],              # kind images (and group_faces): list of {kind, root, name, split, valence_cut,
-                                    # test_agree}
-        "top_k_faces": None,        # group_faces: keep the k largest faces (box area) of each photo (None: all)
-        "grey": False,              # group_faces, aligned models: grey crops over 3 channels (a model trained on
-                                    # grey photos, like the shipped face_aligned: its bundle feeds it grey)
-        "face_cache": None,         # group_faces: face cache root (None: <GROUPMOOD_HOME>/face_cache)
-        "cache_workers": 1,         # group_faces: detector processes building the face cache (one thread each)
-        "valence_cut": [4.5, 5.5],  # emotion6: valence <= first is Negative, >= second Positive, else Neutral
-        "test_agree": 5,            # twitter_you2015: test images only among those this many of 5 agreed on
         "cache": True,              # cache decoded images as .npz under groupmood.weights.home()
         "workers": 0,               # DataLoader workers (0: in the main process; arrays are in memory)
     },
@@ -135,6 +120,88 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_FACE_FILES = {
+    "faces": "file",                # file: use each image as the face | mtcnn: our detector's crop of its largest face
+    "crop": None,                   # [left, top, right, bottom] box in fractions of width / height, cut before resizing
+    "group_regex": None,            # regex on the file stem whose group 1 is the subject / person
+}
+_SENTIMENT = {
+    "valence_cut": [4.5, 5.5],      # emotion6: valence <= first is Negative, >= second Positive, else Neutral
+    "test_agree": 5,                # twitter_you2015: test images only among those this many of 5 agreed on
+}
+
+#: Each data kind's own options and their defaults, set under ``data.<kind>`` (e.g. ``data.legend.csv``).
+#: The resolved config holds the section of its kind, complete; the old flat spelling (``data.csv``)
+#: still works (it wins over the section) and an option of another kind there is ignored, as before.
+DATA_KINDS: dict[str, dict[str, Any]] = {
+    "ferplus": {"mode": "majority"},  # training labels: majority | probability | crossentropy
+    "folder": dict(_FACE_FILES),
+    "named": {**_FACE_FILES,
+              "label_regex": None},   # regex whose group 1 is the label in the file name (default: JAFFE's KA.HA2.29.jpg)
+    "legend": {**_FACE_FILES,
+               "csv": "legend.csv",    # the label file, relative to root
+               "image_dir": "images"},  # the image folder, relative to root
+    "npz": {},
+    "gaf": {},
+    "image_csv": {},
+    "twitter_sentibank603": {},
+    "twitter_you2015": {"test_agree": _SENTIMENT["test_agree"]},
+    "emotion6": {"valence_cut": _SENTIMENT["valence_cut"]},
+    "images": {"sources": [],       # list of {kind, root, name, split, valence_cut, test_agree}
+               **_SENTIMENT},        # defaults of the sources that do not set their own
+    "group_faces": {
+        "source": None,             # the photos' whole-image kind (gaf | image_csv | twitter_you2015 |
+                                    # twitter_sentibank603 | emotion6, read from root), or images / None for sources
+        "sources": [],              # as kind images
+        **_SENTIMENT,
+        "top_k_faces": None,        # keep the k largest faces (box area) of each photo (None: all)
+        "grey": False,              # aligned models: grey crops over 3 channels (a model trained on grey photos,
+                                    # like the shipped face_aligned: its bundle feeds it grey)
+        "face_cache": None,         # face cache root (None: <GROUPMOOD_HOME>/face_cache)
+        "cache_workers": 1,         # detector processes building the face cache (one thread each)
+    },
+}
+#: The flat spellings of the kinds' options (``data.mode``, ``data.csv``, ...), accepted for old recipes.
+LEGACY_DATA_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for opts in DATA_KINDS.values() for k in opts))
+#: What a config may name: DEFAULTS plus the kinds' sections and the flat spellings of their options.
+SCHEMA: dict[str, Any] = {**DEFAULTS, "data": {**DEFAULTS["data"], **dict.fromkeys(DATA_KINDS),
+                                               **dict.fromkeys(LEGACY_DATA_KEYS)}}
+
+
+def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data`` section with its kind's options in ``data.<kind>``: checked, complete, flat keys moved in.
+
+    Sections of other kinds are checked and dropped (a recipe may change the kind of its base).
+    """
+    kind = data.get("kind")
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k in DEFAULTS["data"]}
+    for name, allowed in DATA_KINDS.items():
+        section = data.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"config key 'data.{name}' must be a mapping of the {name} options, got {section!r}")
+        unknown = sorted(set(section) - set(allowed))
+        if unknown:
+            known = ", ".join(f"data.{name}.{k}" for k in allowed) or "none (it has no options of its own)"
+            raise ConfigError(f"unknown config key 'data.{name}.{unknown[0]}'; data kind {name} takes: {known}")
+    options = copy.deepcopy(DATA_KINDS[kind])
+    options.update(copy.deepcopy(dict(data.get(kind) or {})))
+    options.update({k: copy.deepcopy(data[k]) for k in LEGACY_DATA_KEYS if k in data and k in options})
+    out[kind] = options
+    return out
+
+
+def data_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat mapping of the options a dataset reader uses: the shared ones and its kind's.
+
+    Readers take this view (``data["mode"]``), whichever spelling the config used.
+    """
+    resolved = resolve_data(data)
+    return {**{k: v for k, v in resolved.items() if k != resolved["kind"]}, **resolved[resolved["kind"]]}
+
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, everything else in ``update`` replaces ``base``."""
     out = copy.deepcopy(dict(base))
@@ -146,8 +213,12 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, where: str = "") -> None:
-    """Raise ConfigError for the first key of ``cfg`` that ``schema`` does not know."""
+def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] | None = None, where: str = "") -> None:
+    """Raise ConfigError for the first key of ``cfg`` that ``schema`` (default :data:`SCHEMA`) does not know.
+
+    The data kinds' sections are checked by :func:`resolve_data`.
+    """
+    schema = SCHEMA if schema is None else schema
     for key, value in cfg.items():
         name = f"{where}{key}"
         if key not in schema:
@@ -235,7 +306,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         recipe = _load_chain(Path(path))
         validate_keys(recipe)
         cfg = merge(cfg, recipe)
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    cfg["data"] = resolve_data(cfg["data"])
+    return cfg
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> Path:

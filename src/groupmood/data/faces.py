@@ -41,8 +41,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..config import data_options
 from ..errors import DatasetError
+from ..io import atomic_write
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, valence_map, valence_matrix
 from . import SPLITS, DataBundle
@@ -679,6 +680,7 @@ def build_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: Se
     """The DataBundle of a face source (``data.kind`` ferplus, folder, legend or npz)."""
     if not str(info.family).startswith("face"):
         raise DatasetError(f"model {info.name} is a {info.family} model; face datasets need a face model")
+    cfg = {**cfg, "data": data_options(cfg["data"])}
     cmap = ClassMap.from_config(cfg["data"])
     aug, seed = cfg["aug"], int(cfg.get("seed", 0))
     per_image = None

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..config import data_options
 from ..errors import ConfigError, DatasetError
 from . import DataBundle
 from .faces import FaceDataset, fit_all_faces
@@ -135,7 +136,7 @@ def build_group_face_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, spli
     if not str(info.family).startswith("face"):
         raise DatasetError(f"model {info.name} is a {info.family} model; group_faces trains a face model "
                            "(groupmood.models.list_models(family='face_aligned' or 'face_nonaligned'))")
-    data = cfg["data"]
+    data = data_options(cfg["data"])
     progress = bool(cfg["train"].get("progress", True))
     classes = chosen_classes(data)
     top_k = _top_k(data.get("top_k_faces"))

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from ..config import DATA_KINDS, data_options
 from ..errors import ConfigError, DatasetError, ImageLoadError
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import GROUP_CLASSES
@@ -275,8 +276,13 @@ def read_source(spec: Mapping[str, Any]) -> ImageTable:
     raise ConfigError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
 
 
+#: The sentiment options' defaults (a source without its own valence_cut / test_agree takes these).
+SENTIMENT = DATA_KINDS["images"]
+
+
 def source_specs(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sources of a ``data`` section, each a dict with every key of :data:`SOURCE_KEYS` set."""
+    data = data_options(data)
     kind = data["kind"]
     if kind == "images":
         raw = data.get("sources") or []
@@ -305,8 +311,8 @@ def source_specs(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not (split in ("auto", *SPLITS) or isinstance(split, Mapping)):
             raise ConfigError(f"{where}.split must be auto, train, val, test or a mapping of fractions, got {split!r}")
         specs.append({"kind": src["kind"], "root": src["root"], "name": name, "split": split,
-                      "valence_cut": src.get("valence_cut", data.get("valence_cut", (4.5, 5.5))),
-                      "test_agree": src.get("test_agree", data.get("test_agree", 5))})
+                      "valence_cut": src.get("valence_cut", data.get("valence_cut", SENTIMENT["valence_cut"])),
+                      "test_agree": src.get("test_agree", data.get("test_agree", SENTIMENT["test_agree"]))})
     return specs
 
 
@@ -493,7 +499,7 @@ def build_group_data(cfg: Mapping[str, Any], info: Any, run_dir: Path, splits: S
     if info.family != "global":
         raise DatasetError(f"model {info.name} is a {info.family} model; whole-image datasets need a global "
                            "model (groupmood.models.list_models(family='global'))")
-    data = cfg["data"]
+    data = data_options(cfg["data"])
     progress = bool(cfg["train"].get("progress", True))
     classes = chosen_classes(data)
     split_dir = Path(data.get("split_dir") or Path(run_dir) / "splits")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_model
+from ..config import data_options
 from ..data import build_data
 from ..data.group_faces import pool_by_photo
 from ..data.transforms import normalize
@@ -164,7 +165,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
                             progress, desc=f"eval {split}")
     report = classification_report(probs, labels, bundle.classes, cfg["data"].get("surprise", "Positive"))
     report.update({"checkpoint": str(checkpoint), "split": split, "tta_flip": bool(tta_flip),
-                   "data": {k: cfg["data"].get(k) for k in ("kind", "root", "target", "mode")}})
+                   "data": {k: data_options(cfg["data"]).get(k) for k in ("kind", "root", "target", "mode")}})
     sources = getattr(bundle.datasets[split], "sources", None)
     if sources is not None:  # whole-image data (merged sets): one table per source set
         report["per_source"] = per_source(probs.argmax(dim=1).numpy(), labels.numpy(), sources, bundle.classes)

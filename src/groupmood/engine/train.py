@@ -55,7 +55,7 @@ from ..checkpoint import (
     read_state_dict,
     save_model,
 )
-from ..config import dump_config, load_config
+from ..config import dump_config, load_config, resolve_data
 from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
 from ..errors import ConfigError, WeightsError
@@ -256,7 +256,7 @@ class Trainer:
 
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
                  resume: bool = False) -> None:
-        self.cfg = dict(cfg)
+        self.cfg = {**cfg, "data": resolve_data(cfg["data"])}  # the saved config.yaml is complete
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device or self.cfg.get("device"))
         self.dist = dist_.SINGLE
