@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import canonical_safetensors, read_safetensors
-from .engine.group_head import LinearHead, fit_softmax_regression
 from .errors import ConfigError, WeightsError
 from .io import atomic_write
 from .labels import GROUP_CLASSES
+from .linear import LinearHead, fit_softmax_regression
 
 __all__ = ["FUSION_MODEL_FORMAT", "FusionModel", "fusion_features"]
 

@@ -1,0 +1,79 @@
+"""A linear head on features and its L2-regularised logistic-regression fit.
+
+The group head on a frozen face trunk (:mod:`groupmood.engine.group_head`) and the learned fusion
+(:mod:`groupmood.fusion_model`, used at inference) share them; they live outside ``engine`` so that
+inference never imports the training code.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LinearHead", "fit_softmax_regression"]
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """``logits = x @ weight.T + bias`` on raw features; ``weight`` (C, D), ``bias`` (C,), float64."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.weight.T + self.bias
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        z = self.logits(x)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def photo_probs(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, C) mean face probabilities per photo; NaN rows for photos without faces (abstention)."""
+        out = np.full((len(faces), self.weight.shape[0]), np.nan)
+        for i, f in enumerate(faces):
+            if len(f):
+                out[i] = self.probs(f).mean(axis=0)
+        return out
+
+
+def fit_softmax_regression(x: np.ndarray, y: np.ndarray, c: float, num_classes: int,
+                           sample_weight: np.ndarray | None = None, max_iter: int = 500) -> LinearHead:
+    """L2-regularised multinomial logistic regression on standardised features, folded back to raw ones.
+
+    Objective ``c * sum_i w_i CE_i + ||W||^2 / 2`` (bias not penalised), the scikit-learn
+    ``LogisticRegression(C=c)`` objective; constant features are left unscaled.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    if x.ndim != 2 or len(x) != len(y) or not len(y):
+        raise ValueError(f"need (N, D) features and N labels, got {x.shape} and {y.shape}")
+    if not c > 0:
+        raise ValueError(f"the inverse regularisation strength c must be > 0, got {c}")
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-12] = 1.0
+    z = torch.from_numpy((x - mean) / std)
+    target = torch.from_numpy(y)
+    weights = torch.from_numpy(w)
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        ce = F.cross_entropy(z @ weight.T + bias, target, reduction="none")
+        loss = c * (weights * ce).sum() + 0.5 * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = weight.detach().numpy() / std
+    b_raw = bias.detach().numpy() - w_raw @ mean
+    return LinearHead(w_raw, b_raw)
