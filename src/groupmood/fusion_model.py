@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import save as save_safetensors
 
 from .checkpoint import canonical_safetensors, read_safetensors
 from .errors import ConfigError, WeightsError
@@ -77,14 +79,11 @@ class FusionModel:
 
     def save(self, path: str | Path) -> Path:
         """safetensors with ``weight`` / ``bias`` and the branch lists in the metadata (written atomically)."""
-        import torch
-        from safetensors.torch import save
-
         meta = {"format": FUSION_MODEL_FORMAT, "branches": json.dumps(list(self.branches)),
                 "face_branches": json.dumps(list(self.face_branches)), "classes": json.dumps(list(GROUP_CLASSES)),
                 "c": json.dumps(self.c)}
-        blob = save({"weight": torch.from_numpy(np.ascontiguousarray(self.head.weight)),
-                     "bias": torch.from_numpy(np.ascontiguousarray(self.head.bias))}, metadata=meta)
+        blob = save_safetensors({"weight": torch.from_numpy(np.ascontiguousarray(self.head.weight)),
+                                 "bias": torch.from_numpy(np.ascontiguousarray(self.head.bias))}, metadata=meta)
         with atomic_write(path, "wb") as fh:
             fh.write(canonical_safetensors(blob))
         return Path(path)

@@ -46,6 +46,7 @@ from ..errors import DatasetError
 from ..io import atomic_write
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, valence_map, valence_matrix
+from ..weights import home
 from . import SPLITS, DataBundle
 from .transforms import batch_augment, fit_face, seeded_call, train_transform
 
@@ -191,8 +192,6 @@ class ClassMap:
 # --------------------------------------------------------------------------- caching and decoding
 
 def _cache_dir() -> Path:
-    from ..weights import home
-
     return home() / "datasets"
 
 

@@ -35,6 +35,7 @@ from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..io import atomic_write_text
 from ..labels import GROUP_CLASSES
 from ..metrics import accuracy_table
+from .evaluate import plot_confusion
 
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
@@ -84,8 +85,6 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
 
     Unreadable photos are listed under ``errors`` and left out of every table.
     """
-    from .evaluate import plot_confusion
-
     out = Path(out_dir)
     label_of = {p: (y, name) for p, y, name in items}
     branches = recognizer.branches
