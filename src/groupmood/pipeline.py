@@ -77,7 +77,7 @@ from .fusion_model import FusionModel
 from .labels import GROUP_CLASSES, valence_matrix
 from .models.bn_fold import fold_batchnorm
 from .models.tta import flip_averaged_logits
-from .models.registry import ModelInfo
+from .models.registry import FAMILY_RECIPES, ModelInfo
 from .runtime.onnx import OrtModel
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
@@ -85,7 +85,6 @@ __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotio
 
 BUNDLE_FORMAT = "groupmood-bundle-1"
 
-_FAMILIES = ("face_aligned", "face_nonaligned", "global")
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion"}
 _FUSION_KEYS = {"kind", "model", "sha256"}
@@ -120,8 +119,8 @@ class Branch:
     def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
                  top_k: int | None = None, margin: float = 0.0, batch_size: int | None = None, source: str = "",
                  grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> None:
-        if info.family not in _FAMILIES:
-            raise ConfigError(f"model family {info.family!r} is not one of {', '.join(_FAMILIES)}")
+        if info.family not in FAMILY_RECIPES:
+            raise ConfigError(f"model family {info.family!r} is not one of {', '.join(FAMILY_RECIPES)}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.classes = tuple(classes)
