@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, loadavg, publish, section
+from _common import REPO, loadavg, publish_result
 
 BUNDLE = REPO / "src" / "groupmood" / "assets" / "bundle.yaml"
 FOLDS = REPO / "configs" / "splits" / "multiemova_dev_folds.json"
@@ -253,10 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         peer = fer_peer(dev_items, args.threads)
         report["fer multiemova-dev"] = peer
         rows += ["**multiemova-dev, peer** (nothing fitted)", "", *HEADER, row("fer 25.10.3 face average", peer), ""]
-    text = section("Group accuracy on real group photos (multiemova-dev CV)", args.threads, load_start, [
+    publish_result("Group accuracy on real group photos (multiemova-dev CV)", args.threads, load_start, [
         f"Bundle: `{args.bundle.relative_to(REPO) if args.bundle.is_relative_to(REPO) else args.bundle}`.",
-        "Abstentions (no face for a face branch or for fer) count as wrong."], rows)
-    publish(text, not args.no_write)
+        "Abstentions (no face for a face branch or for fer) count as wrong."], rows, not args.no_write)
     atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     return 0
 

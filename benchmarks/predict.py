@@ -79,7 +79,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, loadavg, photo_benchmark_parser, publish, run_memory_workers, section
+from _common import REPO, loadavg, photo_benchmark_parser, publish_result, run_memory_workers
 from detect import FOLDERS, photo_paths
 
 FER_PEERS = REPO / "benchmarks" / ".peers-fer"
@@ -534,8 +534,8 @@ def benchmark(args) -> int:
     table, notes = whole_process(args, peers)
     print("\n".join(table))
     print("\n".join(notes))
-    publish(section("groupmood predict vs fer, whole process", args.threads, load_start, notes, table),
-            not args.no_write)
+    publish_result("groupmood predict vs fer, whole process", args.threads, load_start, notes, table,
+                   not args.no_write)
     return in_loop(args) if args.in_loop else 0
 
 
@@ -665,7 +665,7 @@ def in_loop(args) -> int:
             notes.append(f"Photos where fer {n} finds more faces than groupmood: {len(more[n])} ("
                          + ", ".join(f"{r['name']} {r['ours_faces']} vs {r['fer'][n]['faces']}" for r in more[n])
                          + ").")
-    publish(section("groupmood predict vs fer", args.threads, load_start, notes, body), not args.no_write)
+    publish_result("groupmood predict vs fer", args.threads, load_start, notes, body, not args.no_write)
     return 0
 
 

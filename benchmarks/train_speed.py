@@ -7,7 +7,7 @@ mid-epoch checkpoints; the figure is the median over the epochs after the first 
 engine's own ``images_per_s`` (global images / seconds of the training steps, read from the run's
 metrics.jsonl). On a CPU the cores are shared out: N processes get ``cores // N`` torch threads
 each (``--threads-per-process`` to change it). Prints a markdown table and appends it to
-``runs/train_speed/results.md`` (``--results`` to choose the file, ``--no-write`` for none).
+its section of ``benchmarks/RESULTS.md`` (one per device; ``--results`` for another file, ``--no-write`` for none).
 
     .venv/bin/python benchmarks/train_speed.py                                # CPU, 1 and 2 processes
     .venv/bin/python benchmarks/train_speed.py --device cuda --nproc 1,2      # GPUs, one per process
@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, append_results, loadavg, section
+from _common import RESULTS, REPO, command_line, loadavg, machine_line, render_result_section, result_body, \
+    write_result_section
 
 DEFAULT_RECIPE = REPO / "configs" / "ferplus_resnet_compact.yaml"
 
@@ -74,8 +75,8 @@ def main() -> None:
                     help="torch threads per process (default on CPU: cores // N; on CUDA: 1).")
     ap.add_argument("--timeout", type=float, default=3600.0, help="Seconds before a run counts as hung.")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "train_speed", help="Run folders go here.")
-    ap.add_argument("--results", type=Path, default=None, help="Markdown file to append to "
-                    "(default: <out>/results.md).")
+    ap.add_argument("--results", type=Path, default=None, help="Markdown file whose section to replace "
+                    "(default: benchmarks/RESULTS.md).")
     ap.add_argument("--no-write", action="store_true", help="Print only.")
     args = ap.parse_args()
     if args.epochs < 2:
@@ -112,14 +113,13 @@ def main() -> None:
              f"{args.epochs} epochs (first = warm-up, left out of the median); 1 process: plain groupmood train; "
              f"N > 1: torchrun --standalone --nproc_per_node N ({'NCCL' if gpu else 'gloo'}). images/s: global "
              "training images per second of training steps (no validation, no checkpoints).")]
-    text = section("Training throughput, 1 vs N processes (benchmarks/train_speed.py)", cores, load_start, notes, table)
-    print("\n" + text)
-    if not args.no_write:
-        path = args.results or args.out / "results.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_results(text, path)
-        print(f"\nappended to {path}")
-
+    name = f"Training throughput, 1 vs N processes on {gpu or 'CPU'}"
+    body, machine = result_body(load_start, notes, table), machine_line(cores)
+    if args.no_write:
+        print("\n" + render_result_section(name, body, command_line(), machine))
+        return
+    path = args.results or RESULTS
+    print("\n" + write_result_section(name, body, command_line(), machine, path) + f"\n(section {name!r} of {path})")
 
 if __name__ == "__main__":
     main()
