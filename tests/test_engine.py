@@ -23,12 +23,16 @@ CONFIGS = REPO / "configs"
 
 # --------------------------------------------------------------------------- helpers
 
-def _write_faces(root: Path, per_class: int = 16) -> Path:
-    """A learnable folder-per-class set: happy = bright top half, sad = bright bottom, neutral = flat."""
+def _write_faces(root: Path, per_class: int | dict[str, int] = 16) -> Path:
+    """A learnable folder-per-class set: happy = bright top half, sad = bright bottom, neutral = flat.
+
+    ``per_class``: faces per class, or a {class: count} mapping for an unbalanced set.
+    """
     rng = np.random.default_rng(0)
-    for cls in ("happy", "sadness", "neutral"):
+    counts = per_class if isinstance(per_class, dict) else dict.fromkeys(("happy", "sadness", "neutral"), per_class)
+    for cls, n in counts.items():
         (root / cls).mkdir(parents=True)
-        for i in range(per_class):
+        for i in range(n):
             img = rng.normal(110, 20, (48, 48))
             if cls == "happy":
                 img[:24] += 90

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_engine import _write_faces
 
 from groupmood.config import load_config
 from groupmood.data.transforms import normalize, train_transform
@@ -22,25 +22,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def unbalanced_faces(tmp_path_factory) -> Path:
-    """Three learnable classes of 24 / 8 / 4 faces (bright top, bright bottom, flat)."""
-    root = tmp_path_factory.mktemp("unbalanced") / "set"
-    rng = np.random.default_rng(0)
-    for cls, n in (("happy", 24), ("sadness", 8), ("neutral", 4)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            img = rng.normal(110, 20, (48, 48))
-            if cls == "happy":
-                img[:24] += 90
-            elif cls == "sadness":
-                img[24:] += 90
-            cv2.imwrite(str(root / cls / f"P{i:02d}_{cls}.png"), np.clip(img, 0, 255).astype(np.uint8))
-    return root
+    """Three learnable classes of 24 / 8 / 4 faces."""
+    return _write_faces(tmp_path_factory.mktemp("unbalanced") / "set", {"happy": 24, "sadness": 8, "neutral": 4})
 
 
 def _cfg(root: Path, *overrides: str) -> dict:
-    return load_config(CONFIGS / "tiny.yaml", [f"data.root={root}", "device=cpu", "data.split={train: 0.75, "
-                                               "val: 0.25, test: 0.0}", "data.classes=[neutral, happiness, sadness]",
-                                               *overrides])
+    split = "data.split={train: 0.75, val: 0.25, test: 0.0}"
+    return load_config(CONFIGS / "tiny.yaml", [f"data.root={root}", "device=cpu", split,
+                                               "data.classes=[neutral, happiness, sadness]", *overrides])
 
 
 def test_class_balanced_weights_equalise_the_classes():
