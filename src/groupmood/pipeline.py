@@ -68,7 +68,7 @@ from . import weights as weight_store
 from .align import align_faces, square_crops
 from .checkpoint import load_model
 from .data.transforms import center_crop, normalize
-from .detect import Face, FaceDetector
+from .detect import Face, FaceDetector, box_area
 from .detect.detector import ImageLike, Images, as_photo_list
 from .calibration import Calibration
 from .errors import ConfigError, WeightsError
@@ -108,7 +108,7 @@ class Branch:
     the logits of the input and its horizontal flip. ``grey`` feeds a 3-channel model grey crops
     (replicated channels) when it was trained on grey photos, as the shipped aligned model was.
     ``fuse`` folds the model's BatchNorm layers into their convolutions (checked to give the same
-    scores; :func:`groupmood.models.fuse.fold_batchnorm`): 20-40 % faster on a CPU. The model runs in
+    scores; :func:`groupmood.models.bn_fold.fold_batchnorm`): 20-40 % faster on a CPU. The model runs in
     channels-last memory layout, which PyTorch's CPU convolutions (depthwise ones above all) run
     1.3-1.8x faster than the default layout. ``batch_size`` is how many inputs go through one forward
     pass (each with its flip); by default 128 faces, and for the global branch 128 photos on a GPU
@@ -325,7 +325,7 @@ class FaceResult:
 
     @property
     def area(self) -> float:
-        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+        return box_area(self.box)
 
     def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
+from ..data import SPLITS
 
 _SET_HELP = "Override a config value, e.g. --set train.epochs=3 --set data.root=../shared/data/ferplus (repeatable)."
 
@@ -60,7 +61,7 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
               help="Take the data section from this recipe instead of the checkpoint's own config.")
 @click.option("--data", "data", default=None, metavar="[KIND:]ROOT",
               help="Evaluate on this dataset, e.g. folder:../shared/data/ckplus48 or ferplus:../shared/data/ferplus.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]),
+@click.option("--split", default="test", show_default=True, type=click.Choice([*SPLITS, "all"]),
               help="Which split; `all` takes every image of a folder / legend / npz dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

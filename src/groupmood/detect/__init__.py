@@ -1,5 +1,5 @@
 """MTCNN face detection: networks, batched cascade, and the FaceDetector front."""
 from .cascade import CascadeSettings
-from .detector import LANDMARK_NAMES, Face, FaceDetector
+from .detector import Face, FaceDetector, box_area
 
-__all__ = ["CascadeSettings", "Face", "FaceDetector", "LANDMARK_NAMES"]
+__all__ = ["CascadeSettings", "Face", "FaceDetector", "box_area"]

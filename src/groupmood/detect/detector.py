@@ -17,7 +17,11 @@ from ..images import Photo
 from .cascade import CascadeSettings, run_cascade
 from .nets import ONet, PNet, RNet
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+def box_area(box: np.ndarray) -> float:
+    """Area of an (x1, y1, x2, y2) box in pixels (0 for an empty one): face size for pooling and statistics."""
+    return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Face:
 
     @property
     def area(self) -> float:
-        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+        return box_area(self.box)
 
     def scaled(self, sx: float, sy: float) -> Face:
         """This face in coordinates scaled by (sx, sy): from decoded pixels to the photo's own."""
