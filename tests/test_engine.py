@@ -322,3 +322,15 @@ def test_cli_train_evaluate_export(faces, tmp_path, capsys):
     assert rc == 2 and "train.epohcs" in capsys.readouterr().err
     rc = main(["train", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "noroot")])
     assert rc == 2 and "data.root" in capsys.readouterr().err
+
+
+def test_evaluation_never_writes_inside_the_package(tmp_path, monkeypatch):
+    import groupmood
+    from groupmood.engine.evaluate import default_eval_dir
+
+    shipped = Path(groupmood.__file__).parent / "assets" / "face_nonaligned.safetensors"
+    monkeypatch.chdir(tmp_path)
+    out = default_eval_dir(shipped, "test")
+    assert out == Path("runs") / "eval_face_nonaligned_test"
+    assert not out.resolve().is_relative_to(Path(groupmood.__file__).parent)
+    assert default_eval_dir(tmp_path / "run" / "best.pt", "val") == tmp_path / "run" / "eval_val"

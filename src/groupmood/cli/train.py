@@ -65,7 +65,8 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
               help="Which split; `all` takes every image of a folder / legend / npz dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where eval.json and the confusion PNGs go (default: beside the checkpoint, eval_<split>/).")
+              help="Where eval.json and the confusion PNGs go (default: beside the checkpoint, eval_<split>/; "
+                   "runs/eval_<name>_<split>/ for a model inside the package).")
 @click.option("--tta/--no-tta", default=False, show_default=True, help="Average with the horizontal flip.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))

@@ -31,8 +31,8 @@ from ..labels import FERPLUS_EMOTIONS, GROUP_CLASSES, canonical_expression, to_v
 from ..metrics import accuracy_table
 from ..models.tta import flip_averaged_logits
 
-__all__ = ["classification_report", "evaluate_checkpoint", "load_model", "plot_confusion", "predict",
-           "save_report"]
+__all__ = ["classification_report", "default_eval_dir", "evaluate_checkpoint", "load_model", "plot_confusion",
+           "predict", "save_report"]
 
 
 @torch.no_grad()
@@ -124,6 +124,19 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     return Path(path)
 
 
+def default_eval_dir(checkpoint: str | Path, split: str) -> Path:
+    """Where an evaluation goes when not told: beside a run's checkpoint, but never inside the package.
+
+    A shipped model (``groupmood/assets``) or any file inside the installed package is evaluated into
+    ``runs/eval_<stem>_<split>`` of the current folder instead, so the package is never written to.
+    """
+    checkpoint = Path(checkpoint).resolve()
+    package = Path(__file__).resolve().parents[1]
+    if checkpoint.is_relative_to(package):
+        return Path("runs") / f"eval_{checkpoint.stem}_{split}"
+    return checkpoint.parent / f"eval_{split}"
+
+
 def save_report(report: Mapping[str, Any], out_dir: str | Path, stem: str = "eval",
                 title: str = "") -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>_confusion.png`` (and ``<stem>_valence_confusion.png``)."""
@@ -175,6 +188,6 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Mapping[str, Any] | None = 
         report["unit"] = "face"
         report["per_photo"] = {**accuracy_table(pooled.argmax(axis=1), photo_labels, bundle.classes),
                                "pooling": "mean probability of the photo's faces (data.top_k_faces applied)"}
-    out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
+    out = Path(out_dir) if out_dir is not None else default_eval_dir(checkpoint, split)
     report["files"] = {k: str(v) for k, v in save_report(report, out, "eval", f"{info.name} {split}").items()}
     return report
