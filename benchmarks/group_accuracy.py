@@ -88,7 +88,7 @@ def base_recognizer(bundle: Path):
                                             float(b.get("margin", 0.0)), b.get("sha256"), bool(b.get("grey", False)))
                 for b in spec["branches"] if b["name"] != GROUP_BRANCH}
     detector = FaceDetector.from_pretrained(auto_fetch=True, **spec["detector"])
-    return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches})
+    return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches}, min_faces=spec["min_faces"])
 
 
 def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:

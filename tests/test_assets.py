@@ -46,9 +46,11 @@ def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
     for r in (g, a):
         assert r.label in GROUP_CLASSES
         assert np.isclose(float(np.sum(r.probs)), 1.0, atol=1e-4)
-        assert all(b.spoke for b in r.branches.values())
+    assert all(b.spoke for b in g.branches.values())
     assert len(g.faces) == 5 and not g.no_face
-    assert len(a.faces) == 1
+    assert len(a.faces) == 1 and recognizer.min_faces == 2  # one face is not a group: the global branch decides
+    assert [n for n, b in a.branches.items() if b.spoke] == ["global"] and a.faces[0].label in GROUP_CLASSES
+    np.testing.assert_allclose(a.probs, a.branches["global"].probs, atol=1e-6)
     assert g.label == "Positive"  # five people laughing into the camera
     assert set(recognizer.branches) == {"group", "aligned", "nonaligned", "global"}
     assert c.no_face and c.faces == [] and not c.abstained and c.label in GROUP_CLASSES

@@ -361,3 +361,26 @@ def test_branch_chunks_give_the_same_scores(recognizer):
     assert recognizer.branches["global"].batch_size == 1  # one photo (two views) per pass on a CPU
     with pytest.raises(ValueError, match="batch_size"):
         Branch(model, FERPLUS_EMOTIONS, info, batch_size=0)
+
+
+def test_min_faces_lets_the_whole_image_branch_decide_a_single_face(tmp_path, detector, astronaut):
+    path = _bundle(tmp_path / "mf", min_faces=2)
+    spec = yaml.safe_load(path.read_text())
+    del spec["min_faces"]
+    (path.parent / "one.yaml").write_text(yaml.safe_dump(spec))
+    group = GroupEmotionRecognizer.from_bundle(path, detector=detector)
+    every = GroupEmotionRecognizer.from_bundle(path.parent / "one.yaml", detector=detector)
+    assert (group.min_faces, every.min_faces) == (2, 1)
+    (one,), (ref,) = group.predict(astronaut), every.predict(astronaut)
+    assert len(one.faces) == 1
+    for name in ("aligned", "nonaligned"):
+        assert ref.branches[name].spoke and not one.branches[name].spoke
+    assert one.branches["global"].spoke
+    np.testing.assert_allclose(one.probs, one.branches["global"].probs, atol=1e-12)
+    assert not np.allclose(ref.probs, one.probs)
+    np.testing.assert_allclose(one.faces[0].probs, ref.faces[0].probs)  # the face keeps its evidence
+    (pair,) = group.predict(np.concatenate([astronaut, astronaut], axis=1))
+    assert len(pair.faces) == 2 and pair.branches["aligned"].spoke and pair.branches["nonaligned"].spoke
+    for bad in (0, "2", True):
+        with pytest.raises(ConfigError, match="min_faces"):
+            GroupEmotionRecognizer.from_bundle(_bundle(tmp_path / f"bad{bad}", min_faces=bad), detector=detector)

@@ -35,6 +35,8 @@ how they were chosen::
     weights: {aligned: 3.0, global: 0.5, nonaligned: 0.5}
     fusion: {kind: weighted}            # optional; or {kind: model, model: fusion.safetensors, sha256: ...}
     detector: {thresholds: [0.6, 0.7, 0.9], factor: 0.709, min_face_frac: 0.05}   # optional
+    min_faces: 2    # optional (default 1): face branches vote only on photos with at least this many
+                    # faces; on others the whole-image branches give the label (the faces are still scored)
     chosen_on:                          # free-form record of where the weights come from
       data: GAF 2.0 validation, 2068 photos
       method: grid search over the simplex, step 0.1
@@ -86,7 +88,8 @@ __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotio
 BUNDLE_FORMAT = "groupmood-bundle-1"
 
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
-_BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion"}
+_BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion",
+                "min_faces"}
 _FUSION_KEYS = {"kind", "model", "sha256"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
@@ -457,12 +460,16 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
         if not isinstance(fusion.get("model"), str):
             raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
         fusion["model"] = str((p.parent / fusion["model"]).resolve())
+    min_faces = raw.get("min_faces", 1)
+    if isinstance(min_faces, bool) or not isinstance(min_faces, int) or min_faces < 1:
+        raise ConfigError(f"{p}: min_faces must be a whole number >= 1 (faces a photo needs before the face "
+                          f"branches vote), got {min_faces!r}")
     out = dict(raw)
     det = dict(det)
     if "thresholds" in det:
         det["thresholds"] = tuple(det["thresholds"])
     out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=det, fusion=fusion,
-               chosen_on=raw.get("chosen_on") or {}, path=str(p.resolve()))
+               chosen_on=raw.get("chosen_on") or {}, min_faces=min_faces, path=str(p.resolve()))
     return out
 
 
@@ -473,12 +480,14 @@ class GroupEmotionRecognizer:
 
     ``pooling`` overrides the face branches' own pooling: ``"all"``, ``"top3"``, or a mapping
     branch -> pooling. ``weights`` maps branch names to non-negative numbers; a branch left out
-    has weight 0 (it is run and reported but does not vote).
+    has weight 0 (it is run and reported but does not vote). The face branches vote only on photos
+    with at least ``min_faces`` faces (one face is not a group: the whole-image branches decide).
     """
 
     def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
                  pooling: str | Mapping[str, str] | None = None, device: torch.device | str = "cpu",
-                 chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None) -> None:
+                 chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None,
+                 min_faces: int = 1) -> None:
         if not branches:
             raise ConfigError("a recognizer needs at least one branch")
         if "fused" in branches:
@@ -506,6 +515,9 @@ class GroupEmotionRecognizer:
                 raise ConfigError(f"the fusion model reads branch(es) {', '.join(missing)}, which the recognizer "
                                   f"does not have ({', '.join(self.branches)})")
         self.fusion_model = fusion_model
+        if isinstance(min_faces, bool) or not isinstance(min_faces, int) or min_faces < 1:
+            raise ConfigError(f"min_faces must be a whole number >= 1, got {min_faces!r}")
+        self.min_faces = min_faces
 
     def __repr__(self) -> str:
         return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
@@ -529,7 +541,7 @@ class GroupEmotionRecognizer:
         if detector is None:
             detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **spec["detector"])
         return cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
-                   spec["chosen_on"], fusion_model if weights is None else None)
+                   spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"])
 
     @classmethod
     def default(cls, device: torch.device | str = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
@@ -545,7 +557,7 @@ class GroupEmotionRecognizer:
         """A recognizer sharing this one's models with other fusion weights and / or pooling."""
         return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
                                       pooling, self.device, self.chosen_on,
-                                      self.fusion_model if weights is None else None)
+                                      self.fusion_model if weights is None else None, self.min_faces)
 
     @property
     def backend(self) -> str:
@@ -578,7 +590,7 @@ class GroupEmotionRecognizer:
         branches = {n: br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
                     for n, br in self.branches.items()}
         return GroupEmotionRecognizer(detector, branches, self.weights, None, self.device, self.chosen_on,
-                                      self.fusion_model)
+                                      self.fusion_model, self.min_faces)
 
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
         """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
@@ -625,6 +637,8 @@ class GroupEmotionRecognizer:
             for n, br in branches.items():
                 if br.is_face:
                     pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
+                    if pooled[n].spoke and len(faces) < self.min_faces:  # abstains; the faces keep their scores
+                        pooled[n] = Pooled(np.full(len(GROUP_CLASSES), 1.0 / len(GROUP_CLASSES)), False, ())
                 else:
                     pooled[n] = Pooled(per_branch[n][i], True, ())
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p

@@ -412,6 +412,8 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
     doc: dict[str, Any] = {"format": "groupmood-bundle-1", "branches": entries,
                            "weights": {b: round(float(w), 4) for b, w in stack.weights.items()},
                            "detector": spec["detector"]}
+    if spec["min_faces"] != 1:
+        doc["min_faces"] = spec["min_faces"]
     if stack.model is not None:
         fpath = stack.model.save(folder / fusion_file)
         doc["fusion"] = {"kind": "model", "model": fusion_file, "sha256": store.sha256_file(fpath)}
