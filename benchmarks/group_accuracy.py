@@ -101,25 +101,32 @@ def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
     return fold_indices(path, names)[0]
 
 
-def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> tuple[dict, dict]:
-    """Per-branch (calibrated, as the bundle fuses them) and fused accuracy of a recognizer on labelled photos,
-    on all of them and on those where MTCNN found a face."""
-    from groupmood.metrics import accuracy_table
+def labelled_results(rec, items: list[tuple[Path, int, str]]):
+    """(class index, GroupResult) of each readable labelled photo, every branch run; unreadable ones reported."""
     from groupmood.images import load_batches
-    from groupmood.labels import GROUP_CLASSES
 
     label = {p: y for p, y, _ in items}
-    preds: dict[str, list[int]] = {}
-    ys, has_face = [], []
     for good, bad in load_batches([p for p, _, _ in items], 8):
         for err in bad:
             print(f"skipped {err}", file=sys.stderr)
         for (path, _), res in zip(good, rec.predict([img for _, img in good], all_branches=True) if good else []):
-            ys.append(label[path])
-            has_face.append(bool(res.faces))
-            for b, r in res.branches.items():
-                preds.setdefault(b, []).append(int(np.argmax(r.probs)) if r.spoke else -1)
-            preds.setdefault("fused", []).append(-1 if res.abstained else GROUP_CLASSES.index(res.label))
+            yield label[path], res
+
+
+def evaluate_bundle(rec, items: list[tuple[Path, int, str]]) -> tuple[dict, dict]:
+    """Per-branch (calibrated, as the bundle fuses them) and fused accuracy of a recognizer on labelled photos,
+    on all of them and on those where MTCNN found a face."""
+    from groupmood.labels import GROUP_CLASSES
+    from groupmood.metrics import accuracy_table
+
+    preds: dict[str, list[int]] = {}
+    ys, has_face = [], []
+    for y, res in labelled_results(rec, items):
+        ys.append(y)
+        has_face.append(bool(res.faces))
+        for b, r in res.branches.items():
+            preds.setdefault(b, []).append(int(np.argmax(r.probs)) if r.spoke else -1)
+        preds.setdefault("fused", []).append(-1 if res.abstained else GROUP_CLASSES.index(res.label))
     y, face = np.array(ys), np.array(has_face)
     return ({b: accuracy_table(np.array(p), y) for b, p in preds.items()},
             {b: accuracy_table(np.array(p)[face], y[face]) for b, p in preds.items()} if face.any() else {})

@@ -12,31 +12,24 @@ Test photos are never read here. Prints a table and replaces its section of RESU
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from _common import REPO, loadavg, publish_result
-from group_accuracy import BUNDLE, multiemova_items, sentiment_items
+from group_accuracy import BUNDLE, labelled_results, multiemova_items, sentiment_items
 
 
 def evidence(rec, items: list[tuple[Path, int, str]]) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """Calibrated branch probabilities, spoke flags, face counts and labels of labelled photos."""
-    from groupmood.images import load_batches
-
-    label = {p: y for p, y, _ in items}
     probs: dict[str, list] = {}
     spoke: dict[str, list] = {}
     faces, ys = [], []
-    for good, bad in load_batches([p for p, _, _ in items], 8):
-        for err in bad:
-            print(f"skipped {err}", file=sys.stderr)
-        for (path, _), res in zip(good, rec.predict([img for _, img in good], all_branches=True) if good else []):
-            ys.append(label[path])
-            faces.append(len(res.faces))
-            for b, r in res.branches.items():
-                probs.setdefault(b, []).append(r.probs)
-                spoke.setdefault(b, []).append(r.spoke)
+    for y, res in labelled_results(rec, items):
+        ys.append(y)
+        faces.append(len(res.faces))
+        for b, r in res.branches.items():
+            probs.setdefault(b, []).append(r.probs)
+            spoke.setdefault(b, []).append(r.spoke)
     return ({b: np.array(v) for b, v in probs.items()}, {b: np.array(v) for b, v in spoke.items()},
             np.array(faces), np.array(ys))
 
