@@ -78,6 +78,14 @@ WEIGHTS: dict[str, WeightSpec] = {
         WeightSpec("faceapi_expression", "@vladmandic/face-api", "1.7.15", "package/model/face_expression_model.bin",
                    "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d", "MIT",
                    "face-api.js expression net: uint8-quantised TF.js weights", "npm"),
+        WeightSpec("faceapi_identity_manifest", "@vladmandic/face-api", "1.7.15",
+                   "package/model/face_recognition_model-weights_manifest.json",
+                   "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b", "MIT",
+                   "dlib ResNet face descriptor (face identity, 150x150 RGB -> 128-D), face-api.js TF.js port: "
+                   "weights manifest", "npm"),
+        WeightSpec("faceapi_identity", "@vladmandic/face-api", "1.7.15", "package/model/face_recognition_model.bin",
+                   "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589", "MIT",
+                   "dlib ResNet face descriptor: uint8-quantised TF.js weights (6.4 MB)", "npm"),
     )
 }
 

