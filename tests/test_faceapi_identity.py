@@ -20,6 +20,7 @@ from groupmood.models.faceapi_identity import (
     FaceIdentityNet,
     _block_names,
     faceapi_identity_state_dict,
+    normalize_identity,
     load_faceapi_identity,
 )
 from groupmood.samples import sample_path
@@ -34,9 +35,9 @@ def _to_tfjs(net: FaceIdentityNet) -> dict[str, np.ndarray]:
                 f"{dst}/conv/bias": sd[f"{prefix}.conv.bias"],
                 f"{dst}/scale/weights": sd[f"{prefix}.weight"], f"{dst}/scale/biases": sd[f"{prefix}.bias"]}
 
-    out = scaled("stem", "conv32_down")
+    out = scaled("trunk.stem", "conv32_down")
     for i, name in enumerate(_block_names()):
-        out |= scaled(f"blocks.{i}.conv1", f"{name}/conv1") | scaled(f"blocks.{i}.conv2", f"{name}/conv2")
+        out |= scaled(f"trunk.blocks.{i}.conv1", f"{name}/conv1") | scaled(f"trunk.blocks.{i}.conv2", f"{name}/conv2")
     out["fc"] = sd["fc.weight"].T
     return out
 
@@ -51,12 +52,12 @@ def _real_net() -> FaceIdentityNet:
 def _descriptors(net: FaceIdentityNet, image: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
     crops = square_crops(image, boxes, size=150, margin=margin, grey=False)
     with torch.no_grad():
-        return net(torch.from_numpy(crops).permute(0, 3, 1, 2).float()).numpy()
+        return net(normalize_identity(torch.from_numpy(crops).permute(0, 3, 1, 2).float())).numpy()
 
 
 def test_shapes_and_the_odd_sized_residual_down():
     net = FaceIdentityNet().eval()
-    x = torch.rand(2, 3, 150, 150) * 255
+    x = torch.randn(2, 3, 150, 150)
     assert net(x).shape == (2, 128) and net.forward_features(x).shape == (2, 256)
     assert len(_block_names()) == 14 and sum(p.numel() for p in net.parameters()) == 5_614_592  # "about 5.6M"
 
@@ -69,7 +70,7 @@ def test_tfjs_round_trip(tmp_path):
     manifest = _write_tfjs(tmp_path, tensors, quantize=set())
     again = FaceIdentityNet().eval()
     again.load_state_dict(faceapi_identity_state_dict(read_tfjs(manifest)))
-    x = torch.rand(2, 3, 150, 150) * 255
+    x = torch.randn(2, 3, 150, 150)
     assert torch.allclose(again(x), net(x), atol=1e-5)
     del tensors["conv128_1/conv2/scale/biases"]
     with pytest.raises(WeightsError, match="conv128_1/conv2/scale/biases"):
@@ -111,3 +112,23 @@ def test_real_weights_verify_lfw_people(detector):
     upper = np.triu(np.ones_like(same), 1).astype(bool)
     right = (d[same & upper] < 0.6).sum() + (d[~same & upper] >= 0.6).sum()
     assert right / upper.sum() > 0.88  # 92.7% measured on these crops (not dlib's aligned chips)
+
+
+def test_identity_initialised_aligned_branch(tmp_path):
+    """identity_resnet_aligned: registered for aligned faces (150x128), its trunk loaded from the descriptor."""
+    from groupmood.data.transforms import normalize
+    from groupmood.models import create_model, model_info
+
+    info = model_info("identity_resnet_aligned")
+    assert info.family == "face_aligned" and info.input_size == (150, 128) and info.in_chans == 3
+    model = create_model("identity_resnet_aligned", num_classes=8).eval()
+    x = torch.randint(0, 256, (2, 3, 150, 128), dtype=torch.uint8)
+    assert model(normalize(x, info)).shape == (2, 8)
+    assert torch.allclose(normalize(x, info), normalize_identity(x.float()), atol=1e-6)  # the recipe's input
+    net = _real_net()
+    model.load_pretrained("faceapi_identity", verbose=False)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(normalize(x, info)), net.trunk(normalize_identity(x.float())))
+    model.load_pretrained("none")
+    with pytest.raises(Exception, match="faceapi_identity"):
+        model.load_pretrained("imagenet")

@@ -18,6 +18,10 @@ stride 2 without padding; its shortcut is a 2x2 average pool of the input, zero-
 channel count, and where the pooled map is larger than the block's output, the output gets a zero
 row and column at the bottom and right (face-api.js's ``residualDown``). Two faces of the same
 person lie within a Euclidean distance of about 0.6.
+
+:class:`IdentityResNet` (registered as ``identity_resnet_aligned``) puts an expression head on this
+trunk for the aligned branch (the 112x96 template scaled to 150x128), initialised from the identity weights (``model.pretrained:
+faceapi_identity``): the paper's face-identity initialisation with the weights obtainable here.
 """
 from __future__ import annotations
 
@@ -29,14 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import weights as store
-from ..errors import WeightsError
-from .faceapi import FACEAPI_MEAN, read_tfjs
+from typing import Any
 
-__all__ = ["FACEAPI_IDENTITY_SIZE", "FaceIdentityNet", "faceapi_identity_state_dict", "load_faceapi_identity"]
+from .. import weights as store
+from ..errors import ConfigError, WeightsError
+from .faceapi import FACEAPI_MEAN, read_tfjs
+from .heads import EmbeddingClassifier
+from .registry import register_model
+
+__all__ = ["FACEAPI_IDENTITY_SIZE", "FaceIdentityNet", "IdentityResNet", "IdentityTrunk", "faceapi_identity_state_dict",
+           "identity_resnet_aligned", "load_faceapi_identity", "normalize_identity"]
 
 #: Input size (height, width) of the descriptor net.
 FACEAPI_IDENTITY_SIZE = (150, 150)
+#: Aligned input of :func:`identity_resnet_aligned`: the 112x96 SphereFace template scaled by 4/3 (the net
+#: needs about 150 px; at 112x96 its last block has nothing left to convolve).
+IDENTITY_ALIGNED_SIZE = (150, 128)
 _STAGES = (("conv32", 32, 3, False), ("conv64", 64, 3, True), ("conv128", 128, 2, True), ("conv256", 256, 2, True))
 
 
@@ -74,18 +86,18 @@ class _Residual(nn.Module):
         return F.relu(out + short)
 
 
-class FaceIdentityNet(nn.Module):
-    """dlib's ResNet face descriptor: (N, 3, 150, 150) RGB in [0, 255] -> (N, 128) descriptors.
+def normalize_identity(x: Tensor) -> Tensor:
+    """RGB pixels in [0, 255] (N, 3, H, W) -> the descriptor net's input (minus the mean, / 256)."""
+    return (x - torch.tensor(FACEAPI_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)) / 256.0
 
-    ``forward_features`` gives the 256-D pooled trunk features (what a new head would read).
-    """
+
+class IdentityTrunk(nn.Module):
+    """The descriptor's convolutional trunk: normalised (N, 3, H, W) -> (N, 256) average-pooled features."""
 
     num_features = 256
-    embedding_dim = 128
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(FACEAPI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.stem = _ScaledConv(3, 32, 7, 2)
         blocks: list[nn.Module] = []
         cin = 32
@@ -96,15 +108,59 @@ class FaceIdentityNet(nn.Module):
             cin = cout
         blocks.append(_Residual(256, 256, True))  # conv256_down_out
         self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(F.max_pool2d(F.relu(self.stem(x)), 3, 2)).mean(dim=(2, 3))
+
+
+class FaceIdentityNet(nn.Module):
+    """dlib's ResNet face descriptor: (N, 3, 150, 150) normalised faces (:func:`normalize_identity`) -> (N, 128)."""
+
+    embedding_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = IdentityTrunk()
         self.fc = nn.Linear(256, 128, bias=False)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = (x - self.mean) / 256.0
-        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
-        return self.blocks(x).mean(dim=(2, 3))
+        return self.trunk(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
+        return self.fc(self.trunk(x))
+
+
+class IdentityResNet(EmbeddingClassifier):
+    """The identity trunk with a new expression head (the aligned branch, face-identity initialised)."""
+
+    def __init__(self, num_classes: int = 8, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.0,
+                 **margin_kw: float) -> None:
+        super().__init__()
+        self.trunk = IdentityTrunk()
+        self._build_head(IdentityTrunk.num_features, num_classes, head, margin_m, drop_rate, margin_kw)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.trunk(x)
+
+    def load_pretrained(self, source: str | Path | None, auto_fetch: bool = True, verbose: bool = True) -> None:
+        """``faceapi_identity`` (or None): the trunk from dlib's descriptor weights; ``none``: random."""
+        key = "faceapi_identity" if source is None else str(source)
+        if key.lower() == "none":
+            return
+        if key != "faceapi_identity":
+            raise ConfigError(f"model.pretrained for identity_resnet_aligned is 'faceapi_identity' or 'none', got "
+                              f"{source!r} (a groupmood checkpoint goes in init_from)")
+        trunk = load_faceapi_identity(auto_fetch=auto_fetch).trunk
+        self.trunk.load_state_dict(trunk.state_dict())
+        if verbose:
+            print("pretrained faceapi_identity: the dlib ResNet descriptor's trunk loaded; new head")
+
+
+@register_model("face_aligned", IDENTITY_ALIGNED_SIZE, 3, mean=FACEAPI_MEAN, std=(256.0, 256.0, 256.0))
+def identity_resnet_aligned(num_classes: int = 8, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.0,
+                            **kw: Any) -> IdentityResNet:
+    """dlib's ResNet face-descriptor trunk (5.6 M, face identity) + expression head on aligned 150x128 RGB faces."""
+    return IdentityResNet(num_classes, head, margin_m, drop_rate, **kw)
 
 
 def _block_names() -> list[str]:
@@ -127,10 +183,10 @@ def faceapi_identity_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, 
                 f"{prefix}.bias": torch.from_numpy(tensors[f"{src}/scale/biases"])}
 
     try:
-        out = scaled("stem", "conv32_down")
+        out = scaled("trunk.stem", "conv32_down")
         for i, name in enumerate(_block_names()):
-            out |= scaled(f"blocks.{i}.conv1", f"{name}/conv1")
-            out |= scaled(f"blocks.{i}.conv2", f"{name}/conv2")
+            out |= scaled(f"trunk.blocks.{i}.conv1", f"{name}/conv1")
+            out |= scaled(f"trunk.blocks.{i}.conv2", f"{name}/conv2")
         out["fc.weight"] = torch.from_numpy(np.ascontiguousarray(tensors["fc"].T))
     except KeyError as exc:
         raise WeightsError(f"the TF.js weights lack tensor {exc.args[0]!r}: not face-api's face_recognition_model"
