@@ -20,8 +20,8 @@ from groupmood.models.faceapi_identity import (
     FaceIdentityNet,
     _block_names,
     faceapi_identity_state_dict,
-    normalize_identity,
     load_faceapi_identity,
+    normalize_identity,
 )
 from groupmood.samples import sample_path
 

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from typing import Any
 
 from .. import weights as store
 from ..errors import ConfigError, WeightsError
