@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -199,7 +200,7 @@ def find_shards(target: str | Path) -> int:
     suffix = target.suffix
     stem = target.name[:-len(suffix)] if suffix else target.name
     counts = set()
-    for f in target.parent.glob(f"{glob_escape(stem)}.shard-*-of-*{glob_escape(suffix)}"):
+    for f in target.parent.glob(f"{glob.escape(stem)}.shard-*-of-*{glob.escape(suffix)}"):
         m = _SHARD_RE.search(f.name[:-len(suffix)] if suffix else f.name)
         if m and not f.name.endswith((".partial", ".json")):
             counts.add(int(m.group(2)))
@@ -210,11 +211,6 @@ def find_shards(target: str | Path) -> int:
         raise MergeError(f"shard outputs of {display_path(target)} from runs of different sizes "
                          f"(N = {', '.join(map(str, sorted(counts)))}); give --of N or remove the stale ones")
     return counts.pop()
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob wildcards escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _read_records(path: Path, fmt: str) -> tuple[str, list[tuple[str, str]]]:
