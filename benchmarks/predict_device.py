@@ -16,19 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import REPO, loadavg, machine_line, publish_result
-
-FOLDERS = (("voc-faces", "*.jpg"), ("gaf-samples", "*"), ("wider-val-200", "*"), ("misc-group", "*"))
-
-
-def benchmark_paths(shared: Path) -> list[Path]:
-    """The 228 benchmark photos, in a fixed order."""
-    paths = [p for folder, pattern in FOLDERS for p in sorted((shared / folder).glob(pattern))
-             if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    if not paths:
-        raise SystemExit(f"error: no benchmark photos under {shared}; pass --shared")
-    return paths
-
+from _common import REPO, loadavg, publish_result
+from detect import photo_paths
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", help="torch, onnxruntime or auto (predict's default: ONNX "
                     "Runtime on a CPU where installed, PyTorch on CUDA)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (quick check)")
+    ap.add_argument("--limit", type=int, default=None, help="use only N photos, every folder represented (quick check)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
     args = ap.parse_args(argv)
 
@@ -51,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_start = loadavg()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    paths = benchmark_paths(args.shared)[:args.limit]
+    paths = [p for _, p in photo_paths(args.shared, args.limit)]
     images = [load_image(p) for p in paths]
     rec = build_recognizer(args.bundle, args.device, args.backend)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
