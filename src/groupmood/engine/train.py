@@ -292,7 +292,8 @@ class Trainer:
         self._take_subset()
         self.classes = tuple(self.data.classes)
         self.loss_weight = self._loss_weight()
-        self._select_by()
+        self.label_smoothing = float((self.cfg.get("loss") or {}).get("label_smoothing") or 0.0)
+        self.select_by = self._select_by()
         self.model = self._build_model()
         if self.batchnorm == "sync" and self.dist.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -556,7 +557,7 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             logits = self.net(x, target=hard)
         loss = F.cross_entropy(logits.float(), y.float() if y.ndim == 2 else y, weight=self.loss_weight,
-                               label_smoothing=float((self.cfg.get("loss") or {}).get("label_smoothing") or 0.0))
+                               label_smoothing=self.label_smoothing)
         if not torch.isfinite(loss):
             raise ConfigError(f"the loss became {loss.item()} at step {self.state.step} (lr {lr:g}); lower "
                               "optim.lr, add sched.warmup_iters, or use a softmax head first")
@@ -639,7 +640,7 @@ class Trainer:
             probs, labels = self._validate(val)
             rep = classification_report(probs, labels, self.classes, self.cfg["data"].get("surprise", "Positive"))
             row["val_acc"], row["val_mean_class_acc"] = rep["accuracy"], rep["mean_class_accuracy"]
-            metric = rep[self._select_by()]
+            metric = rep[self.select_by]
             if "valence" in rep:
                 row["val_valence_acc"] = rep["valence"]["accuracy"]
         if self.dist.is_main:
