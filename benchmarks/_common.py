@@ -170,39 +170,6 @@ def publish_result(name: str, threads: int, load_start: str, notes: list[str], t
         print("\n" + render_result_section(name, body, command, machine))
 
 
-def append_results(section: str, path: Path = RESULTS) -> None:
-    """Append a markdown section to RESULTS.md atomically (groupmood imported only here: the
-    memory-measuring workers of detect.py start from a parent that holds the standard library only)."""
-    from groupmood.io import atomic_write_text
-
-    old = path.read_text() if path.exists() else (
-        "# Benchmark results\n\nAppended by the scripts in `benchmarks/` (see README.md); newest last.\n")
-    atomic_write_text(path, old.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
-
-
-def section(title: str, threads: int, load_start: str, notes: list[str], table: list[str]) -> str:
-    """A dated RESULTS.md section: title, command, machine, load at start and end, notes, table."""
-    import datetime as dt
-
-    return "\n".join([
-        f"## {title} — {dt.date.today().isoformat()}",
-        "",
-        f"Command: `{command_line()}`  ",
-        f"Machine: {machine_line(threads)}  ",
-        f"Load average at start / end: {load_start} / {loadavg()} (1/5/15 min; the machine may be shared)  ",
-        *[n + "  " for n in notes],
-        "",
-        *table,
-    ])
-
-
-def publish(text: str, write: bool) -> None:
-    """Print a section and, unless told not to, append it to RESULTS.md."""
-    print("\n" + text)
-    if write:
-        append_results(text)
-
-
 def photo_benchmark_parser(doc: str, threads_help: str, memory_help: str) -> argparse.ArgumentParser:
     """The options shared by the photo benchmarks (detect.py, predict.py): data, threads, size, output."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
