@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Calibration", "calibrate_rows", "expected_calibration_error", "fit_calibration",
            "negative_log_likelihood"]
@@ -102,8 +104,11 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray, bias: bool = False, max_iter: int = 200) -> Calibration:
     """The temperature (and, with ``bias``, per-class bias) of least NLL on labelled probabilities.
 
-    Fitted with L-BFGS on log T (so T stays positive); the bias is centred (it sums to 0).
+    Fitted with L-BFGS on log T (so T stays positive); the bias is centred (it sums to 0). The fit
+    imports torch; :meth:`Calibration.apply` is numpy only.
     """
+    import torch
+
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if p.ndim != 2 or len(p) != len(y):

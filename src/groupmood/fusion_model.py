@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save as save_safetensors
 
-from .checkpoint import canonical_safetensors, read_safetensors
 from .errors import ConfigError, WeightsError
 from .io import atomic_write
 from .labels import GROUP_CLASSES
@@ -79,23 +76,41 @@ class FusionModel:
 
     def save(self, path: str | Path) -> Path:
         """safetensors with ``weight`` / ``bias`` and the branch lists in the metadata (written atomically)."""
+        from safetensors.numpy import save as save_safetensors
+
+        from .checkpoint import canonical_safetensors
+
         meta = {"format": FUSION_MODEL_FORMAT, "branches": json.dumps(list(self.branches)),
                 "face_branches": json.dumps(list(self.face_branches)), "classes": json.dumps(list(GROUP_CLASSES)),
                 "c": json.dumps(self.c)}
-        blob = save_safetensors({"weight": torch.from_numpy(np.ascontiguousarray(self.head.weight)),
-                                 "bias": torch.from_numpy(np.ascontiguousarray(self.head.bias))}, metadata=meta)
+        blob = save_safetensors({"weight": np.ascontiguousarray(self.head.weight),
+                                 "bias": np.ascontiguousarray(self.head.bias)}, metadata=meta)
         with atomic_write(path, "wb") as fh:
             fh.write(canonical_safetensors(blob))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> FusionModel:
-        """Read a fusion model file (:func:`groupmood.checkpoint.read_safetensors`)."""
+        """Read a fusion model file (numpy only: safetensors' numpy reader, no torch)."""
         p = Path(path)
-        tensors, meta = read_safetensors(p, framework="numpy")
+        tensors, meta = _read_numpy_safetensors(p)
         if meta.get("format") != FUSION_MODEL_FORMAT or not {"weight", "bias"} <= set(tensors):
             raise WeightsError(f"{p}: not a groupmood fusion model (format {meta.get('format')!r}); "
                                "fit one with benchmarks/group_accuracy.py --write-bundle")
         weight, bias = tensors["weight"], tensors["bias"]
         return cls(tuple(json.loads(meta["branches"])), tuple(json.loads(meta["face_branches"])),
                    LinearHead(weight.astype(np.float64), bias.astype(np.float64)), float(json.loads(meta["c"])))
+
+
+def _read_numpy_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(arrays, raw string metadata) of a safetensors file, with the errors of
+    :func:`groupmood.checkpoint.read_safetensors` (which imports torch; this does not)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found; check the path")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc}); fetch or export it again") from exc

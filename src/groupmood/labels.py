@@ -6,8 +6,12 @@ The group class order is the one of the authors' score files (facts.md): 0 Negat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 GROUP_CLASSES: tuple[str, ...] = ("Negative", "Neutral", "Positive")
 
@@ -45,21 +49,32 @@ def valence_map(surprise: str = "Positive") -> dict[str, str]:
     return mapping
 
 
-def valence_matrix(classes: Sequence[str], mapping: Mapping[str, str] | None = None) -> torch.Tensor:
-    """A (len(classes), 3) 0/1 matrix that sums expression probabilities into group classes.
+def valence_array(classes: Sequence[str], mapping: Mapping[str, str] | None = None) -> np.ndarray:
+    """A (len(classes), 3) float32 0/1 array that sums expression probabilities into group classes.
 
-    When ``classes`` already are the group classes the matrix is the identity.
+    When ``classes`` already are the group classes the array is the identity. numpy only, for
+    inference without torch; :func:`valence_matrix` is the same as a torch tensor.
     """
     if tuple(classes) == GROUP_CLASSES:
-        return torch.eye(3)
+        return np.eye(3, dtype=np.float32)
     mapping = dict(mapping or valence_map())
-    m = torch.zeros(len(classes), len(GROUP_CLASSES))
+    m = np.zeros((len(classes), len(GROUP_CLASSES)), dtype=np.float32)
     for i, c in enumerate(classes):
         target = mapping.get(canonical_expression(c))
         if target is None:
             raise KeyError(f"expression {c!r} has no group class in the map {mapping}")
         m[i, GROUP_CLASSES.index(target)] = 1.0
     return m
+
+
+def valence_matrix(classes: Sequence[str], mapping: Mapping[str, str] | None = None) -> torch.Tensor:
+    """A (len(classes), 3) float32 0/1 tensor that sums expression probabilities into group classes.
+
+    When ``classes`` already are the group classes the matrix is the identity.
+    """
+    import torch
+
+    return torch.from_numpy(valence_array(classes, mapping))
 
 
 def to_valence(probs: torch.Tensor, classes: Sequence[str],

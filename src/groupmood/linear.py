@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["LinearHead", "fit_softmax_regression"]
 
@@ -46,8 +48,12 @@ def fit_softmax_regression(x: np.ndarray, y: np.ndarray, c: float, num_classes: 
     """L2-regularised multinomial logistic regression on standardised features, folded back to raw ones.
 
     Objective ``c * sum_i w_i CE_i + ||W||^2 / 2`` (bias not penalised), the scikit-learn
-    ``LogisticRegression(C=c)`` objective; constant features are left unscaled.
+    ``LogisticRegression(C=c)`` objective; constant features are left unscaled. Fitting uses torch
+    (imported here); applying the returned head is numpy only.
     """
+    import torch
+    import torch.nn.functional as F
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if x.ndim != 2 or len(x) != len(y) or not len(y):

@@ -14,9 +14,10 @@ import dataclasses
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["CROPS", "FAMILY_RECIPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPE_KEYS", "ModelInfo", "create_model",
            "family_info", "list_models", "model_info", "register_model", "resolve_recipe"]
