@@ -20,7 +20,10 @@ def built(monkeypatch, detector):
     def spy(cls, *args, **settings):
         for key in ("device", "weights_dir", "auto_fetch"):
             settings.pop(key, None)
+        backend = settings.pop("backend", "torch")
         det = detector.with_settings(**settings)
+        if backend != "torch":
+            det = det.with_backend(backend)
         seen.append(det.settings)
         return det
 

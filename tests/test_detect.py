@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from groupmood.detect import CascadeSettings, FaceDetector
-from groupmood.detect.cascade import _pack, _Tile, area_resize, integral_image, pyramid_scales
+from groupmood.detect.cascade import (
+    _pack,
+    _Tile,
+    area_resize,
+    integral_image,
+    pyramid_scales,
+)
 
 
 def _inside(face) -> bool:
@@ -54,9 +60,8 @@ def test_packed_canvas_equals_one_level_per_call(detector, astronaut, coffee, sk
     camera = np.asarray(Image.open(skimage_data_dir / "camera.png").convert("RGB"))
     small = np.asarray(Image.fromarray(astronaut).resize((300, 260)))
     images = [astronaut, coffee, camera, small]
-    nets = (detector.pnet, detector.rnet, detector.onet)
-    packed = run_cascade(images, *nets, detector.settings, detector.device, pack=True)
-    levels = run_cascade(images, *nets, detector.settings, detector.device, pack=False)
+    packed = run_cascade(images, *detector.runners, detector.settings, detector.device, pack=True)
+    levels = run_cascade(images, *detector.runners, detector.settings, detector.device, pack=False)
     assert sum(len(p[0]) for p in packed) >= 3
     for (bp, sp, lp), (bl, sl, ll) in zip(packed, levels):
         assert len(bp) == len(bl)

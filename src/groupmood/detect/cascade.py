@@ -11,9 +11,17 @@ offsets so that P-Net's stride-2 grid lines up with each tile) and runs P-Net on
 instead of once per scale per image; on a CPU, where the canvas' gaps cost as much as pixels and
 many small calls cost nothing, P-Net runs on each level alone. A P-Net output cell sees exactly a
 12x12 window, so a cell whose window lies inside one tile scores the same as on that tile alone.
-Stages 2 and 3 crop every candidate of every image (no per-box torch call) and run R-Net / O-Net
+Stages 2 and 3 crop every candidate of every image (no per-box net call) and run R-Net / O-Net
 in chunks, each image's crops apart, and NMS is per image (and per scale in stage 1), one group at a
 time: a photo's detections are the same bit for bit whatever photos share its batch (on a CPU).
+
+Everything here is numpy: the nets are plain callables, ``(N, 3, H, W)`` float32 C-contiguous
+array in, a tuple of float32 arrays out (P-Net: regression (1, 4, h, w), probability (1, h, w);
+R-Net: regression (N, 4), probability (N,); O-Net: regression (N, 4), landmarks (N, 10),
+probability (N,)): ONNX Runtime sessions, or PyTorch nets behind :class:`~groupmood.detect.nets.TorchRunner`
+(which moves the input to its device). The arithmetic (float32, in the same order) and the NMS
+(:func:`nms`, torchvision's greedy NMS) are those of the former PyTorch implementation, so the
+results are the same bit for bit on a CPU.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
 landmark formulas), so detections match the original implementation.
@@ -21,14 +29,12 @@ landmark formulas), so detections match the original implementation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-from torchvision.ops import nms
-
-from .nets import ONet, PNet, RNet
 
 CELL = 12
 STRIDE = 2
@@ -102,34 +108,54 @@ def _pack(tiles: list[_Tile], max_pixels: int, gap: int = 2) -> list[tuple[int, 
     return sizes
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - 127.5) * 0.0078125
+#: A net of the cascade: (N, 3, H, W) float32 C-contiguous array in, a tuple (or list) of float32 arrays out.
+#: A runner with a true ``channels_last`` attribute (:class:`~groupmood.detect.nets.TorchRunner`) gets the
+#: same values as an (N, 3, H, W) view of (N, H, W, 3) memory instead (no copy on either side).
+Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+_EMPTY_BOXES = np.zeros((0, 9), np.float32)
+_EMPTY_IDS = np.zeros(0, np.int64)
+_EMPTY_BOXES.flags.writeable = _EMPTY_IDS.flags.writeable = False
 
 
-def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg: CascadeSettings,
-            device: torch.device, pack: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net on the pyramids (packed into canvases when ``pack``; default: on GPUs only).
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x - np.float32(127.5)) * np.float32(0.0078125)
+
+
+def _net_input(x: np.ndarray, net: Runner) -> np.ndarray:
+    """A net's (N, C, H, W) input from normalised (N, H, W, C) values: C-contiguous, or a view for a
+    ``channels_last`` runner."""
+    view = x.transpose(0, 3, 1, 2)
+    return view if getattr(net, "channels_last", False) else np.ascontiguousarray(view)
+
+
+def _is_cpu(device: Any) -> bool:
+    return str(device).split(":", 1)[0] == "cpu"
+
+
+def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cfg: CascadeSettings,
+            device: Any = "cpu", pack: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """P-Net on the pyramids (packed into canvases when ``pack``; default: off a CPU only).
 
     ``tables`` are the photos' summed-area tables (:func:`integral_image`).
 
-    Returns boxes (N, 9: x1 y1 x2 y2 score reg4) and image indices.
+    Returns boxes (N, 9: x1 y1 x2 y2 score reg4) float32 and image indices (N,) int64.
     """
     tiles = [
         _Tile(i, s, int(img.shape[0] * s + 1), int(img.shape[1] * s + 1))
         for i, img in enumerate(images)
         for s in pyramid_scales(img.shape[0], img.shape[1], cfg.min_face(*img.shape[:2]), cfg.factor)
     ]
-    empty = torch.zeros(0, 9, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if not tiles:
-        return empty
+        return _EMPTY_BOXES, _EMPTY_IDS
     # area averaging from the summed-area table: a cost per level pixel, where interpolate(mode="area")
     # reads every photo pixel for every level (and first needs a float copy of the photo)
-    levels: list[torch.Tensor] = []
+    levels: list[np.ndarray] = []
     for t in tiles:
         h, w = images[t.image].shape[:2]
         whole = np.array([[0, 0, w, h]])
-        levels.append(torch.from_numpy(area_resize(tables[t.image], whole, t.h, t.w)).permute(0, 3, 1, 2))
-    if not (device.type != "cpu" if pack is None else pack):
+        levels.append(area_resize(tables[t.image], whole, t.h, t.w))  # (1, h, w, 3)
+    if not (not _is_cpu(device) if pack is None else pack):
         # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
         # while it gains nothing from fewer, larger calls
         for i, t in enumerate(tiles):
@@ -137,76 +163,79 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: PNet, cfg:
         canvases = levels
     else:
         sizes = _pack(tiles, cfg.max_canvas_pixels)
-        canvases = [torch.zeros(1, 3, h, w) for h, w in sizes]
+        canvases = [np.zeros((1, h, w, 3), np.float32) for h, w in sizes]
         for t, level in zip(tiles, levels):
-            canvases[t.canvas][:, :, t.y:t.y + t.h, t.x:t.x + t.w] = level
+            canvases[t.canvas][:, t.y:t.y + t.h, t.x:t.x + t.w] = level
 
     canvas_tiles: list[list[int]] = [[] for _ in canvases]
     for ti, t in enumerate(tiles):
         canvas_tiles[t.canvas].append(ti)
-    tiles_y = torch.tensor([t.y // 2 for t in tiles], device=device)
-    tiles_x = torch.tensor([t.x // 2 for t in tiles], device=device)
-    scales = torch.tensor([t.scale for t in tiles], device=device, dtype=torch.float32)
-    tile_image = torch.tensor([t.image for t in tiles], device=device)
-    boxes, image_ids, tile_ids = [], [], []
+    tiles_y = np.array([t.y // 2 for t in tiles], np.int64)
+    tiles_x = np.array([t.x // 2 for t in tiles], np.int64)
+    scales = np.array([t.scale for t in tiles], np.float32)
+    tile_image = np.array([t.image for t in tiles], np.int64)
+    thr = np.float32(cfg.thresholds[0])
+    boxes, tile_ids = [], []
     for c, canvas in enumerate(canvases):
-        x = _normalise(canvas.to(device))
-        reg, prob = pnet(x.contiguous(memory_format=torch.channels_last))
+        reg, prob = _outputs(pnet(_net_input(_normalise(canvas), pnet)))
         reg, prob = reg[0], prob[0]
         ho, wo = prob.shape
-        owner = torch.full((ho, wo), -1, dtype=torch.long, device=device)
+        owner = np.full((ho, wo), -1, np.int64)
         for ti in canvas_tiles[c]:
             t = tiles[ti]
             # cells whose 12x12 window starts inside the tile, as P-Net would give on the tile alone
             nh = max(0, math.ceil((t.h - 2) / 2) - 4)
             nw = max(0, math.ceil((t.w - 2) / 2) - 4)
             owner[t.y // 2:t.y // 2 + nh, t.x // 2:t.x // 2 + nw] = ti
-        mask = (prob >= cfg.thresholds[0]) & (owner >= 0)
-        rr, cc = mask.nonzero(as_tuple=True)
-        if rr.numel() == 0:
+        rr, cc = np.nonzero((prob >= thr) & (owner >= 0))
+        if rr.size == 0:
             continue
         tid = owner[rr, cc]
-        ly = (rr - tiles_y[tid]).float()
-        lx = (cc - tiles_x[tid]).float()
+        ly = (rr - tiles_y[tid]).astype(np.float32)
+        lx = (cc - tiles_x[tid]).astype(np.float32)
         s = scales[tid]
-        q1x = torch.floor((STRIDE * lx + 1) / s)
-        q1y = torch.floor((STRIDE * ly + 1) / s)
-        q2x = torch.floor((STRIDE * lx + CELL) / s)
-        q2y = torch.floor((STRIDE * ly + CELL) / s)
-        boxes.append(torch.stack([q1x, q1y, q2x, q2y, prob[rr, cc], *reg[:, rr, cc]], dim=1))
+        q1x = np.floor((np.float32(STRIDE) * lx + np.float32(1)) / s)
+        q1y = np.floor((np.float32(STRIDE) * ly + np.float32(1)) / s)
+        q2x = np.floor((np.float32(STRIDE) * lx + np.float32(CELL)) / s)
+        q2y = np.floor((np.float32(STRIDE) * ly + np.float32(CELL)) / s)
+        boxes.append(np.stack([q1x, q1y, q2x, q2y, prob[rr, cc], *reg[:, rr, cc]], axis=1).astype(np.float32))
         tile_ids.append(tid)
-        image_ids.append(tile_image[tid])
     if not boxes:
-        return empty
-    b = torch.cat(boxes)
-    tid = torch.cat(tile_ids)
-    img_ids = torch.cat(image_ids)
+        return _EMPTY_BOXES, _EMPTY_IDS
+    b = np.concatenate(boxes)
+    tid = np.concatenate(tile_ids)
+    img_ids = tile_image[tid]
     keep = nms_per_group(b[:, :4], b[:, 4], tid, cfg.nms_thresholds[0])
     b, img_ids = b[keep], img_ids[keep]
     keep = nms_per_group(b[:, :4], b[:, 4], img_ids, cfg.nms_thresholds[1])
     b, img_ids = b[keep], img_ids[keep]
     w = b[:, 2] - b[:, 0]
     h = b[:, 3] - b[:, 1]
-    refined = torch.stack([b[:, 0] + b[:, 5] * w, b[:, 1] + b[:, 6] * h,
-                           b[:, 2] + b[:, 7] * w, b[:, 3] + b[:, 8] * h, b[:, 4]], dim=1)
+    refined = np.stack([b[:, 0] + b[:, 5] * w, b[:, 1] + b[:, 6] * h,
+                        b[:, 2] + b[:, 7] * w, b[:, 3] + b[:, 8] * h, b[:, 4]], axis=1)
     return _square(refined), img_ids
 
 
-def _square(b: torch.Tensor) -> torch.Tensor:
+def _outputs(out: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(o, dtype=np.float32) for o in out]
+
+
+def _square(b: np.ndarray) -> np.ndarray:
     """Make boxes square around their centre (side = the longer side)."""
     w = b[:, 2] - b[:, 0]
     h = b[:, 3] - b[:, 1]
-    side = torch.maximum(w, h)
-    x1 = b[:, 0] + w * 0.5 - side * 0.5
-    y1 = b[:, 1] + h * 0.5 - side * 0.5
-    return torch.stack([x1, y1, x1 + side, y1 + side, *b[:, 4:].T], dim=1)
+    side = np.maximum(w, h)
+    half = np.float32(0.5)
+    x1 = b[:, 0] + w * half - side * half
+    y1 = b[:, 1] + h * half - side * half
+    return np.stack([x1, y1, x1 + side, y1 + side, *b[:, 4:].T], axis=1)
 
 
-def _regress(b: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+def _regress(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
     """Apply MTCNN box regression (offsets relative to the inclusive box size)."""
-    w = b[:, 2] - b[:, 0] + 1
-    h = b[:, 3] - b[:, 1] + 1
-    out = b.clone()
+    w = b[:, 2] - b[:, 0] + np.float32(1)
+    h = b[:, 3] - b[:, 1] + np.float32(1)
+    out = b.copy()
     out[:, 0] += reg[:, 0] * w
     out[:, 1] += reg[:, 1] * h
     out[:, 2] += reg[:, 2] * w
@@ -214,18 +243,18 @@ def _regress(b: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _crop_regions(b: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _crop_regions(b: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer crop regions (pixel edges) of boxes clipped to their image; and a non-empty mask.
 
     Follows the reference: truncate, clip the 1-based box to [1, W] x [1, H], crop [x-1, ex).
     """
-    t = b[:, :4].trunc()
-    x = t[:, 0].clamp(min=1) - 1
-    y = t[:, 1].clamp(min=1) - 1
-    ex = torch.minimum(t[:, 2], sizes[:, 1])
-    ey = torch.minimum(t[:, 3], sizes[:, 0])
+    t = np.trunc(b[:, :4])
+    x = np.maximum(t[:, 0], np.float32(1)) - np.float32(1)
+    y = np.maximum(t[:, 1], np.float32(1)) - np.float32(1)
+    ex = np.minimum(t[:, 2], sizes[:, 1])
+    ey = np.minimum(t[:, 3], sizes[:, 0])
     ok = (ex > x) & (ey > y)
-    return torch.stack([x, y, ex, ey], dim=1), ok
+    return np.stack([x, y, ex, ey], axis=1), ok
 
 
 def integral_image(img: np.ndarray) -> np.ndarray:
@@ -275,19 +304,74 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
     return (total / count).astype(np.float32)
 
 
-def _crops(tables: list[np.ndarray], regions: torch.Tensor, img_ids: torch.Tensor,
-           size: int, device: torch.device) -> torch.Tensor:
-    """Area-resize every region of every image to size x size, in input order."""
-    reg = regions.to(torch.int64).cpu().numpy()
-    ids = img_ids.cpu().numpy()
+def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, size: int) -> np.ndarray:
+    """Area-resize every region of every image to size x size, in input order: (N, size, size, 3) normalised."""
+    reg = regions.astype(np.int64)
     out = np.empty((len(reg), size, size, 3), np.float32)
-    for i in np.unique(ids):
-        sel = np.nonzero(ids == i)[0]
+    for i in np.unique(img_ids):
+        sel = np.nonzero(img_ids == i)[0]
         out[sel] = area_resize(tables[i], reg[sel], size, size)
-    return _normalise(torch.from_numpy(out).to(device).permute(0, 3, 1, 2))
+    return _normalise(out)
 
 
-def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float) -> torch.Tensor:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS, the same choices as ``torchvision.ops.nms`` (its CPU kernel) bit for bit.
+
+    Boxes (N, 4) x1 y1 x2 y2 and scores in float32; visits boxes by decreasing score (a stable sort:
+    ties in index order), keeps a box and drops every later one whose IoU with it exceeds
+    ``iou_threshold``. The IoU is torchvision's: areas (x2 - x1) * (y2 - y1) and
+    inter / (area_i + area_j - inter), in float32, compared with the threshold in double precision.
+    Returns the kept indices (int64), by decreasing score.
+    """
+    boxes = np.asarray(boxes, np.float32)
+    scores = np.asarray(scores, np.float32)
+    n = len(boxes)
+    if n <= 1:
+        return np.zeros(n, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
+    areas = (x2 - x1) * (y2 - y1)
+    thr = float(iou_threshold)
+    zero = np.float32(0)
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if n <= _NMS_MATRIX:
+            # every pair at once (the same float32 operations per pair), then the greedy pass over rows
+            w = np.maximum(zero, np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]))
+            h = np.maximum(zero, np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]))
+            inter = w * h
+            over = (inter / (areas[:, None] + areas[None] - inter)).astype(np.float64) > thr
+            removed = np.zeros(n, bool)
+            for i in range(n):
+                if not removed[i]:
+                    keep.append(i)
+                    removed |= over[i]
+        else:
+            rest = np.arange(n)
+            while rest.size:
+                i = rest[0]
+                keep.append(i)
+                rest = rest[1:]
+                w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+                h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+                inter = w * h
+                rest = rest[~((inter / (areas[i] + areas[rest] - inter)).astype(np.float64) > thr)]
+    return order[np.array(keep, np.int64)]
+
+
+#: Up to this many boxes :func:`nms` computes every pair's IoU at once (a few MB), beyond it row by row.
+_NMS_MATRIX = 1024
+
+
+def _groups(groups: np.ndarray) -> list[np.ndarray]:
+    """Indices of each group's members (ascending), groups in increasing order: ``nonzero(groups == g)`` for each
+    of ``unique(groups)``, in one sort."""
+    order = np.argsort(groups, kind="stable")
+    cuts = np.flatnonzero(np.diff(groups[order])) + 1
+    return np.split(order, cuts)
+
+
+def nms_per_group(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thr: float) -> np.ndarray:
     """Indices kept by NMS within each group, by decreasing score (stable), as ``batched_nms`` returns them.
 
     Each group alone: ``batched_nms`` shifts boxes by a group offset that depends on the largest
@@ -295,68 +379,63 @@ def nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tenso
     photo's batch neighbours; here a photo's result never does.
     """
     if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    keep = []
-    for g in torch.unique(groups):
-        idx = torch.nonzero(groups == g).flatten()
-        keep.append(idx[nms(boxes[idx], scores[idx], thr)])
-    kept = torch.cat(keep)
-    order = torch.sort(scores[kept], descending=True, stable=True).indices
-    return kept[order]
+        return _EMPTY_IDS
+    kept = np.concatenate([idx[nms(boxes[idx], scores[idx], thr)] for idx in _groups(groups)])
+    return kept[np.argsort(-scores[kept], kind="stable")]
 
 
-def _chunked(net: Callable, x: torch.Tensor, chunk: int, img_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tuple[np.ndarray, ...]:
     """``net`` on the crops of each image apart (in chunks), outputs in input order.
 
     A photo's crops go through the net without its batch neighbours' crops, so that its scores
-    are the same bit for bit whatever else is in the batch.
+    are the same bit for bit whatever else is in the batch. ``x``: (N, H, W, C) normalised crops.
     """
-    x = x.contiguous(memory_format=torch.channels_last)
-    ids = img_ids.cpu()
-    outs: list[tuple[torch.Tensor, ...]] = []
+    outs: list[list[np.ndarray]] = []
     order = []
-    for g in torch.unique(ids):
-        idx = torch.nonzero(ids == g).flatten()
-        xs = x[idx.to(x.device)]
+    for g in np.unique(img_ids):
+        idx = np.nonzero(img_ids == g)[0]
+        xs = x[idx]
         order.append(idx)
-        outs.extend(net(xs[i:i + chunk]) for i in range(0, len(xs), chunk))
-    cat = [torch.cat(parts) for parts in zip(*outs)]
-    inverse = torch.argsort(torch.cat(order)).to(cat[0].device)
+        outs.extend(_outputs(net(_net_input(xs[i:i + chunk], net))) for i in range(0, len(xs), chunk))
+    cat = [np.concatenate(parts) for parts in zip(*outs)]
+    inverse = np.argsort(np.concatenate(order))
     return tuple(c[inverse] for c in cat)
 
 
-def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float) -> torch.Tensor:
+def _nms_min(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thr: float) -> np.ndarray:
     """Greedy NMS with intersection over the smaller box (reference MTCNN's final 'Min' NMS)."""
     if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    xx1 = torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    yy1 = torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    xx2 = torch.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    yy2 = torch.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = (xx2 - xx1 + 1).clamp(min=0) * (yy2 - yy1 + 1).clamp(min=0)
-    overlap = inter / torch.minimum(area[:, None], area[None, :])
-    overlap = torch.where(groups[:, None] == groups[None, :], overlap, torch.zeros_like(overlap))
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    over = (overlap > thr).cpu()
+        return _EMPTY_IDS
+    one, zero = np.float32(1), np.float32(0)
+    area = (boxes[:, 2] - boxes[:, 0] + one) * (boxes[:, 3] - boxes[:, 1] + one)
+    xx1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    yy1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    xx2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    yy2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.maximum(xx2 - xx1 + one, zero) * np.maximum(yy2 - yy1 + one, zero)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        overlap = inter / np.minimum(area[:, None], area[None, :])
+    # the threshold in float32, as PyTorch compared a float32 tensor with a Python float
+    over = (overlap > np.float32(thr)) & (groups[:, None] == groups[None, :])
+    suppressed = np.zeros(len(boxes), bool)
     keep = []
-    for i in order:
+    for i in np.argsort(-scores, kind="stable").tolist():
         if suppressed[i]:
             continue
         keep.append(i)
         suppressed |= over[i]
-    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+    return np.array(keep, np.int64)
 
 
-@torch.inference_mode()
-def run_cascade(images: list[np.ndarray], pnet: PNet | Callable, rnet: RNet | Callable, onet: ONet | Callable,
-                cfg: CascadeSettings,
-                device: torch.device, pack: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runner, cfg: CascadeSettings,
+                device: Any = "cpu", pack: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Detect faces in RGB uint8 images; per image return (boxes (N,4), scores (N,), landmarks (N,5,2)).
 
-    ``pack`` packs the pyramid levels into canvases for P-Net (None: on GPUs only; same result).
+    The nets are :data:`Runner` callables (numpy in, numpy out; a PyTorch module is wrapped in a
+    :class:`~groupmood.detect.nets.TorchRunner` on ``device``). ``pack`` packs the pyramid levels
+    into canvases for P-Net (None: off a CPU only, ``device`` being where the nets run; same result).
     """
+    pnet, rnet, onet = (_as_runner(net, device) for net in (pnet, rnet, onet))
     n = len(images)
     results = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
                for _ in range(n)]
@@ -366,14 +445,14 @@ def run_cascade(images: list[np.ndarray], pnet: PNet | Callable, rnet: RNet | Ca
     boxes, img_ids = _stage1(images, tables, pnet, cfg, device, pack)
     if len(boxes) == 0:
         return results
-    sizes_all = torch.tensor([img.shape[:2] for img in images], dtype=torch.float32, device=device)
+    sizes_all = np.array([img.shape[:2] for img in images], np.float32).reshape(n, 2)
 
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes):
-        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24, device), cfg.chunk_size, img_ids)
-        keep = prob > cfg.thresholds[1]
-        boxes = torch.cat([boxes[keep, :4], prob[keep, None]], dim=1)
+        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24), cfg.chunk_size, img_ids)
+        keep = prob > np.float32(cfg.thresholds[1])
+        boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
         img_ids, reg = img_ids[keep], reg[keep]
         keep = nms_per_group(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[2])
         boxes = _square(_regress(boxes[keep], reg[keep]))
@@ -383,20 +462,31 @@ def run_cascade(images: list[np.ndarray], pnet: PNet | Callable, rnet: RNet | Ca
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes) == 0:
         return results
-    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48, device), cfg.chunk_size, img_ids)
-    keep = prob > cfg.thresholds[2]
-    boxes = torch.cat([boxes[keep, :4], prob[keep, None]], dim=1)
+    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48), cfg.chunk_size, img_ids)
+    keep = prob > np.float32(cfg.thresholds[2])
+    boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
     img_ids, reg, lm = img_ids[keep], reg[keep], lm[keep]
-    w = boxes[:, 2] - boxes[:, 0] + 1
-    h = boxes[:, 3] - boxes[:, 1] + 1
-    points = torch.stack([w[:, None] * lm[:, :5] + boxes[:, 0:1] - 1,
-                          h[:, None] * lm[:, 5:] + boxes[:, 1:2] - 1], dim=2)
+    one = np.float32(1)
+    w = boxes[:, 2] - boxes[:, 0] + one
+    h = boxes[:, 3] - boxes[:, 1] + one
+    points = np.stack([w[:, None] * lm[:, :5] + boxes[:, 0:1] - one,
+                       h[:, None] * lm[:, 5:] + boxes[:, 1:2] - one], axis=2)
     boxes = _regress(boxes, reg)
     keep = _nms_min(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[3])
-    boxes, img_ids, points = boxes[keep].cpu().numpy(), img_ids[keep].cpu().numpy(), points[keep].cpu().numpy()
+    boxes, img_ids, points = boxes[keep], img_ids[keep], points[keep]
     for i in range(n):
         sel = img_ids == i
         order = np.argsort(-boxes[sel, 4], kind="stable")
         results[i] = (boxes[sel, :4][order].astype(np.float32), boxes[sel, 4][order].astype(np.float32),
                       points[sel][order].astype(np.float32))
     return results
+
+
+def _as_runner(net: Runner, device: Any) -> Runner:
+    """A PyTorch module as a :data:`Runner` (a :class:`~groupmood.detect.nets.TorchRunner`); any other callable as it is."""
+    torch = sys.modules.get("torch")  # a module can only be one if torch is imported already
+    if torch is not None and isinstance(net, torch.nn.Module):
+        from .nets import TorchRunner
+
+        return TorchRunner(net, device)
+    return net

@@ -1,22 +1,32 @@
-"""FaceDetector: images in, a list of faces per image out (an empty list when there is none)."""
+"""FaceDetector: images in, a list of faces per image out (an empty list when there is none).
+
+This module does not import PyTorch: the cascade is numpy, and the nets are ONNX Runtime sessions
+or PyTorch nets (:class:`~groupmood.detect.nets.TorchRunner`), which are imported only when a
+detector runs them (or exports them to ONNX).
+"""
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .. import weights
-from ..checkpoint import read_state_dict
 from ..images import Photo
-from .cascade import CascadeSettings, run_cascade
-from .nets import ONet, PNet, RNet
+from .cascade import CascadeSettings, Runner, run_cascade
 
+if TYPE_CHECKING:
+    from .nets import ONet, PNet, RNet
+
+#: The three nets: cache name, output names, input side, whether height and width are dynamic (P-Net).
+_NETS = (("mtcnn_pnet", ("reg", "prob"), 12, True),
+         ("mtcnn_rnet", ("reg", "prob"), 24, False),
+         ("mtcnn_onet", ("reg", "landmarks", "prob"), 48, False))
+BACKENDS = ("torch", "onnxruntime")
 
 
 def box_area(box: np.ndarray) -> float:
@@ -114,73 +124,168 @@ def as_photo_list(images: Images, min_short_side: int | None = None) -> list[Pho
 class FaceDetector:
     """MTCNN with the original weights, batched over images of different sizes.
 
-    Build it with :meth:`from_pretrained` (weights from the cache, sha256-checked) or pass the
-    three nets yourself. The constructor never downloads anything.
+    Build it with :meth:`from_pretrained` (weights from the cache, sha256-checked), pass the three
+    PyTorch nets yourself, or give the three nets' runners (:meth:`from_runners`: ONNX Runtime
+    sessions, or any callables as :func:`~groupmood.detect.cascade.run_cascade` takes them). The
+    constructor never downloads anything.
+
+    ``runners`` are what runs P-, R- and O-Net (numpy in, numpy out); ``backend`` says what they are
+    (``torch``: :class:`~groupmood.detect.nets.TorchRunner`, ``onnxruntime``: ONNX Runtime sessions).
+    ``pnet``, ``rnet`` and ``onet`` are the PyTorch nets, None on a detector built from ONNX files
+    alone until :meth:`torch_nets` loads them (from ``weights_dir``, or the weight cache).
+    ``device`` is a string (``cpu``, ``cuda:0``).
     """
 
-    def __init__(self, pnet: PNet, rnet: RNet, onet: ONet, settings: CascadeSettings | None = None,
-                 device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+    def __init__(self, pnet: PNet | None = None, rnet: RNet | None = None, onet: ONet | None = None,
+                 settings: CascadeSettings | None = None, device: Any = "cpu", *,
+                 runners: Sequence[Runner] | None = None, backend: str = "torch",
+                 weights_dir: str | Path | None = None, auto_fetch: bool = False,
+                 weights_sha256: Sequence[str] | None = None) -> None:
+        self.device = str(device)
         self.settings = settings or CascadeSettings()
-        self.backend = "torch"
-        # channels_last: 2-3x faster convolutions and pooling for these small nets on CPU
-        self.pnet, self.rnet, self.onet = (
-            n.to(self.device, memory_format=torch.channels_last).eval() for n in (pnet, rnet, onet))
-        #: what runs P-, R- and O-Net: the nets themselves, or their ONNX Runtime models (:meth:`with_backend`)
-        self.runners: tuple[Callable, Callable, Callable] = (self.pnet, self.rnet, self.onet)
+        #: where :meth:`torch_nets` loads the PyTorch nets from when the detector has none
+        self.weights_dir = None if weights_dir is None else Path(weights_dir)
+        self.auto_fetch = auto_fetch
+        nets = (pnet, rnet, onet)
+        if any(n is None for n in nets) and any(n is not None for n in nets):
+            raise ValueError("give FaceDetector the three nets (P-, R- and O-Net) or none of them")
+        self.pnet, self.rnet, self.onet = nets
+        torch_runners = None
+        if pnet is not None:
+            from .nets import TorchRunner
+
+            # moves the nets to the device, channels_last (2-3x faster convolutions on CPU), in place
+            torch_runners = tuple(TorchRunner(n, self.device) for n in nets)
+        if runners is None:
+            if torch_runners is None:
+                raise ValueError("FaceDetector needs the three nets or their runners")
+            runners, backend = torch_runners, "torch"
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
+        if len(runners) != 3:
+            raise ValueError(f"expected three runners (P-, R- and O-Net), got {len(runners)}")
+        self.backend = backend
+        #: what runs P-, R- and O-Net: PyTorch nets (TorchRunner) or their ONNX Runtime models (:meth:`with_backend`)
+        self.runners: tuple[Runner, Runner, Runner] = tuple(runners)
+        self._weights_sha256 = None if weights_sha256 is None else tuple(weights_sha256)
+
+    def __repr__(self) -> str:
+        return f"FaceDetector(backend={self.backend!r}, device={self.device!r}, settings={self.settings})"
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
-                        auto_fetch: bool = False, **settings) -> FaceDetector:
-        """Load P/R/O-Net from the weight cache (or ``weights_dir`` holding pnet.pt, rnet.pt, onet.pt)."""
-        nets = []
-        for cls_, name in ((PNet, "mtcnn_pnet"), (RNet, "mtcnn_rnet"), (ONet, "mtcnn_onet")):
-            src: str | Path = name
-            if weights_dir is not None:
-                src = Path(weights_dir) / weights.spec(name).filename
-            sd = read_state_dict(src, sha256=weights.spec(name).sha256, auto_fetch=auto_fetch)
-            net = cls_()
-            net.load_state_dict(sd)
-            nets.append(net)
-        return cls(*nets, settings=CascadeSettings(**settings), device=device)
+    def from_runners(cls, runners: Sequence[Runner], settings: CascadeSettings | None = None,
+                     backend: str = "onnxruntime", device: Any = "cpu", **kwargs: Any) -> FaceDetector:
+        """A detector running P-, R- and O-Net with ``runners`` (e.g. :class:`~groupmood.runtime.session.OrtModel`).
+
+        ``kwargs`` (``weights_dir``, ``auto_fetch``, ``weights_sha256``) say where the PyTorch nets of
+        the same weights are, should anything need them (the weight cache by default).
+        """
+        return cls(settings=settings, device=device, runners=runners, backend=backend, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, device: Any = "cpu", weights_dir: str | Path | None = None,
+                        auto_fetch: bool = False, backend: str = "torch", **settings) -> FaceDetector:
+        """Load P/R/O-Net from the weight cache (or ``weights_dir`` holding pnet.pt, rnet.pt, onet.pt).
+
+        ``backend`` ``onnxruntime`` (or ``auto``: ONNX Runtime on a CPU where it is installed) takes
+        the nets' ONNX files from the cache without importing PyTorch when all three are there (keyed
+        by the sha256 of the weight files); else it loads the PyTorch nets and exports them
+        (:meth:`with_backend`).
+        """
+        cfg = CascadeSettings(**settings)
+        if backend != "torch":
+            from ..runtime.session import resolve_backend
+
+            backend = resolve_backend(backend, str(device))
+        where = {"device": device, "weights_dir": weights_dir, "auto_fetch": auto_fetch}
+        if backend == "onnxruntime":
+            shas = _weight_file_sha256s(weights_dir)
+            runners = _cached_runners(shas) if shas is not None else None
+            if runners is not None:
+                return cls(settings=cfg, runners=runners, backend="onnxruntime", weights_sha256=shas, **where)
+        from .nets import load_nets
+
+        # load_nets checks the files against these sha256
+        det = cls(*load_nets(weights_dir, auto_fetch, str(device)), settings=cfg,
+                  weights_sha256=_weight_file_sha256s(None), **where)
+        return det if backend == "torch" else det.with_backend(backend)
+
+    def torch_nets(self) -> tuple[PNet, RNet, ONet]:
+        """The PyTorch nets; loaded now (from ``weights_dir``, or the weight cache) on a detector that has none."""
+        if self.pnet is None:
+            from .nets import load_nets
+
+            self.pnet, self.rnet, self.onet = load_nets(self.weights_dir, self.auto_fetch, self.device)
+        return self.pnet, self.rnet, self.onet
+
+    def weights_sha256(self) -> tuple[str, str, str]:
+        """The sha256 of P-, R- and O-Net's weights (of their files; of their state for nets of unknown origin):
+        what their ONNX files are keyed by."""
+        if self._weights_sha256 is None:
+            from .nets import state_sha256
+
+            self._weights_sha256 = tuple(state_sha256(n) for n in self.torch_nets())
+        return self._weights_sha256
 
     def with_settings(self, **changes) -> FaceDetector:
         """A detector sharing these nets (and backend) with some settings changed."""
-        other = FaceDetector(self.pnet, self.rnet, self.onet, replace(self.settings, **changes), self.device)
-        other.backend, other.runners = self.backend, self.runners
+        other = copy.copy(self)
+        other.settings = replace(self.settings, **changes)
         return other
 
     def with_backend(self, backend: str, parity_photos: Callable[[], list[np.ndarray]] | None = None) -> FaceDetector:
-        """A detector with the same nets and settings run by ``backend`` (``torch`` or ``onnxruntime``).
+        """A detector with the same nets and settings run by ``backend`` (``torch``, ``onnxruntime`` or ``auto``).
 
-        For ONNX Runtime, P-, R- and O-Net are exported once into the cache
-        (:func:`groupmood.runtime.onnx.export_onnx`), checked against PyTorch on the inputs each net
-        gets while this detector runs on ``parity_photos`` (default: the ``group`` sample photo).
+        For ONNX Runtime, P-, R- and O-Net's ONNX files are taken from the cache when they are there
+        (without PyTorch), else exported once into it (:func:`groupmood.runtime.export.export_onnx`),
+        checked against PyTorch on the inputs each net gets while the PyTorch cascade runs on
+        ``parity_photos`` (default: the ``group`` sample photo).
         """
-        other = FaceDetector(self.pnet, self.rnet, self.onet, self.settings, self.device)
-        if backend == "torch":
-            return other
-        if backend != "onnxruntime":
-            raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
-        from ..runtime.onnx import TorchFacade, export_onnx, parity_photos as default_photos
+        if backend not in (*BACKENDS, "auto"):
+            raise ValueError(f"unknown backend {backend!r}; use torch, onnxruntime or auto")
+        if backend != "torch":
+            from ..runtime.session import resolve_backend
 
+            # auto: ONNX Runtime on a CPU where it is installed; onnxruntime: a ConfigError off a CPU or without it
+            backend = resolve_backend(backend, self.device)
+        if backend == self.backend:
+            return copy.copy(self)
+        if backend == "torch":
+            from .nets import TorchRunner
+
+            nets = self.torch_nets()
+            other = copy.copy(self)
+            other.runners = tuple(TorchRunner(n, self.device) for n in nets)
+        else:
+            other = copy.copy(self)
+            other.runners = self._onnx_runners(parity_photos)
+        other.backend = backend
+        return other
+
+    def _onnx_runners(self, parity_photos: Callable[[], list[np.ndarray]] | None) -> tuple[Runner, Runner, Runner]:
+        """P-, R- and O-Net's ONNX Runtime models: from the cache, else exported from the PyTorch nets."""
+        shas = self.weights_sha256()
+        cached = _cached_runners(shas)
+        if cached is not None:
+            return cached
+        import torch
+
+        from ..runtime.export import export_onnx
+        from ..runtime.export import parity_photos as default_photos
+
+        nets = self.torch_nets()
         recorded: dict[str, list[torch.Tensor]] = {}
 
         def inputs(name: str) -> list[torch.Tensor]:
             if not recorded:
-                recorded.update(_record_inputs(self, (parity_photos or default_photos)()))
+                recorded.update(_record_inputs(nets, (parity_photos or default_photos)()))
             return recorded[name]
 
-        nets = []
-        for name, net, outs, size, dyn in (("mtcnn_pnet", self.pnet, ("reg", "prob"), (12, 12), True),
-                                           ("mtcnn_rnet", self.rnet, ("reg", "prob"), (24, 24), False),
-                                           ("mtcnn_onet", self.onet, ("reg", "landmarks", "prob"), (48, 48), False)):
-            model = export_onnx(net.cpu(), name, outs, torch.zeros(1, 3, *size), lambda n=name: inputs(n),
-                                dynamic_hw=dyn)
-            nets.append(TorchFacade(model))
-        other.backend = "onnxruntime"
-        other.runners = tuple(nets)
-        return other
+        models = []
+        for (name, outs, size, dyn), net, sha in zip(_NETS, nets, shas):
+            models.append(export_onnx(net.cpu(), name, _onnx_key(sha, dyn), outs, torch.zeros(1, 3, size, size),
+                                      lambda n=name: inputs(n), dynamic_hw=dyn))
+        return models[0], models[1], models[2]
 
     def detect(self, images: Images) -> list[list[Face]]:
         """Detect faces in each image (one image or path counts as a batch of one); faces of one image
@@ -194,22 +299,63 @@ class FaceDetector:
         return self.detect([image])[0]
 
 
+def _onnx_key(sha256: str, dynamic_hw: bool) -> dict[str, Any]:
+    """The ONNX cache key of one net (:func:`groupmood.runtime.session.load_cached`)."""
+    return {"weights": sha256, "dynamic_hw": dynamic_hw}
+
+
+def _weight_file_sha256s(weights_dir: str | Path | None) -> tuple[str, str, str] | None:
+    """The sha256 of P-, R- and O-Net's weight files: the registered ones for the weight cache, those of
+    the files in ``weights_dir`` (None when one is missing there)."""
+    from .. import weights
+
+    out = []
+    for name, *_ in _NETS:
+        if weights_dir is None:
+            out.append(weights.spec(name).sha256)
+            continue
+        path = Path(weights_dir) / weights.spec(name).filename
+        if not path.is_file():
+            return None
+        out.append(weights.sha256_file(path))
+    return out[0], out[1], out[2]
+
+
+def _cached_runners(shas: Sequence[str]) -> tuple[Runner, Runner, Runner] | None:
+    """The three nets' ONNX Runtime models when all three are in the cache (no PyTorch), else None."""
+    from ..runtime.session import load_cached
+
+    models = []
+    for (name, _, _, dyn), sha in zip(_NETS, shas):
+        model = load_cached(name, _onnx_key(sha, dyn))
+        if model is None:
+            return None
+        models.append(model)
+    return models[0], models[1], models[2]
+
+
 class _Recorder:
     """Calls a net and keeps a copy of every input it got (the real inputs an export is checked on)."""
 
-    def __init__(self, net: Callable) -> None:
+    def __init__(self, net: Runner) -> None:
         self.net = net
-        self.inputs: list[torch.Tensor] = []
+        self.inputs: list[np.ndarray] = []
 
-    def __call__(self, x: torch.Tensor) -> Any:
-        self.inputs.append(torch.from_numpy(x.detach().cpu().contiguous().numpy().copy()))
+    def __call__(self, x: np.ndarray) -> Sequence[np.ndarray]:
+        self.inputs.append(np.array(x, np.float32, copy=True))
         return self.net(x)
 
 
-def _record_inputs(detector: FaceDetector, photos: Sequence[np.ndarray]) -> dict[str, list[torch.Tensor]]:
-    """The inputs P-, R- and O-Net get while the PyTorch cascade runs on ``photos`` with the authors' settings
-    (whatever the detector's thresholds, each net gets inputs); P-Net: its 2 largest and 2 smallest levels."""
-    rec = [_Recorder(n) for n in (detector.pnet, detector.rnet, detector.onet)]
-    run_cascade([as_rgb_array(p) for p in photos], *rec, CascadeSettings(), detector.device)
+def _record_inputs(nets: Sequence[Any], photos: Sequence[np.ndarray]) -> dict[str, list[Any]]:
+    """The inputs (torch tensors) P-, R- and O-Net get while the PyTorch cascade runs on ``photos`` with the
+    authors' settings (whatever the detector's thresholds, each net gets inputs); P-Net: its 2 largest and
+    2 smallest levels."""
+    import torch
+
+    from .nets import TorchRunner
+
+    rec = [_Recorder(TorchRunner(n, "cpu")) for n in nets]
+    run_cascade([as_rgb_array(p) for p in photos], *rec, CascadeSettings())
     pnet = sorted(rec[0].inputs, key=lambda t: -t.shape[2] * t.shape[3])
-    return {"mtcnn_pnet": pnet[:2] + pnet[-2:], "mtcnn_rnet": rec[1].inputs, "mtcnn_onet": rec[2].inputs}
+    tensors = {"mtcnn_pnet": pnet[:2] + pnet[-2:], "mtcnn_rnet": rec[1].inputs, "mtcnn_onet": rec[2].inputs}
+    return {name: [torch.from_numpy(x) for x in xs] for name, xs in tensors.items()}
