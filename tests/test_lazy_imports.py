@@ -54,8 +54,11 @@ def _no_heavy(statement: str) -> None:
     "groupmood.models.registry",
     "groupmood.samples",
     "groupmood.weights",
-    pytest.param("groupmood.report", marks=pytest.mark.xfail(
-        strict=False, reason="groupmood.report imports groupmood.detect, being made torch-free separately")),
+    "groupmood.report",
+    "groupmood.detect",
+    "groupmood.pipeline",
+    "groupmood.runtime",
+    "groupmood.inputs",
 ])
 def test_import_leaves_torch_out(module: str) -> None:
     _no_heavy(f"import {module}")
@@ -96,7 +99,6 @@ def test_predict_imports_no_other_command() -> None:
     assert rc == 0 and set(modules) <= {"groupmood.cli.predict", "groupmood.cli.common"}, modules
 
 
-@pytest.mark.xfail(strict=False, reason="needs pipeline, detect, runtime and cli.predict torch-free (separate work)")
 def test_predict_help_leaves_torch_out() -> None:
     _no_heavy("from groupmood.cli import main; main(['predict', '--help'])")
 

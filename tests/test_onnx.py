@@ -18,7 +18,8 @@ from groupmood.labels import FERPLUS_EMOTIONS, GROUP_CLASSES
 from groupmood.models import create_model
 from groupmood.models.registry import list_models, model_info
 from groupmood.pipeline import Branch, GroupEmotionRecognizer
-from groupmood.runtime.onnx import PARITY_TOL, export_onnx, resolve_backend
+from groupmood.runtime.export import export_onnx, weights_sha256
+from groupmood.runtime.session import PARITY_TOL, resolve_backend
 
 pytest.importorskip("onnxruntime")
 
@@ -38,10 +39,10 @@ def _small_models() -> list[str]:
 @pytest.fixture(autouse=True)
 def onnx_dir(tmp_path_factory, monkeypatch):
     """The ONNX files of this module in a private folder (the weights and samples stay in the cache)."""
-    from groupmood.runtime import onnx
+    from groupmood.runtime import session
 
     folder = tmp_path_factory.getbasetemp() / "onnx"
-    monkeypatch.setattr(onnx, "onnx_cache_dir", lambda: folder)
+    monkeypatch.setattr(session, "onnx_cache_dir", lambda: folder)
     return folder
 
 
@@ -62,12 +63,12 @@ def test_registered_model_parity(name, astro_faces):
     x = np.concatenate([branch.crops(img, faces) for img, faces in astro_faces if faces or not branch.is_face])
     np.testing.assert_allclose(ort.scores(x), branch.scores(x), atol=1e-5)
     meta = json.loads(ort.runner.path.with_suffix(".json").read_text())
-    assert meta["parity_max_abs_diff"] <= PARITY_TOL and meta["name"].endswith(name)
+    assert meta["parity_max_abs_diff"] <= PARITY_TOL and meta["key"]["name"].endswith(name)
 
 
 def test_mtcnn_parity_and_same_faces(detector, astronaut, coffee):
     ort = detector.with_backend("onnxruntime", lambda: [astronaut])
-    assert ort.backend == "onnxruntime" and all(r.model.parity <= PARITY_TOL for r in ort.runners)
+    assert ort.backend == "onnxruntime" and all(r.parity <= PARITY_TOL for r in ort.runners)
     for img in (astronaut, coffee):
         a, b = detector.detect_one(img), ort.detect_one(img)
         assert len(a) == len(b)
@@ -86,15 +87,18 @@ def test_cache_reused_and_rebuilt_when_damaged(tmp_path):
         calls.append(1)
         return [x]
 
-    first = export_onnx(net, "tiny", ("logits",), x[:1], inputs, cache_dir=tmp_path)
-    second = export_onnx(net, "tiny", ("logits",), x[:1], inputs, cache_dir=tmp_path)
+    def export():
+        return export_onnx(net, "tiny", {"weights": weights_sha256(net)}, ("logits",), x[:1], inputs, cache_dir=tmp_path)
+
+    first = export()
+    second = export()
     assert second.path == first.path and len(calls) == 1  # from the cache, not exported again
     first.path.write_bytes(first.path.read_bytes()[:-10])  # damaged: the sha256 no longer matches
-    third = export_onnx(net, "tiny", ("logits",), x[:1], inputs, cache_dir=tmp_path)
+    third = export()
     assert third.path == first.path and len(calls) == 2
     with torch.no_grad():
         net.fc.weight.add_(1.0) if hasattr(net, "fc") else next(net.parameters()).add_(1.0)
-    changed = export_onnx(net, "tiny", ("logits",), x[:1], inputs, cache_dir=tmp_path)
+    changed = export()
     assert changed.path != first.path  # other weights, other file
 
 
@@ -156,3 +160,96 @@ def test_cli_backends_and_export(tiny_bundle, tmp_path, astronaut, onnx_dir):
     assert any(n.startswith("mtcnn_pnet-") and n.endswith(".onnx") for n in names)
     assert any(n.startswith("face_aligned-sphereface_tiny-") for n in names)
     assert main(["export", "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_st_bundle(tmp_path_factory):
+    """A bundle of two tiny safetensors models (what ships: the ONNX cache is keyed by the file's sha256)."""
+    from groupmood.checkpoint import save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("onnx_st_bundle")
+    for name, arch, classes in (("aligned", "sphereface_tiny", GROUP_CLASSES),
+                                ("nonaligned", "resnet_tiny_48", FERPLUS_EMOTIONS)):
+        model = create_model(arch, num_classes=len(classes), head="softmax", margin_m=4, drop_rate=0.0).eval()
+        save_model(model, {"classes": list(classes), "arch": {"name": arch}}, folder / f"{name}.safetensors")
+    spec = {"format": "groupmood-bundle-1",
+            "branches": [{"name": "aligned", "model": "aligned.safetensors"},
+                         {"name": "nonaligned", "model": "nonaligned.safetensors"}],
+            "weights": {"aligned": 1.0, "nonaligned": 1.0}}
+    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    return folder / "bundle.yaml"
+
+
+def _export_bundle_models(tiny_bundle, detector, astronaut):
+    """Export the tiny bundle's branches and MTCNN into the (private) ONNX cache; the torch recognizer."""
+    rec = GroupEmotionRecognizer.from_bundle(tiny_bundle, detector=detector)
+    rec.with_backend("onnxruntime", lambda: [astronaut])
+    return rec
+
+
+def test_branch_from_onnx_cache_without_torch_model(tmp_path, detector, astronaut, coffee):
+    torch.manual_seed(0)
+    from groupmood.checkpoint import save_model
+
+    info = model_info("resnet_tiny_48")
+    model = create_model("resnet_tiny_48", num_classes=len(FERPLUS_EMOTIONS), head="softmax", drop_rate=0.0).eval()
+    path = save_model(model, {"classes": list(FERPLUS_EMOTIONS), "arch": {"name": "resnet_tiny_48"}},
+                      tmp_path / "tiny.safetensors")
+    assert Branch.from_onnx_cache(path) is None  # nothing exported yet
+    branch = Branch.from_file(path)
+    faces = [(astronaut, detector.detect_one(astronaut))]
+    branch.with_backend("onnxruntime", lambda: branch.parity_inputs(faces))
+    cached = Branch.from_onnx_cache(path, pooling="top3")
+    assert cached is not None and cached.model is None and cached.backend == "onnxruntime"
+    assert cached.info.name == info.name
+    assert cached.info.recipe(list(FERPLUS_EMOTIONS)) == info.recipe(list(FERPLUS_EMOTIONS))
+    assert cached.classes == FERPLUS_EMOTIONS and cached.top_k == 3
+    x = branch.crops(astronaut, faces[0][1])
+    np.testing.assert_allclose(cached.scores(x), branch.scores(x), atol=1e-5)
+    back = cached.with_backend("torch", lambda: [])  # the PyTorch model loads from the file on demand
+    np.testing.assert_allclose(back.scores(x), branch.scores(x), atol=1e-12)
+    from groupmood.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="sha256"):
+        Branch.from_onnx_cache(path, sha256="0" * 64)
+
+
+def test_predict_on_photo_threads_matches_one_at_a_time(tiny_st_bundle, detector, astronaut, coffee):
+    _export_bundle_models(tiny_st_bundle, detector, astronaut)
+    ort = GroupEmotionRecognizer.from_bundle(tiny_st_bundle, backend="onnxruntime")
+    assert all(br.model is None for br in ort.branches.values())  # from the cache alone
+    photos = [astronaut, coffee, astronaut[::2, ::2].copy(), astronaut[:, ::-1].copy()]
+    one = GroupEmotionRecognizer(ort.detector, ort.branches, ort.weights, workers=1).predict(photos)
+    many = GroupEmotionRecognizer(ort.detector, ort.branches, ort.weights, workers=3).predict(photos)
+    assert [r.to_dict() for r in one] == [r.to_dict() for r in many]
+    with pytest.raises(ConfigError, match="workers"):
+        GroupEmotionRecognizer(ort.detector, ort.branches, ort.weights, workers=0)
+
+
+def test_onnxruntime_predict_never_imports_torch(tiny_st_bundle, detector, astronaut, tmp_path, onnx_dir):
+    """Once the cache holds the ONNX files, ``groupmood predict`` on a CPU runs without importing torch at all."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _export_bundle_models(tiny_st_bundle, detector, astronaut)
+    tiny_bundle = tiny_st_bundle
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut).save(photo)
+    out = tmp_path / "out.jsonl"
+    code = (
+        "import sys, pathlib\n"
+        "import groupmood.runtime.session as s\n"
+        f"s.onnx_cache_dir = lambda: pathlib.Path({str(onnx_dir)!r})\n"
+        "from groupmood.cli import main\n"
+        f"rc = main(['predict', {str(photo)!r}, '--bundle', {str(tiny_bundle)!r}, '-o', {str(out)!r}, "
+        "'--no-progress'])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "print('RC', rc, 'TORCH', len(bad), bad[:5])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "RC 0 TORCH 0 []" in proc.stdout, proc.stdout + proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["n_faces"] == 1 and rec["label"] in GROUP_CLASSES

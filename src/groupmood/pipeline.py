@@ -54,33 +54,35 @@ and ``global``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
 import yaml
-from torch import nn
 
 from . import weights as weight_store
 from .align import align_faces, square_crops
-from .checkpoint import load_model
-from .data.transforms import center_crop, normalize
+from .calibration import Calibration
 from .detect import Face, FaceDetector, box_area
 from .detect.detector import ImageLike, Images, as_photo_list
-from .calibration import Calibration
+from .images import Photo
 from .errors import ConfigError, WeightsError
-from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pooling_name, pool
+from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pool, pooling_name
 from .fusion_model import FusionModel
-from .labels import GROUP_CLASSES, valence_matrix
-from .models.bn_fold import fold_batchnorm
-from .models.tta import flip_averaged_logits
-from .models.registry import FAMILY_RECIPES, ModelInfo
-from .runtime.onnx import OrtModel
+from .inputs import center_crop_array, normalize_array
+from .labels import GROUP_CLASSES, valence_array
+from .models.registry import FAMILY_RECIPES, ModelInfo, family_info
+from .runtime.session import OrtModel, cpu_count, device_type, load_cached, resolve_backend
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["BUNDLE_FORMAT", "Branch", "BranchResult", "FaceResult", "GroupEmotionRecognizer", "GroupResult",
            "default_bundle_path", "read_bundle"]
@@ -110,8 +112,12 @@ class Branch:
     normalisation the rest. ``top_k`` is the face pooling (None: all faces); ``tta_flip`` averages
     the logits of the input and its horizontal flip. ``grey`` feeds a 3-channel model grey crops
     (replicated channels) when it was trained on grey photos, as the shipped aligned model was.
-    ``fuse`` folds the model's BatchNorm layers into their convolutions (checked to give the same
-    scores; :func:`groupmood.models.bn_fold.fold_batchnorm`): 20-40 % faster on a CPU. The model runs in
+
+    What runs the model: the PyTorch ``model``, or ``runner``, its ONNX Runtime session
+    (:meth:`with_backend`, :meth:`from_onnx_cache`); a branch built from the ONNX cache alone has no
+    PyTorch model (``model`` None) and never imports torch. ``fuse`` folds the PyTorch model's
+    BatchNorm layers into their convolutions (checked to give the same scores;
+    :func:`groupmood.models.bn_fold.fold_batchnorm`): 20-40 % faster on a CPU. The model runs in
     channels-last memory layout, which PyTorch's CPU convolutions (depthwise ones above all) run
     1.3-1.8x faster than the default layout. ``batch_size`` is how many inputs go through one forward
     pass (each with its flip); by default 128 faces, and for the global branch 128 photos on a GPU
@@ -119,72 +125,112 @@ class Branch:
     which on a 2-core CPU was about 10 % faster and 130 MiB smaller at peak than 8 photos at once.
     """
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
+    def __init__(self, model: nn.Module | None, classes: Sequence[str], info: ModelInfo, tta_flip: bool = False,
                  top_k: int | None = None, margin: float = 0.0, batch_size: int | None = None, source: str = "",
-                 grey: bool = False, fuse: bool = True, calibration: Calibration | None = None) -> None:
+                 grey: bool = False, fuse: bool = True, calibration: Calibration | None = None,
+                 runner: OrtModel | None = None, sha256: str | None = None) -> None:
         if info.family not in FAMILY_RECIPES:
             raise ConfigError(f"model family {info.family!r} is not one of {', '.join(FAMILY_RECIPES)}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if model is None and runner is None:
+            raise ValueError("a branch needs a PyTorch model or an ONNX Runtime runner")
         self.classes = tuple(classes)
         self.info = info
         self.family = info.family
         self.input_size = (int(info.input_size[0]), int(info.input_size[1]))
         self.in_chans = int(info.in_chans)
-        self.model = model.eval()
-        self.folded = 0
-        if fuse:
-            self.model, self.folded = fold_batchnorm(self.model, self._example())
-        self.model.to(memory_format=torch.channels_last)
+        self.fuse = bool(fuse)
+        self.folded = int(runner.meta.get("folded", 0)) if model is None and runner is not None else 0
+        if model is not None:
+            import torch
+
+            model = model.eval()
+            if fuse:
+                from .models.bn_fold import fold_batchnorm
+
+                model, self.folded = fold_batchnorm(model, self._example(model))
+            model.to(memory_format=torch.channels_last)
+        self.model = model
         self.tta_flip = bool(tta_flip)
         self.top_k = top_k
         self.margin = float(margin)
         if batch_size is None:
-            batch_size = 1 if self.family == "global" and self.device.type == "cpu" else 128
+            batch_size = 1 if self.family == "global" and device_type(self.device) == "cpu" else 128
         self.batch_size = int(batch_size)
         self.source = source
+        self.sha256 = sha256
         self.grey = bool(grey)
         self.calibration = calibration or Calibration()
         self._to_group = _group_matrix(self.classes)
-        self.backend = "torch"
-        self.runner: OrtModel | None = None
+        self.runner = runner
+        self.backend = "onnxruntime" if runner is not None else "torch"
 
-    def _example(self) -> torch.Tensor:
+    def _example(self, model: nn.Module) -> Any:
         """A fixed random input of this branch's size, on the model's device."""
+        import torch
+
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(1, self.in_chans, *self.input_size, generator=gen)
-        return x.to(self.device)
+        return x.to(_module_device(model))
 
     def __repr__(self) -> str:
         return (f"Branch(model={self.info.name!r}, family={self.family!r}, classes={len(self.classes)}, "
-                f"tta_flip={self.tta_flip}, pooling={pooling_name(self.top_k)!r}, source={self.source!r})")
+                f"tta_flip={self.tta_flip}, pooling={pooling_name(self.top_k)!r}, backend={self.backend!r}, "
+                f"source={self.source!r})")
 
     @classmethod
-    def from_file(cls, path: str | Path, device: torch.device | str = "cpu", tta_flip: bool | None = None,
+    def from_file(cls, path: str | Path, device: Any = "cpu", tta_flip: bool | None = None,
                   pooling: str | int | None = None, margin: float = 0.0, sha256: str | None = None,
                   grey: bool | None = None, fuse: bool = True, calibration: Calibration | None = None) -> Branch:
         """Load a ``.safetensors`` export or ``.pt`` checkpoint (:func:`groupmood.checkpoint.load_model`) with
         its input recipe; None options take the recipe's (flip, pooling, grey)."""
-        p = Path(path)
-        if not p.is_file():
-            raise WeightsError(f"model file {p} does not exist; check the path (bundle paths are relative "
-                               "to the bundle YAML)")
+        from .checkpoint import load_model
+
+        p = _model_file(path)
         model, meta = load_model(p, device, sha256)
         info = meta["info"]
         return cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
                    parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
-                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration)
+                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration,
+                   sha256=sha256 or weight_store.sha256_file(p))
+
+    @classmethod
+    def from_onnx_cache(cls, path: str | Path, tta_flip: bool | None = None, pooling: str | int | None = None,
+                        margin: float = 0.0, sha256: str | None = None, grey: bool | None = None, fuse: bool = True,
+                        calibration: Calibration | None = None) -> Branch | None:
+        """The branch of model file ``path`` run by its cached ONNX file, without PyTorch; None when not cached yet.
+
+        The cache key is the file's sha256 (checked against ``sha256`` when given) and the export
+        recipe, so nothing but the file's bytes is read; the classes and input recipe come from the
+        ONNX file's sidecar, written at export (:meth:`with_backend`).
+        """
+        p = _model_file(path)
+        digest = weight_store.sha256_file(p)
+        if sha256 and digest != sha256:
+            weight_store.verify(p, sha256)  # raises, naming the file and both digests
+        name = _onnx_name(p)
+        if name is None:
+            return None
+        runner = load_cached(name, _onnx_key(digest, fuse))
+        if runner is None or not {"model", "recipe", "classes"} <= set(runner.meta):
+            return None
+        recipe = dict(runner.meta["recipe"])
+        info = dataclasses.replace(family_info(recipe["family"]), name=str(runner.meta["model"]))
+        info = info.with_recipe(recipe, str(p))
+        return cls(None, runner.meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration, runner=runner,
+                   sha256=digest)
 
     @property
     def is_face(self) -> bool:
         return self.family != "global"
 
     @property
-    def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+    def device(self) -> str:
+        """Where the PyTorch model lives (``cpu`` for a branch run by ONNX Runtime)."""
+        return "cpu" if self.model is None else str(_module_device(self.model))
 
     def with_pooling(self, top_k: int | None) -> Branch:
         """A shallow copy (same model) with another face pooling."""
@@ -195,7 +241,7 @@ class Branch:
     def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """This branch's uint8 inputs for one photo: (N, H, W, C) face crops, or (1, H, W, 3) for global."""
         if self.family == "global":
-            return center_crop(image, self.info).permute(1, 2, 0)[None].numpy()
+            return center_crop_array(image, self.info)[None]
         h, w = self.input_size
         if self.family == "face_aligned":
             lm = np.stack([f.landmarks for f in faces]) if faces else np.zeros((0, 5, 2))
@@ -212,85 +258,149 @@ class Branch:
     @property
     def num_features(self) -> int:
         """The width of the model's embedding (what :meth:`embed` returns per input)."""
-        return int(getattr(self.model, "num_features", 0))
+        return int(getattr(self._torch_model(), "num_features", 0))
 
-    @torch.inference_mode()
+    def _torch_model(self) -> nn.Module:
+        """The PyTorch model, loaded from :attr:`source` on first use by a branch built from the ONNX cache."""
+        if self.model is None:
+            torch_branch = Branch.from_file(self.source, "cpu", self.tta_flip, self.top_k, self.margin, self.sha256,
+                                            self.grey, self.fuse, self.calibration)
+            self.model, self.folded = torch_branch.model, torch_branch.folded
+        return self.model
+
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """(N, num_features) float64 embeddings (``forward_features``, averaged with the flip when ``tta_flip``).
 
         The head is linear, so a head on these embeddings gives the logits :meth:`scores` averages.
         """
+        import torch
+
+        from .models.tta import flip_averaged_logits
+
+        model = self._torch_model()
         out = np.zeros((len(inputs), self.num_features))
-        for start in range(0, len(inputs), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
-            x = normalize(x.to(self.device).permute(0, 3, 1, 2), self.info)
-            feats = flip_averaged_logits(self.model.forward_features, x, self.tta_flip, channels_last=True)
-            out[start:start + len(x)] = feats.double().cpu().numpy()
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info))
+                feats = flip_averaged_logits(model.forward_features, x.to(self.device), self.tta_flip,
+                                             channels_last=True)
+                out[start:start + len(x)] = feats.double().cpu().numpy()
         return out
 
-    def with_backend(self, backend: str, parity_inputs: Callable[[], list[torch.Tensor]]) -> Branch:
+    def with_backend(self, backend: str, parity_inputs: Callable[[], list[Any]]) -> Branch:
         """A shallow copy run by ``backend`` (``torch`` or ``onnxruntime``: exported once into the cache and
         checked against PyTorch on ``parity_inputs``, normalised real inputs; :meth:`parity_inputs`)."""
-        other = copy.copy(self)
-        other.backend, other.runner = "torch", None
-        if backend == "torch":
-            return other
-        if backend != "onnxruntime":
+        if backend not in ("torch", "onnxruntime"):
             raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
-        from .runtime.onnx import export_onnx
+        if backend == self.backend:
+            return copy.copy(self)
+        other = copy.copy(self)
+        model = self._torch_model()
+        other.model = model
+        if backend == "torch":
+            other.backend, other.runner = "torch", None
+            return other
+        import torch
 
-        example = torch.zeros(1, self.in_chans, *self.input_size)
-        other.runner = export_onnx(self.model.cpu(), f"{self.family}-{self.info.name}", ("logits",), example,
-                                   parity_inputs, recipe={"folded": self.folded})
+        from .runtime.export import export_onnx, weights_sha256
+
+        meta = {"model": self.info.name, "recipe": self.info.recipe(list(self.classes)),
+                "classes": list(self.classes), "folded": self.folded, "source": Path(self.source).name}
+        other.runner = export_onnx(model.cpu(), f"{self.family}-{self.info.name}",
+                                   _onnx_key(self.sha256 or weights_sha256(model), self.fuse), ("logits",),
+                                   torch.zeros(1, self.in_chans, *self.input_size), parity_inputs, meta=meta)
         other.backend = "onnxruntime"
         return other
 
-    def parity_inputs(self, photos: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[torch.Tensor]:
-        """Normalised (N, C, H, W) inputs of this branch for (photo, faces) pairs, flips included when ``tta_flip``."""
+    def parity_inputs(self, photos: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[Any]:
+        """Normalised (N, C, H, W) torch inputs of this branch for (photo, faces) pairs, flips included when ``tta_flip``."""
+        import torch
+
         parts = [self.crops(img, faces) for img, faces in photos if faces or not self.is_face]
         if not parts:
             raise ConfigError("the photos for the ONNX parity check have no face; check them on a photo with faces")
-        x = normalize(torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2), self.info)
+        x = torch.from_numpy(normalize_array(np.concatenate(parts), self.info))
         return [torch.cat([x, torch.flip(x, dims=[3])]) if self.tta_flip else x]
 
-    @torch.inference_mode()
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """Group-class probabilities (N, 3) float64 for (N, H, W, C) uint8 inputs, in chunks."""
         out = np.zeros((len(inputs), len(GROUP_CLASSES)))
         if self.runner is not None:
-            to_group = self._to_group.double().numpy()
+            to_group = self._to_group.astype(np.float64)
             for start in range(0, len(inputs), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
-                x = normalize(x.permute(0, 3, 1, 2), self.info).numpy()
+                x = normalize_array(inputs[start:start + self.batch_size], self.info)
                 n = len(x)
                 logits = self.runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
                 logits = (logits[:n] + logits[n:]) / 2 if self.tta_flip else logits
                 z = np.exp(logits - logits.max(axis=1, keepdims=True))
                 out[start:start + n] = (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ to_group
             return out
+        import torch
+
+        from .models.tta import flip_averaged_logits
+
         device = self.device
-        for start in range(0, len(inputs), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
-            x = normalize(x.to(device).permute(0, 3, 1, 2), self.info)
-            logits = flip_averaged_logits(self.model, x, self.tta_flip, channels_last=True)
-            probs = torch.softmax(logits, dim=1) @ self._to_group.to(logits.device)
-            out[start:start + len(x)] = probs.double().cpu().numpy()
+        to_group = torch.from_numpy(self._to_group)
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info)).to(device)
+                logits = flip_averaged_logits(self.model, x, self.tta_flip, channels_last=True)
+                probs = torch.softmax(logits, dim=1) @ to_group.to(logits.device)
+                out[start:start + len(x)] = probs.double().cpu().numpy()
         return out
 
 
-def _group_matrix(classes: Sequence[str]) -> torch.Tensor:
-    """(C, 3) 0/1 matrix summing a model's class probabilities into the group classes.
+def _module_device(model: Any) -> Any:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return "cpu"
+
+
+def _model_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"model file {p} does not exist; check the path (bundle paths are relative "
+                           "to the bundle YAML)")
+    return p
+
+
+def _onnx_key(weights_sha256: str, fuse: bool) -> dict[str, Any]:
+    """What a branch's ONNX file is keyed by: the weight file's sha256 and whether BatchNorm was folded."""
+    return {"weights": weights_sha256, "fold_batchnorm": bool(fuse)}
+
+
+def _onnx_name(path: Path) -> str | None:
+    """``{family}-{model}`` of a groupmood ``.safetensors`` model file from its header alone; None otherwise."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            raw = dict(fh.metadata() or {})
+        arch = json.loads(raw.get("arch") or "null") or (json.loads(raw.get("config") or "{}").get("model") or {})
+        recipe = json.loads(raw.get("recipe") or "null") or {}
+    except Exception:  # a damaged file: the PyTorch loader names the problem
+        return None
+    if not isinstance(arch, dict) or not isinstance(recipe, dict) or "name" not in arch or "family" not in recipe:
+        return None
+    return f"{recipe['family']}-{arch['name']}"
+
+
+def _group_matrix(classes: Sequence[str]) -> np.ndarray:
+    """(C, 3) float32 0/1 matrix summing a model's class probabilities into the group classes.
 
     Group-class models (all three, or a subset such as Negative / Positive) map column by column;
-    expression models through the expression -> valence map (:func:`groupmood.labels.valence_matrix`).
+    expression models through the expression -> valence map (:func:`groupmood.labels.valence_array`).
     """
     if all(c in GROUP_CLASSES for c in classes):
-        m = torch.zeros(len(classes), len(GROUP_CLASSES))
+        m = np.zeros((len(classes), len(GROUP_CLASSES)), np.float32)
         for i, c in enumerate(classes):
             m[i, GROUP_CLASSES.index(c)] = 1.0
         return m
     try:
-        return valence_matrix(classes)
+        return valence_array(classes)
     except KeyError as exc:
         raise ConfigError(f"the model's classes {list(classes)} are neither group classes nor expressions with a "
                           f"valence ({exc.args[0]})") from None
@@ -485,15 +595,15 @@ class GroupEmotionRecognizer:
     """
 
     def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
-                 pooling: str | Mapping[str, str] | None = None, device: torch.device | str = "cpu",
+                 pooling: str | Mapping[str, str] | None = None, device: Any = "cpu",
                  chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None,
-                 min_faces: int = 1) -> None:
+                 min_faces: int = 1, workers: int | None = None) -> None:
         if not branches:
             raise ConfigError("a recognizer needs at least one branch")
         if "fused" in branches:
             raise ConfigError("'fused' is reserved for the fused result; give the branch another name")
         self.detector = detector
-        self.device = torch.device(device)
+        self.device = str(device)
         self.branches: dict[str, Branch] = {}
         overrides = _pooling_overrides(pooling, branches)
         for name, br in branches.items():
@@ -518,33 +628,54 @@ class GroupEmotionRecognizer:
         if isinstance(min_faces, bool) or not isinstance(min_faces, int) or min_faces < 1:
             raise ConfigError(f"min_faces must be a whole number >= 1, got {min_faces!r}")
         self.min_faces = min_faces
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
+        self.workers = workers
 
     def __repr__(self) -> str:
         return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: torch.device | str = "cpu", detector: FaceDetector | None = None,
+    def from_bundle(cls, path: str | Path, device: Any = "cpu", detector: FaceDetector | None = None,
                     weights: Mapping[str, float] | None = None,
-                    pooling: str | Mapping[str, str] | None = None) -> GroupEmotionRecognizer:
-        """Load a bundle YAML; ``detector`` defaults to MTCNN with the bundle's settings (fetched once)."""
+                    pooling: str | Mapping[str, str] | None = None, backend: str = "torch",
+                    workers: int | None = None) -> GroupEmotionRecognizer:
+        """Load a bundle YAML; ``detector`` defaults to MTCNN with the bundle's settings (fetched once).
+
+        ``backend`` ``onnxruntime`` (or ``auto`` on a CPU) runs every model from the ONNX cache and,
+        once the cache holds them (``groupmood export --format onnx``, or the first such run, which
+        exports them), never imports PyTorch. ``workers``: see :meth:`predict`.
+        """
         spec = read_bundle(path)
-        branches = {}
-        for b in spec["branches"]:
-            branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
-                                                   float(b.get("margin", 0.0)), b.get("sha256"), b.get("grey"),
-                                                   calibration=Calibration.from_dict(b.get("calibration")))
+        backend = resolve_backend(backend, device)
+        calibrations = {b["name"]: Calibration.from_dict(b.get("calibration")) for b in spec["branches"]}
         fusion_model = None
         if spec["fusion"].get("kind") == "model":
             if spec["fusion"].get("sha256"):
                 weight_store.verify(spec["fusion"]["model"], spec["fusion"]["sha256"])
             fusion_model = FusionModel.load(spec["fusion"]["model"])
+        branches: dict[str, Branch] = {}
+        if backend == "onnxruntime":
+            for b in spec["branches"]:
+                br = Branch.from_onnx_cache(b["model"], b.get("tta_flip"), b.get("pooling"), float(b.get("margin", 0.0)),
+                                            b.get("sha256"), b.get("grey"), calibration=calibrations[b["name"]])
+                if br is None:
+                    branches = {}
+                    break
+                branches[b["name"]] = br
+        if not branches:
+            for b in spec["branches"]:
+                branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
+                                                       float(b.get("margin", 0.0)), b.get("sha256"), b.get("grey"),
+                                                       calibration=calibrations[b["name"]])
         if detector is None:
-            detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, **spec["detector"])
-        return cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
-                   spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"])
+            detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, backend=backend, **spec["detector"])
+        rec = cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
+                  spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"], workers)
+        return rec.with_backend(backend)
 
     @classmethod
-    def default(cls, device: torch.device | str = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
+    def default(cls, device: Any = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
         """The shipped bundle (``groupmood/assets/bundle.yaml``); keyword arguments go to :meth:`from_bundle`."""
         path = default_bundle_path()
         if not path.is_file():
@@ -557,7 +688,7 @@ class GroupEmotionRecognizer:
         """A recognizer sharing this one's models with other fusion weights and / or pooling."""
         return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
                                       pooling, self.device, self.chosen_on,
-                                      self.fusion_model if weights is None else None, self.min_faces)
+                                      self.fusion_model if weights is None else None, self.min_faces, self.workers)
 
     @property
     def backend(self) -> str:
@@ -571,33 +702,40 @@ class GroupEmotionRecognizer:
         ``auto`` is ONNX Runtime on a CPU where it is installed, PyTorch elsewhere
         (:func:`groupmood.runtime.resolve_backend`). For ONNX Runtime, MTCNN and every branch are exported
         once into the cache and checked against PyTorch on the faces of ``parity_photos`` (default:
-        the ``group`` sample photo) and their crops.
+        the ``group`` sample photo) and their crops; models already run by ``backend`` are kept as they are.
         """
-        from .runtime.onnx import parity_photos as default_photos, resolve_backend
-
         backend = resolve_backend(backend, self.device)
         found: list[tuple[np.ndarray, list[Face]]] = []
 
         def photos_faces() -> list[tuple[np.ndarray, list[Face]]]:
             if not found:
+                from .runtime.export import parity_photos as default_photos
+
                 photos = (parity_photos or default_photos)()
                 # PyTorch MTCNN with the authors' settings: the faces do not depend on a bundle's thresholds
-                probe = FaceDetector(self.detector.pnet, self.detector.rnet, self.detector.onet, device=self.device)
+                probe = FaceDetector.from_pretrained(device=self.device, auto_fetch=True)
                 found.extend(zip(photos, probe.detect(photos)))
             return found
 
-        detector = self.detector.with_backend(backend, parity_photos)
-        branches = {n: br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
+        detector = self.detector if self.detector.backend == backend else self.detector.with_backend(backend,
+                                                                                                     parity_photos)
+        branches = {n: br if br.backend == backend else
+                    br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
                     for n, br in self.branches.items()}
         return GroupEmotionRecognizer(detector, branches, self.weights, None, self.device, self.chosen_on,
-                                      self.fusion_model, self.min_faces)
+                                      self.fusion_model, self.min_faces, self.workers)
 
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
         """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
         read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
         return {n: br for n, br in self.branches.items() if all_branches or self.weights[n] > 0 or n in read}
 
-    @torch.inference_mode()
+    def photo_workers(self) -> int:
+        """How many photos :meth:`predict` works on at once: ``workers``, else the CPUs under ONNX Runtime, else 1."""
+        if self.workers is not None:
+            return self.workers
+        return cpu_count() if self.backend == "onnxruntime" else 1
+
     def predict(self, images: Images, raw: bool = False, all_branches: bool = False) -> list[GroupResult]:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
         photo, in order.
@@ -606,30 +744,38 @@ class GroupEmotionRecognizer:
         ``all_branches`` runs and reports every branch. ``raw`` reports each branch's pooled
         probabilities before calibration (fusion still uses the calibrated ones): what calibration
         and fusion are fitted on.
+
+        On a CPU each photo goes through the detector and the models on its own, so a photo's result
+        never depends on its batch neighbours; under ONNX Runtime :meth:`photo_workers` photos are
+        worked on at once, one per thread (ONNX Runtime runs its sessions concurrently and releases
+        the GIL), which keeps both cores busy where one photo's small model calls cannot. On a GPU
+        the batch goes through each model together.
         """
         branches = self.active_branches(all_branches)
         photos = as_photo_list(images, self.decode_short_side(all_branches))
-        arrays = [ph.pixels for ph in photos]
-        if not arrays:
+        if not photos:
             return []
+        workers = min(self.photo_workers(), len(photos))
+        if device_type(self.device) != "cpu":
+            return self._predict(photos, branches, raw)
+        if workers <= 1:
+            return [r for ph in photos for r in self._predict([ph], branches, raw)]
+        with ThreadPoolExecutor(workers, thread_name_prefix="groupmood-photo") as pool_:
+            return [r for rs in pool_.map(lambda ph: self._predict([ph], branches, raw), photos) for r in rs]
+
+    def _predict(self, photos: Sequence[Photo], branches: Mapping[str, Branch], raw: bool) -> list[GroupResult]:
+        """:meth:`predict` on decoded photos, the batch through each model together."""
+        arrays = [ph.pixels for ph in photos]
         faces_per = self.detector.detect(arrays)
         counts = [len(f) for f in faces_per]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
-        # on a CPU each photo's inputs go through a model on their own, so that a photo's scores never
-        # depend on its batch neighbours (a convolution's rounding may change with the batch size)
-        per_photo = self.device.type == "cpu"
         for name, br in branches.items():
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
             else:
                 parts = [br.crops(img, []) for img in arrays]
-            if not parts:
-                per_branch[name] = np.zeros((0, len(GROUP_CLASSES)))
-            elif per_photo:
-                per_branch[name] = np.concatenate([br.scores(x) for x in parts])
-            else:
-                per_branch[name] = br.scores(np.concatenate(parts))
+            per_branch[name] = br.scores(np.concatenate(parts)) if parts else np.zeros((0, len(GROUP_CLASSES)))
         results = []
         for i, (photo, faces) in enumerate(zip(photos, faces_per)):
             face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face}

@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from ..detect import FaceDetector
-from ..errors import ImageLoadError, OutputError, display_path
+from ..errors import ConfigError, ImageLoadError, OutputError, display_path
 from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, path_key
 from ..io import atomic_write, output_target
 
@@ -48,6 +48,8 @@ def detector_options(fn: Callable) -> Callable:
 
 def check_device(device: str) -> str:
     """``device`` if torch can run on it here; a usage error that says what to use otherwise."""
+    if device == "cpu":  # always there; and the ONNX Runtime path never imports torch
+        return device
     import torch
 
     try:
@@ -90,10 +92,20 @@ def detector_settings(min_face_frac: float | None, min_face_px: float | None, th
 
 def build_detector(device: str, min_face_frac: float | None, min_face_px: float | None,
                    thresholds: Sequence[float] | None, factor: float | None, mtcnn_weights: str | None,
-                   bundle: str | Path | None = None, use_bundle: bool = True) -> FaceDetector:
-    """The MTCNN detector from the weight cache (fetched on first use); settings as :func:`detector_settings`."""
+                   bundle: str | Path | None = None, use_bundle: bool = True, backend: str = "torch") -> FaceDetector:
+    """The MTCNN detector from the weight cache (fetched on first use); settings as :func:`detector_settings`.
+
+    ``backend`` ``onnxruntime`` (``auto`` on a CPU) runs P-, R- and O-Net from the ONNX cache (exported on first use).
+    """
+    from ..runtime.session import resolve_backend
+
+    device = check_device(device)
+    try:
+        backend = resolve_backend(backend, device)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
     return FaceDetector.from_pretrained(
-        device=check_device(device), weights_dir=mtcnn_weights, auto_fetch=mtcnn_weights is None,
+        device=device, weights_dir=mtcnn_weights, auto_fetch=mtcnn_weights is None, backend=backend,
         **detector_settings(min_face_frac, min_face_px, thresholds, factor, bundle, use_bundle))
 
 

@@ -47,7 +47,7 @@ def export_cmd(checkpoint: Path | None, fmt: str, out: Path | None, bundle: str 
     else:
         rec = GroupEmotionRecognizer.from_bundle(bundle or default_bundle_path(), device="cpu", detector=detector)
     ort = rec.with_backend("onnxruntime")
-    models = {"mtcnn_" + n: f.model for n, f in zip(("pnet", "rnet", "onet"), ort.detector.runners)}
+    models = {"mtcnn_" + n: f for n, f in zip(("pnet", "rnet", "onet"), ort.detector.runners)}
     models.update({n: br.runner for n, br in ort.branches.items()})
     for name, model in models.items():
         click.echo(f"{name}: {model.path} (max abs difference from PyTorch {model.parity:.1e})")

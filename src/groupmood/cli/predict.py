@@ -17,6 +17,7 @@ from ..io import write_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, default_bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
+from ..runtime.session import resolve_backend
 from ..shard import PredictShards, shard_option
 from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, complete_lines, detector_options,
                      output_names, output_stems, resume_note, run_photos)
@@ -43,8 +44,12 @@ def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text
     ``backend`` (``auto``: ONNX Runtime on a CPU, PyTorch on a GPU)."""
     if weights_text and preset:
         raise click.UsageError("give --weights or --preset, not both")
-    rec = (GroupEmotionRecognizer.from_bundle(bundle, device=device, detector=detector) if bundle
-           else GroupEmotionRecognizer.default(device=device, detector=detector))
+    try:
+        backend = resolve_backend(backend, device)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
+    rec = (GroupEmotionRecognizer.from_bundle(bundle, device=device, detector=detector, backend=backend) if bundle
+           else GroupEmotionRecognizer.default(device=device, detector=detector, backend=backend))
     weights = None
     if weights_text:
         weights = parse_weights(weights_text, rec.branches)
@@ -52,10 +57,7 @@ def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text
         weights = preset_weights(preset, rec.branches)
     if weights is not None or pooling is not None:
         rec = rec.with_fusion(weights, pooling)
-    try:
-        return rec.with_backend(backend)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--backend") from None
+    return rec
 
 
 class CsvSink(PartialFileSink):
@@ -115,7 +117,7 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
     """
     d = {p.name: p.default for p in predict_cmd.params}
     detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
-                              d["mtcnn_weights"], bundle)
+                              d["mtcnn_weights"], bundle, backend=backend)
     return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None, backend)
 
 
@@ -162,7 +164,8 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     shards = PredictShards.from_context(paths, output, fmt)  # --shard I/N or torchrun: this job's photos
     paths, output, device = shards.paths, shards.output, shards.device(device)
     report_path = shards.suffixed(report_path)
-    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle,
+                              backend=backend)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling, backend)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
                                  else JsonlSink(output, resume=resume))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
+from ..inputs import center_crop_array
 from ..models.registry import ModelInfo, family_info
 
 __all__ = ["BatchAffine", "batch_augment", "center_crop", "eval_transform", "fit_face", "global_eval_views",
@@ -221,14 +222,14 @@ def eval_transform(spec: Spec) -> v2.Transform:
 def center_crop(img: np.ndarray | Tensor, spec: Spec = "global") -> Tensor:
     """The test input of a whole-image model: (3, H, W) uint8, the recipe's resize and centre crop.
 
-    ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives) or a
-    (3, H, W) uint8 tensor.
+    ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives), cut as
+    inference cuts it (:func:`groupmood.inputs.center_crop_array`), or a (3, H, W) uint8 tensor
+    (torchvision's ``Resize`` + ``CenterCrop``, as training evaluates its datasets; the two agree
+    within one grey level).
     """
     if isinstance(img, np.ndarray):
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
-        img = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    elif img.dim() != 3 or img.shape[0] != 3:
+        return torch.from_numpy(center_crop_array(img, recipe_of(spec))).permute(2, 0, 1)
+    if img.dim() != 3 or img.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(img.shape)}")
     return eval_transform(spec)(img)
 

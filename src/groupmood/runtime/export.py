@@ -1,0 +1,119 @@
+"""Export PyTorch models to ONNX once, checked against PyTorch: what fills the cache :mod:`.session` reads.
+
+Each model is exported with the legacy TorchScript exporter (no extra package needed at export
+time) with a dynamic batch axis (and dynamic height and width for the fully convolutional P-Net).
+At export the ONNX model must give the PyTorch model's outputs on real inputs within
+:data:`~groupmood.runtime.session.PARITY_TOL` (max absolute difference); otherwise nothing is
+written and the export fails. Files are written atomically, the ONNX file before its sidecar.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+from .session import OPSET, PARITY_TOL, OrtModel, cache_path, full_key, load_cached, settings
+
+__all__ = ["export_onnx", "parity_photos", "weights_sha256"]
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes, bytes): the key of a model that has no weight file."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _torch_outputs(module: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    out = module(x)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().float().cpu().numpy() for o in outs]
+
+
+def export_onnx(module: torch.nn.Module, name: str, key: Mapping[str, Any], output_names: Sequence[str],
+                example: torch.Tensor, parity_inputs: Callable[[], Sequence[torch.Tensor]], dynamic_hw: bool = False,
+                cache_dir: Path | None = None, meta: Mapping[str, Any] | None = None) -> OrtModel:
+    """The ONNX Runtime model of ``module``: from the cache when its file is there and intact, else exported now.
+
+    ``key`` identifies what is exported (the weight file's sha256 and the export recipe; JSON-ready):
+    :func:`~groupmood.runtime.session.load_cached` finds the file from it without PyTorch.
+    ``example`` is one input of the right shape; ``parity_inputs`` gives real inputs on which ONNX
+    Runtime's outputs must match PyTorch's (called only at export). ``meta`` joins the sidecar
+    (what a torch-free caller needs: classes, input recipe).
+    """
+    cached = load_cached(name, key, cache_dir)
+    if cached is not None:
+        return cached
+    return _export(module.eval(), name, key, cache_path(name, key, cache_dir), output_names, example, parity_inputs,
+                   dynamic_hw, meta or {})
+
+
+def _export(module: torch.nn.Module, name: str, key: Mapping[str, Any], path: Path, output_names: Sequence[str],
+            example: torch.Tensor, parity_inputs: Callable[[], Sequence[torch.Tensor]], dynamic_hw: bool,
+            meta: Mapping[str, Any]) -> OrtModel:
+    import onnxruntime as ort
+
+    if importlib.util.find_spec("onnx") is None:
+        raise WeightsError(f"exporting {name} to ONNX needs the onnx package: pip install onnx "
+                           "(or use --backend torch)")
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    dynamic = {"input": axes, **{n: {0: "batch"} for n in output_names}}
+    buf = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = example.detach().clone().contiguous().float().cpu()
+        torch.onnx.export(module, (example,), buf, input_names=["input"], output_names=list(output_names),
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        data = buf.getvalue()
+        session = ort.InferenceSession(data, sess_options=settings().session_options(),
+                                       providers=["CPUExecutionProvider"])
+        worst = 0.0
+        inputs = list(parity_inputs())
+        if not inputs:
+            raise WeightsError(f"no inputs to check the ONNX export of {name} against PyTorch")
+        for x in inputs:
+            x = x.detach().contiguous().float().cpu()
+            ref = _torch_outputs(module, x)
+            got = session.run(None, {"input": x.numpy()})
+            for r, g in zip(ref, got):
+                worst = max(worst, float(np.max(np.abs(r - g), initial=0.0)))
+    if not worst <= PARITY_TOL:
+        raise WeightsError(f"ONNX export of {name} differs from PyTorch by {worst:.2e} (limit {PARITY_TOL:g}); "
+                           "use --backend torch and report the model")
+    from ..weights import sha256_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".onnx-", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+    sidecar = {**dict(meta), "key": full_key(name, key), "input": list(example.shape[1:]), "dynamic_hw": dynamic_hw,
+               "sha256": sha256_file(path), "parity_max_abs_diff": worst,
+               "parity_inputs": int(sum(len(x) for x in inputs)), "torch": torch.__version__,
+               "onnxruntime": ort.__version__}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".onnx-", suffix=".json", delete=False,
+                                     encoding="utf-8") as tmp:
+        json.dump(sidecar, tmp, indent=1, sort_keys=True)
+    os.replace(tmp.name, path.with_suffix(".json"))
+    return OrtModel(path, worst, sidecar)
+
+
+def parity_photos() -> list[np.ndarray]:
+    """The real photo exports are checked on: the ``group`` sample (five faces; fetched once, sha256-checked)."""
+    from ..images import load_image
+    from ..samples import sample_path
+
+    return [load_image(sample_path("group"))]

@@ -1,0 +1,192 @@
+"""ONNX Runtime sessions from the cache, without PyTorch: what ``predict`` runs on a CPU.
+
+Each model (a face or global branch, P-, R- or O-Net) is exported once into
+``$GROUPMOOD_HOME/onnx`` (:mod:`groupmood.runtime.export`, which needs PyTorch). A file's name is
+keyed by its *key*: the sha256 of the weight file it was exported from plus the export recipe
+(input size, BatchNorm folding, ...), :data:`EXPORT_VERSION` and :data:`OPSET`. So this module
+finds a model's ONNX file from the weight file's sha256 alone, without building the PyTorch
+model, and ``predict`` never imports torch once the files are there. A JSON sidecar records the
+ONNX file's own sha256 (checked on every load: a damaged file is exported again), the parity
+found at export and what a caller needs to use the model without PyTorch (classes, input recipe).
+
+Thread settings are set once per process (:func:`settings`): ``intra_op_num_threads`` = the CPUs
+this process may use (``GROUPMOOD_ORT_THREADS`` overrides), sequential execution, no spinning of
+idle pool threads (``session.intra_op.allow_spinning = 0``), and no memory arena (buffers are freed
+after each call: P-Net's input size changes at every level). :func:`set_intra_op_threads` lowers
+the thread count before the first session when the caller runs photos on several threads itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["BACKENDS", "EXPORT_VERSION", "OPSET", "PARITY_TOL", "OrtModel", "OrtSettings", "cache_path",
+           "load_cached", "onnx_cache_dir", "ort_available", "resolve_backend", "set_intra_op_threads", "settings"]
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+#: Bump when the export recipe or the cache key changes: every cached file is then exported again.
+EXPORT_VERSION = 2
+OPSET = 17
+#: Largest absolute difference allowed between ONNX Runtime's and PyTorch's outputs at export.
+PARITY_TOL = 1e-4
+
+
+def ort_available() -> bool:
+    """Whether the ``onnxruntime`` package can be imported here."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def device_type(device: Any) -> str:
+    """``cpu``, ``cuda``, ``mps``, ... of a device given as a string (``cuda:1``) or a ``torch.device``."""
+    return str(device).split(":", 1)[0]
+
+
+def resolve_backend(backend: str, device: Any) -> str:
+    """``onnxruntime`` or ``torch`` for a ``--backend`` choice: ``auto`` is ONNX Runtime on a CPU, PyTorch elsewhere."""
+    kind = device_type(device)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "onnxruntime" if kind == "cpu" and ort_available() else "torch"
+    if backend == "onnxruntime":
+        if kind != "cpu":
+            raise ConfigError(f"the onnxruntime backend runs on the CPU here; on {device} use --backend torch")
+        if not ort_available():
+            raise ConfigError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime "
+                              "(or use --backend torch)")
+    return backend
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """ONNX Runtime's session settings, the same for every session of a process."""
+
+    intra_op_threads: int
+    spinning: bool = False
+
+    def session_options(self) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        # no arena and no memory pattern: P-Net's input changes size at every pyramid level, and an arena
+        # keeps the largest of each buffer for ever (270 MB more peak RSS over 30 multiemova-dev photos)
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+        opts.log_severity_level = 3
+        return opts
+
+    def describe(self) -> str:
+        import onnxruntime as ort
+
+        return (f"onnxruntime {ort.__version__} CPUExecutionProvider, intra_op_threads={self.intra_op_threads}, "
+                f"inter_op_threads=1, sequential, spinning={'on' if self.spinning else 'off'}, no memory arena")
+
+
+_SETTINGS: OrtSettings | None = None
+
+
+def cpu_count() -> int:
+    """The CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def settings() -> OrtSettings:
+    """This process's ONNX Runtime settings, fixed on first use (``GROUPMOOD_ORT_THREADS``, ``GROUPMOOD_ORT_SPIN``)."""
+    global _SETTINGS
+    if _SETTINGS is None:
+        env = os.environ.get("GROUPMOOD_ORT_THREADS")
+        try:
+            threads = int(env) if env else cpu_count()
+        except ValueError:
+            raise ConfigError(f"GROUPMOOD_ORT_THREADS={env!r} is not a whole number of threads") from None
+        _SETTINGS = OrtSettings(max(1, threads), os.environ.get("GROUPMOOD_ORT_SPIN", "0") == "1")
+    return _SETTINGS
+
+
+def set_intra_op_threads(threads: int) -> OrtSettings:
+    """Fix the threads of every later session (unless ``GROUPMOOD_ORT_THREADS`` is set); sessions made before keep theirs."""
+    global _SETTINGS
+    if not os.environ.get("GROUPMOOD_ORT_THREADS"):
+        _SETTINGS = OrtSettings(max(1, int(threads)), os.environ.get("GROUPMOOD_ORT_SPIN", "0") == "1")
+    return settings()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX files live: ``$GROUPMOOD_HOME/onnx``."""
+    from ..weights import home
+
+    return home() / "onnx"
+
+
+def full_key(name: str, key: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole cache key of model ``name``: the caller's key plus the export version and opset."""
+    return {"name": name, **dict(key), "export": EXPORT_VERSION, "opset": OPSET}
+
+
+def cache_path(name: str, key: Mapping[str, Any], cache_dir: Path | None = None) -> Path:
+    """The ONNX file of model ``name`` exported under ``key`` (a JSON-ready mapping naming the weights' sha256)."""
+    digest = hashlib.sha256(json.dumps(full_key(name, key), sort_keys=True).encode()).hexdigest()[:20]
+    return (cache_dir or onnx_cache_dir()) / f"{name}-{digest}.onnx"
+
+
+class OrtModel:
+    """One ONNX Runtime session: float32 NCHW arrays in, the model's outputs (float32 arrays) out.
+
+    ``meta`` is the file's sidecar (key, parity, and what its exporter recorded: classes, recipe).
+    Sessions may be called from several threads at once (ONNX Runtime's ``run`` is thread-safe).
+    """
+
+    def __init__(self, path: str | Path, parity: float | None = None, meta: Mapping[str, Any] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.parity = parity
+        self.meta = dict(meta or {})
+        self.session = ort.InferenceSession(str(self.path), sess_options=settings().session_options(),
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __repr__(self) -> str:
+        return f"OrtModel({self.path.name!r}, parity={self.parity})"
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})
+
+
+def load_cached(name: str, key: Mapping[str, Any], cache_dir: Path | None = None) -> OrtModel | None:
+    """Model ``name``'s ONNX Runtime session from the cache when its file and sidecar are there and intact, else None."""
+    path = cache_path(name, key, cache_dir)
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    from ..weights import sha256_file
+
+    if not isinstance(meta, dict) or meta.get("sha256") != sha256_file(path):
+        return None
+    return OrtModel(path, meta.get("parity_max_abs_diff"), meta)
