@@ -474,6 +474,7 @@ def run_fer(paths: list[Path], threads: int, peer: FerPeer) -> dict:
 def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
     """The whole-process table and its notes."""
     from groupmood.runtime import settings
+    from groupmood.runtime.session import cpu_count
 
     shared = args.shared.resolve()
     sets = photo_sets(shared, args.limit, args.large)
@@ -520,7 +521,8 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
     notes = [f"Whole process, each set in one process per backend / fer release: `groupmood predict PATHS "
              f"--backend B -o FILE` with the default options; fer {', '.join(fer_names_)} `FER(mtcnn=True)` "
              f"in one worker process per set (torch / tensorflow threads {args.threads}).",
-             f"ONNX Runtime: {settings().describe()}; torch threads: its default.",
+             f"ONNX Runtime: {settings().describe()}; {cpu_count()} photos at once, one per CPU (predict's "
+             "default under ONNX Runtime); torch: one photo at a time, its default threads.",
              "Targets: " + "; ".join(checks) if checks else "Targets: fer 25.10.3 not measured."]
     return table, notes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -97,3 +98,32 @@ def test_predict_does_not_depend_on_batch(backend, tmp_path, detector, photos, a
         assert np.array_equal(alone.probs, res.probs) and len(alone.faces) == len(res.faces)
         for fa, fb in zip(alone.faces, res.faces):
             assert np.array_equal(fa.box, fb.box) and np.array_equal(fa.probs, fb.probs)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_run_photos_in_input_order_on_worker_threads(tmp_path, workers):
+    """Photos handled on several threads are written in input order, a bad file in its place, none lost."""
+    import threading
+
+    from PIL import ImageFile
+
+    from groupmood.cli.common import JsonlSink, run_photos
+
+    paths = _write(tmp_path, [(60 + 7 * i, 50 + 3 * i) for i in range(9)])
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths.insert(4, tmp_path / "bad.png")
+    seen: set[str] = set()
+
+    def handle(good):
+        seen.add(threading.current_thread().name)
+        return [{"file": str(p), "w": int(x.shape[1]), "h": int(x.shape[0])} for p, x in good]
+
+    out = tmp_path / f"out{workers}.jsonl"
+    limit = Image.MAX_IMAGE_PIXELS
+    run = run_photos(paths, 2, 10**8, JsonlSink(str(out)), False, handle, workers=workers)
+    lines = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [ln["file"] for ln in lines] == [str(p) for p in paths]
+    assert "error" in lines[4] and run.ok == 9 and len(run.failed) == 1
+    assert [(ln["w"], ln["h"]) for ln in lines if "w" in ln] == [(60 + 7 * i, 50 + 3 * i) for i in range(9)]
+    assert all(n.startswith("groupmood-photo") for n in seen) == (workers > 1)
+    assert Image.MAX_IMAGE_PIXELS == limit and ImageFile.LOAD_TRUNCATED_IMAGES is False  # PIL's globals restored

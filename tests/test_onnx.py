@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,12 @@ def test_onnxruntime_predict_never_imports_torch(tiny_st_bundle, detector, astro
     assert "RC 0 TORCH 0 []" in proc.stdout, proc.stdout + proc.stderr
     rec = json.loads(out.read_text())
     assert rec["n_faces"] == 1 and rec["label"] in GROUP_CLASSES
+
+
+def test_onnx_name_of_shipped_files_from_their_header():
+    """The shipped weight files name their model and family in the header: enough to find their ONNX files."""
+    from groupmood.pipeline import _onnx_name, default_bundle_path, read_bundle
+
+    names = {b["name"]: _onnx_name(Path(b["model"])) for b in read_bundle(default_bundle_path())["branches"]}
+    assert names == {"group": "face_nonaligned-resnet_compact_48", "aligned": "face_aligned-sphereface_compact",
+                     "nonaligned": "face_nonaligned-resnet_compact_48", "global": "global-efficientnet_lite0"}

@@ -6,11 +6,13 @@ and every failure becomes one :class:`ImageLoadError` that names the file and th
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,31 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     return load_photo(path, max_pixels).pixels
 
 
+_PIL_LOCK = threading.Lock()
+_PIL_USERS = 0
+_PIL_SAVED: tuple[Any, bool] = (None, False)
+
+
+@contextlib.contextmanager
+def _pil_settings() -> Iterator[None]:
+    """PIL's own pixel limit off (:func:`_check_size` applies ``max_pixels``) and truncated files refused,
+    for as long as any thread decodes; PIL's globals are restored when the last decoding thread is done."""
+    global _PIL_USERS, _PIL_SAVED
+    with _PIL_LOCK:
+        if _PIL_USERS == 0:
+            _PIL_SAVED = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+            Image.MAX_IMAGE_PIXELS = None
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _PIL_USERS += 1
+    try:
+        yield
+    finally:
+        with _PIL_LOCK:
+            _PIL_USERS -= 1
+            if _PIL_USERS == 0:
+                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_SAVED
+
+
 def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                min_short_side: int | None = None) -> Photo:
     """Read ``path`` as a :class:`Photo`: RGB pixels, EXIF orientation applied, and the photo's own size.
@@ -188,12 +215,8 @@ def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     p = Path(path)
     check_image_file(p)
-    old_limit = Image.MAX_IMAGE_PIXELS
-    old_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
-        Image.MAX_IMAGE_PIXELS = None  # checked by _check_pixels against max_pixels itself
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with Image.open(p) as img:
+        with _pil_settings(), Image.open(p) as img:
             full = img.size
             k = reduction(*full, min_short_side)
             if k > 1 and img.format == "JPEG":
@@ -226,9 +249,6 @@ def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         if "truncated" in msg.lower() or isinstance(exc, SyntaxError):
             raise ImageLoadError(p, f"truncated or corrupt image data ({msg})") from exc
         raise ImageLoadError(p, f"cannot decode image ({msg})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
-        ImageFile.LOAD_TRUNCATED_IMAGES = old_truncated
 
 
 def _has_glob(s: str) -> bool:

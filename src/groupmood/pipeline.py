@@ -378,14 +378,14 @@ def _onnx_name(path: Path) -> str | None:
 
     try:
         with safe_open(str(path), framework="numpy") as fh:
-            raw = dict(fh.metadata() or {})
-        arch = json.loads(raw.get("arch") or "null") or (json.loads(raw.get("config") or "{}").get("model") or {})
-        recipe = json.loads(raw.get("recipe") or "null") or {}
+            raw = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k in ("model", "family", "arch", "recipe")}
     except Exception:  # a damaged file: the PyTorch loader names the problem
         return None
-    if not isinstance(arch, dict) or not isinstance(recipe, dict) or "name" not in arch or "family" not in recipe:
+    model = raw.get("model") or (raw.get("arch") or {}).get("name")
+    family = raw.get("family") or (raw.get("recipe") or {}).get("family")
+    if not isinstance(model, str) or not isinstance(family, str):
         return None
-    return f"{recipe['family']}-{arch['name']}"
+    return f"{family}-{model}"
 
 
 def _group_matrix(classes: Sequence[str]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,16 +201,21 @@ class HtmlReport:
         self.title = title
         self.max_side = int(max_side)
         self.quality = int(quality)
-        self._blocks: list[str] = []
+        self._blocks: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """The number of photos added so far."""
         return len(self._blocks)
 
-    def add(self, name: str, image: np.ndarray, result: GroupResult) -> None:
-        """Add one photo under ``name`` (shown as given, e.g. its path relative to the inputs)."""
-        thumb = _jpeg_base64(annotate(image, result), self.max_side, self.quality)
-        self._blocks.append(_photo_block(name, thumb, result))
+    def add(self, name: str, image: np.ndarray, result: GroupResult, order: int | None = None) -> None:
+        """Add one photo under ``name`` (shown as given, e.g. its path relative to the inputs).
+
+        Thread-safe; photos appear sorted by ``order`` (default: the order they were added in).
+        """
+        block = _photo_block(name, _jpeg_base64(annotate(image, result), self.max_side, self.quality), result)
+        with self._lock:
+            self._blocks.append((len(self._blocks) if order is None else order, block))
 
     def render(self, summary: str = "", settings: str = "", errors: Sequence[tuple[str | Path, str]] = ()) -> str:
         """The whole page: title, ``summary`` and ``settings`` lines, skipped files with the reason, photos."""
@@ -220,7 +226,8 @@ class HtmlReport:
         title = html.escape(self.title)
         return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
                 f'<style>{REPORT_CSS}</style></head><body><h1>{title}</h1><p>{html.escape(summary)}</p>'
-                f'<p class="muted">{html.escape(settings)}</p>{err}{"".join(self._blocks)}</body></html>\n')
+                f'<p class="muted">{html.escape(settings)}</p>{err}{"".join(b for _, b in sorted(self._blocks, key=lambda kb: kb[0]))}'
+                '</body></html>\n')
 
     def write(self, path: str | Path, summary: str = "", settings: str = "",
               errors: Sequence[tuple[str | Path, str]] = ()) -> Path:

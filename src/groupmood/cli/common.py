@@ -5,8 +5,9 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from ..detect import FaceDetector
 from ..errors import ConfigError, ImageLoadError, OutputError, display_path
-from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, path_key
+from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, load_photo, path_key
 from ..io import atomic_write, output_target
 
 
@@ -288,12 +289,17 @@ def resume_note(sink: PartialFileSink, n_paths: int, n_todo: int) -> str:
 
 
 def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: PartialFileSink, progress: bool,
-               handle: Callable[[list[tuple[Path, Any]]], list[dict]], min_short_side: int | None = None) -> PhotoRun:
-    """Load photos in batches and pass the readable ones to ``handle``; report, record and skip the rest.
+               handle: Callable[[list[tuple[Path, Any]]], list[dict]], min_short_side: int | None = None,
+               workers: int = 1) -> PhotoRun:
+    """Load photos and pass the readable ones to ``handle``; report, record and skip the rest.
 
-    Batches end at ``batch_size`` photos or at the loader's pixel budget
-    (:func:`~groupmood.images.load_in_order`); with ``min_short_side`` photos come as
-    :class:`~groupmood.images.Photo` objects decoded at a reduced size that keeps that many pixels.
+    With one worker, photos go to ``handle`` in batches that end at ``batch_size`` photos or at the
+    loader's pixel budget (:func:`~groupmood.images.load_in_order`). With ``workers`` > 1, each
+    photo is decoded and handled on its own in one of ``workers`` threads (so ``handle`` must be
+    thread-safe), photos flowing through without waiting for a batch to finish; at most
+    ``max(batch_size, workers)`` photos are queued, and only the ``workers`` being worked on are
+    decoded at any time. With ``min_short_side`` photos come as :class:`~groupmood.images.Photo`
+    objects decoded at a reduced size that keeps that many pixels.
 
     ``handle`` returns one record per photo it was given; records are written in input order, each
     unreadable file's error record in its place. The sink is completed when every photo was seen and
@@ -302,19 +308,44 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
     run = PhotoRun()
     start = time.perf_counter()
     bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr)
+
+    def write(batch: list[tuple[Path, Any]], records: list[dict]) -> None:
+        done = iter(records)
+        for _, x in batch:
+            if isinstance(x, ImageLoadError):
+                tqdm.write(f"skipped {x}", file=sys.stderr)
+                sink.write({"file": x.path, "error": x.reason})
+                run.failed.append((x.path, x.reason))
+            else:
+                sink.write(next(done))
+                run.ok += 1
+        bar.update(len(batch))
+
+    def one(path: Path) -> tuple[list[tuple[Path, Any]], list[dict]]:
+        try:
+            photo = load_photo(path, max_pixels, min_short_side)
+        except ImageLoadError as exc:
+            return [(path, exc)], []
+        item = (path, photo if min_short_side else photo.pixels)
+        return [item], handle([item])
+
     try:
-        for batch in load_in_order(paths, batch_size, max_pixels, min_short_side):
-            good = [(p, x) for p, x in batch if not isinstance(x, ImageLoadError)]
-            done = iter(handle(good) if good else [])
-            for p, x in batch:
-                if isinstance(x, ImageLoadError):
-                    tqdm.write(f"skipped {x}", file=sys.stderr)
-                    sink.write({"file": x.path, "error": x.reason})
-                    run.failed.append((x.path, x.reason))
-                else:
-                    sink.write(next(done))
-            run.ok += len(good)
-            bar.update(len(batch))
+        if workers <= 1:
+            for batch in load_in_order(paths, batch_size, max_pixels, min_short_side):
+                good = [(p, x) for p, x in batch if not isinstance(x, ImageLoadError)]
+                write(batch, handle(good) if good else [])
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="groupmood-photo")
+            try:
+                queued: deque[Future] = deque()
+                for path in paths:
+                    queued.append(pool.submit(one, path))
+                    while len(queued) >= max(batch_size, workers):
+                        write(*queued.popleft().result())
+                while queued:
+                    write(*queued.popleft().result())
+            finally:  # on an error or Ctrl-C: photos not started are dropped, the ones in work finish
+                pool.shutdown(wait=True, cancel_futures=True)
     except BaseException:
         sink.close(complete=False)
         raise
@@ -323,3 +354,5 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
     sink.close()
     run.seconds = time.perf_counter() - start
     return run
+
+

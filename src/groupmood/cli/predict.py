@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -174,23 +175,28 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     n_faces = 0
     report = HtmlReport() if report_path else None
 
-    def handle(good: list[tuple[Path, Any]]) -> list[dict]:
+    order = {p: i for i, p in enumerate(todo)}
+    lock = threading.Lock()
+
+    def handle(good: list[tuple[Path, Any]]) -> list[dict]:  # thread-safe: photos may come on several threads
         nonlocal n_faces
         records = []
         for (path, img), res in zip(good, rec.predict([img for _, img in good], all_branches=all_branches)):
-            n_faces += len(res.faces)
-            counts[res.label] += 1
+            with lock:
+                n_faces += len(res.faces)
+                counts[res.label] += 1
             records.append({"file": display_path(path), **res.to_dict()})
             if annotate_dir:
                 stem = stems[path]
                 write_image(Path(annotate_dir) / stem.with_name(stem.name + ".jpg"), annotate(img, res))
             if report is not None:
-                report.add(display_path(names[path]), img, res)
+                report.add(display_path(names[path]), img, res, order[path])
         return records
 
     # pictures for people are drawn on the full photo; otherwise decode only the pixels the models need
     draft = None if annotate_dir or report is not None else rec.decode_short_side(all_branches)
-    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, draft)
+    # on a CPU under ONNX Runtime photos flow through one per core (GroupEmotionRecognizer.photo_workers)
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, draft, rec.photo_workers())
     labels = ", ".join(f"{c} {counts[c]}" for c in (*GROUP_CLASSES, ABSTAIN) if counts[c])
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (resume_note(sink, len(paths), len(todo)) if resume else ""))

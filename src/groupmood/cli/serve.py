@@ -69,6 +69,7 @@ def serve_cmd(host: str, port: int, bundle: str | None, workers: int, queue: int
     """
     import uvicorn
 
+    from ..runtime.session import cpu_count, set_intra_op_threads
     from ..serve import ServeLimits, create_app
 
     check_device(device)
@@ -76,6 +77,8 @@ def serve_cmd(host: str, port: int, bundle: str | None, workers: int, queue: int
                          max_files=max_files, workers=workers, queue=queue)
     bundle_path = Path(bundle) if bundle else default_bundle_path()
     start = time.perf_counter()
+    # one photo per request: every CPU in each ONNX Runtime session (predict's default is one photo per CPU)
+    set_intra_op_threads(cpu_count())
     recognizer = build_recognizer(bundle, device)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]

@@ -9,11 +9,15 @@ model, and ``predict`` never imports torch once the files are there. A JSON side
 ONNX file's own sha256 (checked on every load: a damaged file is exported again), the parity
 found at export and what a caller needs to use the model without PyTorch (classes, input recipe).
 
-Thread settings are set once per process (:func:`settings`): ``intra_op_num_threads`` = the CPUs
-this process may use (``GROUPMOOD_ORT_THREADS`` overrides), sequential execution, no spinning of
-idle pool threads (``session.intra_op.allow_spinning = 0``), and no memory arena (buffers are freed
-after each call: P-Net's input size changes at every level). :func:`set_intra_op_threads` lowers
-the thread count before the first session when the caller runs photos on several threads itself.
+Thread settings are set once per process (:func:`settings`): one intra-op thread per session
+(``GROUPMOOD_ORT_THREADS`` overrides), because ``predict`` works on one photo per CPU at once
+(:meth:`groupmood.pipeline.GroupEmotionRecognizer.photo_workers`): on the 2-core benchmark machine
+that took the 228 benchmark photos from 15.3 s (two photos, two threads each) to 13.6 s, where one
+photo's many small model calls leave a second intra-op thread mostly idle. Sequential execution, no
+spinning of idle pool threads (``session.intra_op.allow_spinning = 0``), and no memory arena
+(buffers are freed after each call: P-Net's input size changes at every level).
+:func:`set_intra_op_threads` changes the thread count of the sessions made after it (a caller that
+labels one photo at a time may want every CPU in one session).
 """
 from __future__ import annotations
 
@@ -117,7 +121,7 @@ def settings() -> OrtSettings:
     if _SETTINGS is None:
         env = os.environ.get("GROUPMOOD_ORT_THREADS")
         try:
-            threads = int(env) if env else cpu_count()
+            threads = int(env) if env else 1
         except ValueError:
             raise ConfigError(f"GROUPMOOD_ORT_THREADS={env!r} is not a whole number of threads") from None
         _SETTINGS = OrtSettings(max(1, threads), os.environ.get("GROUPMOOD_ORT_SPIN", "0") == "1")
