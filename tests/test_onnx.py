@@ -263,3 +263,48 @@ def test_onnx_name_of_shipped_files_from_their_header():
     names = {b["name"]: _onnx_name(Path(b["model"])) for b in read_bundle(default_bundle_path())["branches"]}
     assert names == {"group": "face_nonaligned-resnet_compact_48", "aligned": "face_aligned-sphereface_compact",
                      "nonaligned": "face_nonaligned-resnet_compact_48", "global": "global-efficientnet_lite0"}
+
+
+@pytest.fixture(scope="module")
+def shared_trunk_bundle(tmp_path_factory):
+    """Two face models with one trunk and two heads (as the shipped group and non-aligned branches), and a bundle."""
+    from groupmood.checkpoint import save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("shared_trunk")
+    expr = create_model("resnet_tiny_48", num_classes=len(FERPLUS_EMOTIONS), head="softmax", drop_rate=0.0).eval()
+    group = copy.deepcopy(expr)
+    group.reset_classifier(len(GROUP_CLASSES))
+    save_model(expr, {"classes": list(FERPLUS_EMOTIONS), "arch": {"name": "resnet_tiny_48"}}, folder / "expr.safetensors")
+    save_model(group, {"classes": list(GROUP_CLASSES), "arch": {"name": "resnet_tiny_48"}}, folder / "group.safetensors")
+    spec = {"format": "groupmood-bundle-1",
+            "branches": [{"name": "group", "model": "group.safetensors"},
+                         {"name": "nonaligned", "model": "expr.safetensors"}],
+            "weights": {"group": 0.6, "nonaligned": 0.4}}
+    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    return folder / "bundle.yaml"
+
+
+def test_shared_trunk_one_pass_same_scores(shared_trunk_bundle, detector, astronaut, coffee):
+    from groupmood.pipeline import shared_trunks
+
+    rec = GroupEmotionRecognizer.from_bundle(shared_trunk_bundle, detector=detector)
+    assert shared_trunks(rec.branches) == [["group", "nonaligned"]]
+    faces = detector.detect_one(astronaut)
+    x = rec.branches["group"].crops(astronaut, faces)
+    feats = rec.branches["group"].features(x)
+    for br in rec.branches.values():  # the trunk pass + each head == each branch's own model
+        np.testing.assert_allclose(br.scores_from_features(feats), br.scores(x), atol=1e-6)
+    ort = rec.with_backend("onnxruntime", lambda: [astronaut])
+    cached = GroupEmotionRecognizer.from_bundle(shared_trunk_bundle, backend="onnxruntime")
+    assert all(br.model is None and br.features_runner is not None for br in cached.branches.values())
+    assert cached.branches["group"].features_runner.path == cached.branches["nonaligned"].features_runner.path
+    calls = []
+    run = cached.branches["group"].features_runner.session.run
+    cached.branches["group"].features_runner.session.run = lambda *a, **k: calls.append(1) or run(*a, **k)
+    for a, b, c in zip(rec.predict([astronaut, coffee]), ort.predict([astronaut, coffee]),
+                       cached.predict([astronaut, coffee])):
+        assert a.label == b.label == c.label and len(a.faces) == len(b.faces) == len(c.faces)
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-5)
+        np.testing.assert_allclose(c.probs, b.probs, atol=1e-12)
+    assert len(calls) == 1  # one trunk call for the photo with faces, for both branches

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -165,6 +166,12 @@ class Branch:
         self._to_group = _group_matrix(self.classes)
         self.runner = runner
         self.backend = "onnxruntime" if runner is not None else "torch"
+        #: sha256 of the trunk (every tensor but the head's) when the head is a plain Linear, and that head:
+        #: face branches with one trunk and one crop recipe share one trunk pass (:meth:`share_key`)
+        self.trunk_sha256: str | None = None
+        self.head: tuple[np.ndarray, np.ndarray] | None = None
+        #: ONNX Runtime model of the trunk alone (``forward_features``), when this branch shares it
+        self.features_runner: OrtModel | None = None
 
     def _example(self, model: nn.Module) -> Any:
         """A fixed random input of this branch's size, on the model's device."""
@@ -190,10 +197,13 @@ class Branch:
         p = _model_file(path)
         model, meta = load_model(p, device, sha256)
         info = meta["info"]
-        return cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
-                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
-                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration,
-                   sha256=sha256 or weight_store.sha256_file(p))
+        branch = cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                     parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                     grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration,
+                     sha256=sha256 or weight_store.sha256_file(p))
+        if branch.is_face:
+            branch.trunk_sha256, branch.head = _linear_head(p) or (None, None)
+        return branch
 
     @classmethod
     def from_onnx_cache(cls, path: str | Path, tta_flip: bool | None = None, pooling: str | int | None = None,
@@ -218,10 +228,66 @@ class Branch:
         recipe = dict(runner.meta["recipe"])
         info = dataclasses.replace(family_info(recipe["family"]), name=str(runner.meta["model"]))
         info = info.with_recipe(recipe, str(p))
-        return cls(None, runner.meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
-                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
-                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration, runner=runner,
-                   sha256=digest)
+        branch = cls(None, runner.meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                     parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                     grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration, runner=runner,
+                     sha256=digest)
+        if branch.is_face:
+            branch.trunk_sha256, branch.head = _linear_head(p) or (None, None)
+        return branch
+
+    def share_key(self) -> tuple | None:
+        """What two face branches must have in common to share one trunk pass (None: this one shares nothing).
+
+        The same trunk weights, model and crop recipe (size, channels, normalisation, margin, grey,
+        flip) and the same backend: their features are then the same, and each branch's own linear
+        head turns them into its scores (:meth:`scores_from_features`).
+        """
+        if self.trunk_sha256 is None or self.head is None or not self.is_face:
+            return None
+        return (self.trunk_sha256, self.info.name, self.family, self.input_size, self.in_chans, tuple(self.info.mean),
+                tuple(self.info.std), self.margin, self.grey, self.tta_flip, self.backend, self.fuse)
+
+    def features_from_cache(self) -> bool:
+        """Load the trunk's ONNX Runtime model from the cache, without PyTorch; whether it was there."""
+        if self.trunk_sha256 is None:
+            return False
+        self.features_runner = load_cached(f"{self.family}-{self.info.name}-features",
+                                           _onnx_key(self.trunk_sha256, self.fuse))
+        return self.features_runner is not None
+
+    def features(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, num_features) float32 trunk features of (N, H, W, C) uint8 inputs, averaged with the flip when ``tta_flip``."""
+        if self.runner is not None:
+            if self.features_runner is None and not self.features_from_cache():
+                raise ConfigError(f"{self.source}: its trunk has no ONNX file yet; run `groupmood export --format onnx`")
+            out = []
+            for start in range(0, len(inputs), self.batch_size):
+                x = normalize_array(inputs[start:start + self.batch_size], self.info)
+                n = len(x)
+                f = self.features_runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
+                out.append((f[:n] + f[n:]) / 2 if self.tta_flip else f)
+            return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+        import torch
+
+        from .models.tta import flip_averaged_logits
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info)).to(self.device)
+                f = flip_averaged_logits(self.model.forward_features, x, self.tta_flip, channels_last=True)
+                out.append(f.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def scores_from_features(self, feats: np.ndarray) -> np.ndarray:
+        """Group-class probabilities (N, 3) float64 from trunk :meth:`features` through this branch's linear head."""
+        if self.head is None:
+            raise ValueError(f"{self.source}: its head is not a plain linear layer; use scores()")
+        weight, bias = self.head
+        logits = feats.astype(np.float32) @ weight.T + bias
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ self._to_group.astype(np.float64)
 
     @property
     def is_face(self) -> bool:
@@ -306,10 +372,17 @@ class Branch:
 
         meta = {"model": self.info.name, "recipe": self.info.recipe(list(self.classes)),
                 "classes": list(self.classes), "folded": self.folded, "source": Path(self.source).name}
+        example = torch.zeros(1, self.in_chans, *self.input_size)
         other.runner = export_onnx(model.cpu(), f"{self.family}-{self.info.name}",
                                    _onnx_key(self.sha256 or weights_sha256(model), self.fuse), ("logits",),
-                                   torch.zeros(1, self.in_chans, *self.input_size), parity_inputs, meta=meta)
+                                   example, parity_inputs, meta=meta)
         other.backend = "onnxruntime"
+        if self.trunk_sha256 is not None:
+            from .runtime.export import FeaturesOf
+
+            other.features_runner = export_onnx(FeaturesOf(model.cpu()), f"{self.family}-{self.info.name}-features",
+                                                _onnx_key(self.trunk_sha256, self.fuse), ("features",), example,
+                                                parity_inputs, meta={"part": "features", "model": self.info.name})
         return other
 
     def parity_inputs(self, photos: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[Any]:
@@ -386,6 +459,30 @@ def _onnx_name(path: Path) -> str | None:
     if not isinstance(model, str) or not isinstance(family, str):
         return None
     return f"{family}-{model}"
+
+
+def _linear_head(path: Path) -> tuple[str, tuple[np.ndarray, np.ndarray]] | None:
+    """(sha256 of the trunk tensors, (head weight, head bias) float32) of a ``.safetensors`` face model whose
+    head is a plain softmax Linear (``head.fc.weight`` and ``head.fc.bias`` and nothing else); None otherwise."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            names = sorted(fh.keys())
+            if [n for n in names if n.startswith("head.")] != ["head.fc.bias", "head.fc.weight"]:
+                return None
+            h = hashlib.sha256()
+            for n in names:
+                if not n.startswith("head."):
+                    t = np.ascontiguousarray(fh.get_tensor(n))
+                    h.update(f"{n}:{t.dtype}:{t.shape}".encode())
+                    h.update(t.tobytes())
+            head = (fh.get_tensor("head.fc.weight").astype(np.float32), fh.get_tensor("head.fc.bias").astype(np.float32))
+    except Exception:  # a damaged file: the PyTorch loader names the problem
+        return None
+    return h.hexdigest(), head
 
 
 def _group_matrix(classes: Sequence[str]) -> np.ndarray:
@@ -663,6 +760,9 @@ class GroupEmotionRecognizer:
                     branches = {}
                     break
                 branches[b["name"]] = br
+            shared = [branches[n] for group in shared_trunks(branches) for n in group]
+            if not all(br.features_from_cache() for br in shared):
+                branches = {}  # a shared trunk not exported yet: PyTorch below, then with_backend exports it
         if not branches:
             for b in spec["branches"]:
                 branches[b["name"]] = Branch.from_file(b["model"], device, b.get("tta_flip"), b.get("pooling"),
@@ -770,7 +870,16 @@ class GroupEmotionRecognizer:
         counts = [len(f) for f in faces_per]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
+        for group in shared_trunks(branches):  # one trunk pass, each branch's own head
+            lead = branches[group[0]]
+            parts = [lead.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
+            feats = lead.features(np.concatenate(parts)) if parts else None
+            for name in group:
+                per_branch[name] = (branches[name].scores_from_features(feats) if feats is not None
+                                    else np.zeros((0, len(GROUP_CLASSES))))
         for name, br in branches.items():
+            if name in per_branch:
+                continue
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
             else:
@@ -854,6 +963,20 @@ class GroupEmotionRecognizer:
                     for n, br in self.branches.items() if n in pooled}
         return GroupResult(fused.label, fused.probs, branches, face_results, not faces, fused.abstained,
                            int(size[1]), int(size[0]))
+
+
+def shared_trunks(branches: Mapping[str, Branch]) -> list[list[str]]:
+    """Groups of two or more face branches that share one trunk pass (:meth:`Branch.share_key`), in branch order.
+
+    The shipped group branch is a head fitted on the non-aligned branch's frozen trunk: one pass
+    over each face serves both.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name, br in branches.items():
+        key = br.share_key()
+        if key is not None:
+            groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _pooling_overrides(pooling: str | Mapping[str, str] | None,

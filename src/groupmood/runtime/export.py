@@ -25,7 +25,18 @@ import torch
 from ..errors import WeightsError
 from .session import OPSET, PARITY_TOL, OrtModel, cache_path, full_key, load_cached, settings
 
-__all__ = ["export_onnx", "parity_photos", "weights_sha256"]
+__all__ = ["FeaturesOf", "export_onnx", "parity_photos", "weights_sha256"]
+
+
+class FeaturesOf(torch.nn.Module):
+    """A face net's trunk alone (its ``forward_features``): what branches sharing one trunk export once."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
