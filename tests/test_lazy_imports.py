@@ -75,28 +75,20 @@ def test_help_lists_every_command() -> None:
                              "predict", "samples", "serve", "train", "weights"}
 
 
-def test_invoking_a_command_imports_only_its_module() -> None:
-    proc = _run("""
+@pytest.mark.parametrize(("command", "allowed"), [
+    ("samples", {"groupmood.cli.samples"}),
+    ("predict", {"groupmood.cli.predict", "groupmood.cli.common"}),
+])
+def test_invoking_a_command_imports_only_its_module(command: str, allowed: set[str]) -> None:
+    proc = _run(f"""
         import json, sys
         from groupmood.cli import main
-        rc = main(["samples", "--help"])
+        rc = main([{command!r}, "--help"])
         print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith("groupmood.cli."))]))
     """)
     assert proc.returncode == 0, proc.stderr
     rc, modules = json.loads(proc.stdout.splitlines()[-1])
-    assert rc == 0 and modules == ["groupmood.cli.samples"]
-
-
-def test_predict_imports_no_other_command() -> None:
-    proc = _run("""
-        import json, sys
-        from groupmood.cli import main
-        rc = main(["predict", "--help"])
-        print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith("groupmood.cli."))]))
-    """)
-    assert proc.returncode == 0, proc.stderr
-    rc, modules = json.loads(proc.stdout.splitlines()[-1])
-    assert rc == 0 and set(modules) <= {"groupmood.cli.predict", "groupmood.cli.common"}, modules
+    assert rc == 0 and command in {m.rsplit(".", 1)[1] for m in modules} and set(modules) <= allowed, modules
 
 
 def test_predict_help_leaves_torch_out() -> None:

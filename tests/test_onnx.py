@@ -120,17 +120,22 @@ def _save(path, name, classes):
     torch.save({"model": model.state_dict(), "config": cfg, "classes": list(classes)}, path)
 
 
+def _write_bundle(folder, models: dict[str, str], weights: dict[str, float]):
+    """A bundle YAML in ``folder`` naming branch -> model file, with fusion ``weights``."""
+    spec = {"format": "groupmood-bundle-1", "branches": [{"name": n, "model": m} for n, m in models.items()],
+            "weights": weights}
+    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    return folder / "bundle.yaml"
+
+
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("onnx_bundle")
     _save(folder / "aligned.pt", "sphereface_tiny", GROUP_CLASSES)
     _save(folder / "nonaligned.pt", "resnet_tiny_48", FERPLUS_EMOTIONS)
-    spec = {"format": "groupmood-bundle-1", "branches": [{"name": "aligned", "model": "aligned.pt"},
-                                                         {"name": "nonaligned", "model": "nonaligned.pt"}],
-            "weights": {"aligned": 1.0, "nonaligned": 1.0}}
-    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "bundle.yaml"
+    return _write_bundle(folder, {"aligned": "aligned.pt", "nonaligned": "nonaligned.pt"},
+                         {"aligned": 1.0, "nonaligned": 1.0})
 
 
 def test_recognizer_backends_agree(tiny_bundle, detector, astronaut, coffee):
@@ -174,12 +179,8 @@ def tiny_st_bundle(tmp_path_factory):
                                 ("nonaligned", "resnet_tiny_48", FERPLUS_EMOTIONS)):
         model = create_model(arch, num_classes=len(classes), head="softmax", margin_m=4, drop_rate=0.0).eval()
         save_model(model, {"classes": list(classes), "arch": {"name": arch}}, folder / f"{name}.safetensors")
-    spec = {"format": "groupmood-bundle-1",
-            "branches": [{"name": "aligned", "model": "aligned.safetensors"},
-                         {"name": "nonaligned", "model": "nonaligned.safetensors"}],
-            "weights": {"aligned": 1.0, "nonaligned": 1.0}}
-    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "bundle.yaml"
+    return _write_bundle(folder, {"aligned": "aligned.safetensors", "nonaligned": "nonaligned.safetensors"},
+                         {"aligned": 1.0, "nonaligned": 1.0})
 
 
 def _export_bundle_models(tiny_bundle, detector, astronaut):
@@ -277,12 +278,8 @@ def shared_trunk_bundle(tmp_path_factory):
     group.reset_classifier(len(GROUP_CLASSES))
     save_model(expr, {"classes": list(FERPLUS_EMOTIONS), "arch": {"name": "resnet_tiny_48"}}, folder / "expr.safetensors")
     save_model(group, {"classes": list(GROUP_CLASSES), "arch": {"name": "resnet_tiny_48"}}, folder / "group.safetensors")
-    spec = {"format": "groupmood-bundle-1",
-            "branches": [{"name": "group", "model": "group.safetensors"},
-                         {"name": "nonaligned", "model": "expr.safetensors"}],
-            "weights": {"group": 0.6, "nonaligned": 0.4}}
-    (folder / "bundle.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "bundle.yaml"
+    return _write_bundle(folder, {"group": "group.safetensors", "nonaligned": "expr.safetensors"},
+                         {"group": 0.6, "nonaligned": 0.4})
 
 
 def test_shared_trunk_one_pass_same_scores(shared_trunk_bundle, detector, astronaut, coffee):

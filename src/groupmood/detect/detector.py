@@ -222,9 +222,9 @@ class FaceDetector:
         """The sha256 of P-, R- and O-Net's weights (of their files; of their state for nets of unknown origin):
         what their ONNX files are keyed by."""
         if self._weights_sha256 is None:
-            from .nets import state_sha256
+            from ..runtime.export import weights_sha256
 
-            self._weights_sha256 = tuple(state_sha256(n) for n in self.torch_nets())
+            self._weights_sha256 = tuple(weights_sha256(n) for n in self.torch_nets())
         return self._weights_sha256
 
     def with_settings(self, **changes) -> FaceDetector:

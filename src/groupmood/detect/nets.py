@@ -141,15 +141,3 @@ def load_nets(weights_dir: str | Path | None = None, auto_fetch: bool = False,
         net.load_state_dict(sd)
         nets.append(net.to(torch.device(device), memory_format=torch.channels_last).eval())
     return nets[0], nets[1], nets[2]
-
-
-def state_sha256(module: nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, bytes): the identity of nets of unknown origin."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
