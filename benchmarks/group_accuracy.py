@@ -17,10 +17,18 @@
    and summed over the photo's faces. A photo where fer finds no face counts as wrong. fer is
    installed outside the project on first use, as ``benchmarks/predict.py`` does.
 
+With ``--extra-head-data`` the group head also trains on the train and val photos of the two
+Twitter sentiment sets with at least the bundle's ``min_faces`` faces (photo sentiment, Positive /
+Negative only: a proxy for group valence; their test split is never used), on the training side of
+every head fit only, weighted per photo by an ``extra_weight`` chosen with the head's ``c`` inside
+the nested CV (grid ``--extra-weights``); calibration and fusion stay multiemova-dev only. Their
+evidence is collected once and cached in ``runs/group_accuracy/extra_evidence.npz``.
+
 Appends the tables to benchmarks/RESULTS.md and writes runs/group_accuracy/report.json.
 
     .venv/bin/python benchmarks/group_accuracy.py --write-bundle   # fit, ship, measure (about 15 min on 2 cores)
     .venv/bin/python benchmarks/group_accuracy.py                  # measure the bundle as it is
+    .venv/bin/python benchmarks/group_accuracy.py --extra-head-data --cv-only --no-write   # the CV with extra head data
 """
 from __future__ import annotations
 
@@ -59,6 +67,17 @@ def sentiment_items(shared: Path, split: str) -> list[tuple[Path, int, str]]:
     return items
 
 
+#: The sources whose train and val photos may join the group head's training side (--extra-head-data):
+#: photo-level Positive / Negative sentiment, a proxy for group valence; their test split stays untouched.
+EXTRA_SOURCES = ("twitter_you2015", "twitter_sentibank603")
+
+
+def extra_head_items(shared: Path) -> list[tuple[Path, int, str]]:
+    """The train and val photos of the Twitter sentiment sets (never their test split)."""
+    return [it for split in ("train", "val") for it in sentiment_items(shared, split)
+            if it[2].split("/", 1)[0] in EXTRA_SOURCES]
+
+
 def gaf_sample_items(shared: Path) -> list[tuple[Path, int, str]]:
     """The 16 gaf-samples photos, labelled by their name (pos_ / neg_)."""
     from groupmood.labels import GROUP_CLASSES
@@ -89,6 +108,25 @@ def base_recognizer(bundle: Path):
                 for b in spec["branches"] if b["name"] != GROUP_BRANCH}
     detector = FaceDetector.from_pretrained(auto_fetch=True, **spec["detector"])
     return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches}, min_faces=spec["min_faces"])
+
+
+def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int):
+    """The extra head photos' evidence (collected once, cached), kept to those with at least ``min_faces`` faces."""
+    from groupmood.engine.group_cv import Evidence, collect_evidence
+
+    items = extra_head_items(shared)
+    if cache.is_file():
+        ev = Evidence.load(cache)
+        unknown = set(ev.names) - {n for _, _, n in items}
+        if unknown:
+            raise SystemExit(f"{cache} holds photos outside the train and val splits ({sorted(unknown)[:3]}...); "
+                             "delete it to collect again")
+    else:
+        ev = collect_evidence(base_recognizer(bundle), items, TRUNK,
+                              log=lambda m: print(m, file=sys.stderr))
+        ev.save(cache)
+    keep = [i for i, e in enumerate(ev.embeddings) if len(e) >= min_faces]
+    return ev.subset(keep), len(items)
 
 
 def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
@@ -180,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sentiment", action="store_true", help="skip the 771 sentiment test photos")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    ap.add_argument("--extra-head-data", action="store_true",
+                    help="train the group head also on the Twitter sentiment sets' train and val photos with at "
+                         "least min_faces faces (training side only; weight chosen in the nested CV)")
+    ap.add_argument("--extra-weights", default="0,0.1,0.3,1.0",
+                    help="with --extra-head-data: the extra photos' weight grid (relative to a multiemova-dev "
+                         "photo), chosen with the head's c inside the CV; one value fixes it (default %(default)s)")
+    ap.add_argument("--cv-only", action="store_true", help="stop after the multiemova-dev CV (no bundle measured)")
     args = ap.parse_args(argv)
     import torch
 
@@ -200,11 +245,23 @@ def main(argv: list[str] | None = None) -> int:
         ev.save(cache)
     folds = folds_for(ev.names, ev.labels, args.folds)
     opts = StackOptions()
-    cv = cross_validate(ev, folds, opts)
+    extra, extra_note = None, ""
+    if args.extra_head_data:
+        from groupmood.pipeline import read_bundle
+
+        min_faces = read_bundle(args.bundle)["min_faces"]
+        extra, n_items = extra_head_evidence(args.shared, args.bundle, args.out / "extra_evidence.npz", min_faces)
+        opts = StackOptions(extra_weights=tuple(float(w) for w in args.extra_weights.split(",")))
+        per = np.bincount(extra.labels, minlength=3)
+        extra_note = (f"; group head also trained on {len(extra)} of the {n_items} train + val photos of "
+                      f"{' and '.join(EXTRA_SOURCES)} with {min_faces}+ faces (Negative {per[0]}, Positive {per[2]}; "
+                      f"photo sentiment, a proxy), training side only, extra_weight from {opts.extra_weights} "
+                      "chosen in the CV")
+    cv = cross_validate(ev, folds, opts, extra=extra)
     report: dict = {"cv": {k: v for k, v in cv.items() if k != "oof_fused"}}
     rel_folds = args.folds.relative_to(REPO) if args.folds.is_relative_to(REPO) else args.folds
     rows = [f"**multiemova-dev, {cv['k']}-fold cross-validation** ({cv['n']} photos; folds `{rel_folds}`; every "
-            "choice made on the other folds alone)", "", *HEADER]
+            f"choice made on the other folds alone{extra_note})", "", *HEADER]
     for b, t in cv["tables"].items():
         rows.append(row(f"{b} (held-out)" if b != "fused" else "**fused (held-out)**", t))
     rows += ["", "Calibration on the held-out folds (temperature fitted on the other folds):", "",
@@ -214,10 +271,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {b} | {c['photos']} | {c['nll_before']:.3f} | {c['nll_after']:.3f} | "
                         f"{c['ece_before']:.3f} | {c['ece_after']:.3f} |")
     rows += ["", "Choices per outer fold: " + "; ".join(
-        f"fold {f['fold']}: head c={f['head_c']}, {f['fusion']}, weights {f['weights']}, "
-        f"T {f['temperature']}" for f in cv["folds"]), ""]
+        f"fold {f['fold']}: head c={f['head_c']}"
+        f"{'' if extra is None else ', extra_weight=' + str(f['head_extra_weight'])}, {f['fusion']}, "
+        f"weights {f['weights']}, T {f['temperature']}" for f in cv["folds"]), ""]
+    if args.cv_only:
+        print("\n".join(rows))
+        atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+        return 0
     if args.write_bundle:
-        stack = select_and_fit(ev, folds, opts)
+        stack = select_and_fit(ev, folds, opts, extra)
         fused = cv["tables"]["fused"]
         chosen_on = {
             "data": "multiemova-dev (127 real group photos, group valence), ../shared/data/multiemova-dev",
@@ -228,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             "cv_accuracy": round(fused["accuracy"], 4),
             "cv_per_class": {c: round(v["accuracy"], 4) for c, v in fused["per_class"].items()},
             "head_c": stack.head_c, "fusion_choice": stack.scores.get("fusion_choice"),
+            **({} if extra is None else {
+                "extra_head_data": extra_note.lstrip("; "), "head_extra_weight": stack.head_extra_weight}),
             "fusion_cv": stack.scores.get("fusion_cv"), "fusion_cv_with_bias": stack.scores.get("fusion_cv (bias)"),
-            "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"}
+            "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"
+                       + ("" if extra is None else f" --extra-head-data --extra-weights {args.extra_weights}")}
         write_group_bundle(stack, args.bundle, args.bundle, TRUNK, chosen_on)
         report["stack"] = {"head_c": stack.head_c, "fusion": stack.fusion, "weights": stack.weights,
                            "calibration": {b: c.to_dict() for b, c in stack.calibration.items()}, **stack.scores}

@@ -258,3 +258,116 @@ def test_bundle_rejects_bad_calibration_and_fusion(tmp_path):
     with pytest.raises(ConfigError, match="fusion"):
         read_bundle(tmp_path / "b" / "bad3.yaml")
     assert json.dumps(read_bundle(base)["fusion"]) == '{"kind": "weighted"}'
+
+
+# --------------------------------------------------------------------------- extra head data (training side only)
+
+def _mil_evidence(n_photos, seed, prefix="p"):
+    faces, y = _mil_photos(n_photos, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    return Evidence([f"{prefix}{i}" for i in range(len(y))], y, {"global": rng.dirichlet(np.ones(3), len(y))},
+                    {"global": np.ones(len(y), bool)}, (), faces, [np.full(len(f), 0.01) for f in faces])
+
+
+def test_group_head_extra_weight_zero_is_the_plain_fit_and_extra_weights_scale():
+    faces, y = _mil_photos(45)
+    extra_faces, extra_y = _mil_photos(30, seed=5)
+    extra_y = np.where(extra_y == 1, 2, extra_y)  # a proxy set without Neutral
+    plain = fit_group_head(faces, y, 0.1)
+    zero = fit_group_head(faces, y, 0.1, extra_faces=extra_faces, extra_labels=extra_y, extra_weight=0.0)
+    assert np.array_equal(zero.weight, plain.weight) and np.array_equal(zero.bias, plain.bias)
+    more = fit_group_head(faces, y, 0.1, extra_faces=extra_faces, extra_labels=extra_y, extra_weight=1.0)
+    assert not np.allclose(more.weight, plain.weight)
+    with pytest.raises(ValueError):
+        fit_group_head(faces, y, 0.1, extra_faces=extra_faces, extra_labels=extra_y, extra_weight=-1.0)
+
+
+def test_group_head_extra_photo_weights(monkeypatch):
+    """An extra photo weighs extra_weight times an average group photo (shared by its faces); then the classes
+    are balanced over group and extra photos together, the total weight kept."""
+    import groupmood.engine.group_head as gh
+
+    seen = {}
+
+    def spy(x, y, c, k, w):
+        seen.update(x=x, y=y, w=w)
+        return gh.LinearHead(np.zeros((k, x.shape[1])), np.zeros(k))
+
+    monkeypatch.setattr(gh, "fit_softmax_regression", spy)
+    dim = 4
+    faces = [np.ones((2, dim)), np.ones((1, dim)), np.ones((3, dim)), np.ones((2, dim))]
+    y = np.array([0, 1, 2, 2])
+    gh.fit_group_head(faces, y, 1.0)
+    base_w = seen["w"].copy()
+    extra = [np.ones((1, dim)), np.ones((4, dim)), np.ones((2, dim)), np.zeros((0, dim))]
+    extra_y = np.array([0, 2, 2, 0])  # the faceless photo is skipped: one Negative, two Positive
+    gh.fit_group_head(faces, y, 1.0, extra_faces=extra, extra_labels=extra_y, extra_weight=0.5)
+    n_dev = sum(len(f) for f in faces)
+    w, t = seen["w"], seen["y"]
+    assert len(w) == n_dev + 7 and list(t[n_dev:]) == [0, 2, 2, 2, 2, 2, 2]
+    avg_group_photo = base_w.sum() / len(faces)
+    assert w.sum() == pytest.approx(base_w.sum() + 3 * 0.5 * avg_group_photo)  # the total kept
+    totals = np.bincount(t, weights=w, minlength=3)
+    assert totals == pytest.approx(np.full(3, totals.mean()))  # classes balanced over the union
+    ew = w[n_dev:]
+    assert np.allclose(ew[1:5], ew[1]) and np.allclose(ew[5:], ew[5])  # shared equally by a photo's faces
+    # within a class, an extra photo against a group photo: extra_weight times an average group photo
+    assert ew[:1].sum() / w[:2].sum() == pytest.approx(0.5 * avg_group_photo / base_w[:2].sum())
+    assert ew[1:5].sum() / w[3:6].sum() == pytest.approx(0.5 * avg_group_photo / base_w[3:6].sum())
+    assert ew[1:5].sum() == pytest.approx(ew[5:].sum())
+
+
+def test_extra_evidence_only_ever_trains_the_head(monkeypatch):
+    """Extra photos reach every head fit's training side and nothing else: with extra_weight 0 the nested CV
+    equals the one without extra photos, bit for bit; with a weight, only the head (and what follows from its
+    scores on the group photos) changes, and no extra photo is ever scored or calibrated on."""
+    import groupmood.engine.group_cv as gcv
+
+    ev = _mil_evidence(60, 0)
+    extra = _mil_evidence(40, 7, prefix="x")
+    extra.labels = np.where(extra.labels == 1, 2, extra.labels)
+    folds = stratified_folds(ev.labels, 3, 0)
+    opts = StackOptions(head_cs=(0.1, 1.0), fusion_cs=(1.0,))
+    plain = cross_validate(ev, folds, opts, progress=False)
+    zero = cross_validate(ev, folds, opts, progress=False, extra=extra)
+    assert zero["oof_fused"] == plain["oof_fused"] and zero["tables"] == plain["tables"]
+    zero_grid = cross_validate(ev, folds, StackOptions(head_cs=(0.1, 1.0), fusion_cs=(1.0,), extra_weights=(0.0,)),
+                               progress=False, extra=extra)
+    assert zero_grid["oof_fused"] == plain["oof_fused"]
+
+    fits, scored = [], []
+    real_fit, real_probs = gcv.fit_group_head, gcv.LinearHead.photo_probs
+
+    def fit_spy(faces, labels, c, **kw):
+        fits.append((len(faces), kw.get("extra_faces") is not None and kw.get("extra_weight", 0) > 0))
+        if kw.get("extra_faces") is not None:
+            assert kw["extra_faces"] is extra.embeddings and kw["extra_labels"] is extra.labels
+        return real_fit(faces, labels, c, **kw)
+
+    def probs_spy(self, faces):
+        scored.extend(id(f) for f in faces)
+        return real_probs(self, faces)
+
+    real_cal = gcv.fit_calibration
+
+    def cal_spy(p, y, **kw):
+        assert len(p) <= len(ev)  # calibration: group photos only
+        return real_cal(p, y, **kw)
+
+    monkeypatch.setattr(gcv, "fit_group_head", fit_spy)
+    monkeypatch.setattr(gcv.LinearHead, "photo_probs", probs_spy)
+    monkeypatch.setattr(gcv, "fit_calibration", cal_spy)
+    grid = StackOptions(head_cs=(0.1, 1.0), fusion_cs=(1.0,), extra_weights=(0.0, 1.0))
+    cv = cross_validate(ev, folds, grid, progress=False, extra=extra)
+    assert {id(f) for f in extra.embeddings}.isdisjoint(scored)  # never scored
+    assert any(with_extra for _, with_extra in fits)
+    # per outer fold: 2 weights x 2 c x 2 inner folds (the other two outer folds), then the fit on both
+    assert len(fits) == 3 * (2 * 2 * 2 + 1)
+    assert all(f["head_extra_weight"] in (0.0, 1.0) for f in cv["folds"])
+    assert cv["n"] == len(ev) and len(cv["oof_fused"]) == len(ev)
+    stack = select_and_fit(ev, folds, grid, extra)
+    assert stack.head_extra_weight in (0.0, 1.0)
+    assert set(stack.calibration) == {"global", GROUP_BRANCH}
+    assert "head_extra_weight" in stack.scores and len(stack.scores["head_cv"]) == 4
+    with pytest.raises(ValueError, match="extra_weights"):
+        select_and_fit(ev, folds, StackOptions(extra_weights=(-1.0,)), extra)

@@ -19,6 +19,15 @@ the other folds alone (their own folds as the inner split) and the result labels
 fold. The accuracy of those held-out labels is the figure to report: no choice saw the photos it
 is scored on. :class:`Evidence` holds what the photos give once (each branch's pooled
 probabilities, the faces' trunk embeddings, face sizes), so the whole procedure costs seconds.
+
+Extra head data: an ``extra`` Evidence (other labelled photos, e.g. image-sentiment photos with
+several faces) can be given to :func:`select_and_fit` and :func:`cross_validate`. It joins the
+training side of every group-head fit (each inner fold's, the final fit on the photos given, so
+each outer fold's too), weighted by ``extra_weight`` per photo relative to an average group photo
+(:func:`groupmood.engine.group_head.fit_group_head`), and nothing else: it is never scored, never
+enters calibration or fusion. ``extra_weight`` is chosen with ``c`` in step 1 (grid
+:attr:`StackOptions.extra_weights`; ties go to the smaller weight, then the smaller ``c``);
+``extra_weights=(0.0,)``, the default, is the procedure without extra data, bit for bit.
 """
 from __future__ import annotations
 
@@ -152,6 +161,7 @@ class StackOptions:
     """
 
     head_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    extra_weights: tuple[float, ...] = (0.0,)
     fusion_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     step: float = 0.1
     bias: tuple[bool, ...] = (False, True)
@@ -171,6 +181,7 @@ class Stack:
     weights: dict[str, float]
     model: FusionModel | None
     scores: dict[str, Any] = field(default_factory=dict)
+    head_extra_weight: float | None = None
 
 
 def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False) -> float:
@@ -181,12 +192,24 @@ def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False) -> float:
     return float((pred == y).mean())
 
 
-def _head_oof(ev: Evidence, folds: np.ndarray, c: float) -> np.ndarray:
-    """Out-of-fold group-head probabilities (NaN rows: no face)."""
+def _fit_head(ev: Evidence, idx: np.ndarray | None, c: float, extra: Evidence | None,
+              extra_weight: float) -> LinearHead:
+    """The group head on the photos ``idx`` of ``ev`` (all when None), plus ``extra`` on the training side."""
+    faces = ev.embeddings if idx is None else [ev.embeddings[i] for i in idx]
+    labels = ev.labels if idx is None else ev.labels[idx]
+    if extra is None or extra_weight == 0:
+        return fit_group_head(faces, labels, c)
+    return fit_group_head(faces, labels, c, extra_faces=extra.embeddings, extra_labels=extra.labels,
+                          extra_weight=extra_weight)
+
+
+def _head_oof(ev: Evidence, folds: np.ndarray, c: float, extra: Evidence | None = None,
+              extra_weight: float = 0.0) -> np.ndarray:
+    """Out-of-fold group-head probabilities (NaN rows: no face); ``extra`` only ever trains."""
     out = np.full((len(ev), len(GROUP_CLASSES)), np.nan)
     for f in np.unique(folds):
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        head = fit_group_head([ev.embeddings[i] for i in tr], ev.labels[tr], c)
+        head = _fit_head(ev, tr, c, extra, extra_weight)
         out[te] = head.photo_probs([ev.embeddings[i] for i in te])
     return out
 
@@ -251,24 +274,38 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
     return cv
 
 
-def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions()) -> Stack:
-    """Choose by CV over ``folds`` and fit on every photo of ``ev`` (see the module docstring)."""
+def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions(),
+                   extra: Evidence | None = None) -> Stack:
+    """Choose by CV over ``folds`` and fit on every photo of ``ev`` (see the module docstring).
+
+    ``extra``: photos that only ever join the group head's training side (never scored, never in
+    calibration or fusion), weighted by the ``extra_weight`` chosen from ``opts.extra_weights``.
+    """
     y = ev.labels
     if not opts.bias or not opts.fusion_kinds:
         raise ValueError("StackOptions needs at least one calibration mode (bias) and one fusion kind")
+    if not opts.extra_weights or min(opts.extra_weights) < 0:
+        raise ValueError(f"StackOptions.extra_weights needs weights >= 0, got {opts.extra_weights}")
+    extra_weights = opts.extra_weights if extra is not None and len(extra) else (0.0,)
     scores: dict[str, Any] = {}
-    head, head_c, group = None, None, None
+    head, head_c, head_ew, group = None, None, None, None
     if opts.head:
         by_c = {}
         oof = {}
-        for c in opts.head_cs:
-            oof[c] = _head_oof(ev, folds, c)
-            ok = ~np.isnan(oof[c][:, 0])
-            by_c[c] = _accuracy(np.nanargmax(np.where(ok[:, None], oof[c], 0), axis=1)[ok], y[ok], opts.balanced)
-        head_c = max(opts.head_cs, key=lambda c: (by_c[c], -c))
-        scores["head_cv"] = {str(c): round(a, 4) for c, a in by_c.items()}
-        group = oof[head_c]
-        head = fit_group_head(ev.embeddings, y, head_c)
+        for ew in extra_weights:
+            for c in opts.head_cs:
+                oof[ew, c] = _head_oof(ev, folds, c, extra, ew)
+                ok = ~np.isnan(oof[ew, c][:, 0])
+                by_c[ew, c] = _accuracy(np.nanargmax(np.where(ok[:, None], oof[ew, c], 0), axis=1)[ok], y[ok],
+                                        opts.balanced)
+        head_ew, head_c = max(by_c, key=lambda k: (by_c[k], -k[0], -k[1]))
+        if extra_weights == (0.0,):
+            scores["head_cv"] = {str(c): round(by_c[0.0, c], 4) for c in opts.head_cs}
+        else:
+            scores["head_cv"] = {f"extra_weight={ew} c={c}": round(a, 4) for (ew, c), a in by_c.items()}
+            scores["head_extra_weight"] = head_ew
+        group = oof[head_ew, head_c]
+        head = _fit_head(ev, None, head_c, extra, head_ew)
     probs, spoke = _branch_table(ev, group)
     best: tuple[float, int, str, bool] = (-1.0, -99, "", False)
     fitted = {}
@@ -297,7 +334,7 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
         face_branches = [b for b in branches if b in ev.face_branches or b == GROUP_BRANCH]
         model = FusionModel.fit(_features(ev, cprobs, spoke, branches, face_branches), y, branches, face_branches,
                                 float(choice.split("=", 1)[1]))
-    return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores)
+    return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores, head_ew)
 
 
 def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
@@ -314,8 +351,12 @@ def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict
 
 
 def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOptions(),
-                   progress: bool = True) -> dict[str, Any]:
-    """Outer k-fold CV of :func:`select_and_fit`: held-out accuracy per branch and fused, calibration stats."""
+                   progress: bool = True, extra: Evidence | None = None) -> dict[str, Any]:
+    """Outer k-fold CV of :func:`select_and_fit`: held-out accuracy per branch and fused, calibration stats.
+
+    ``extra`` joins the group head's training side in every outer fold (and its inner folds); only
+    photos of ``ev`` are ever scored.
+    """
     y = ev.labels
     n = len(y)
     raw: dict[str, np.ndarray] = {}
@@ -325,7 +366,7 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
     chosen = []
     for f in tqdm(np.unique(folds), disable=not progress, file=sys.stderr, desc="outer folds"):
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        stack = select_and_fit(ev.subset(tr), folds[tr], opts)
+        stack = select_and_fit(ev.subset(tr), folds[tr], opts, extra)
         probs, spoke, fz = apply_stack(stack, ev.subset(te))
         cprobs = calibrate_rows(probs, spoke, stack.calibration)
         for b in probs:
@@ -333,7 +374,8 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
             cal.setdefault(b, np.zeros((n, len(GROUP_CLASSES))))[te] = cprobs[b]
             spoke_all.setdefault(b, np.zeros(n, dtype=bool))[te] = spoke[b]
         fused[te] = fz
-        chosen.append({"fold": int(f), "head_c": stack.head_c, "fusion": stack.fusion,
+        chosen.append({"fold": int(f), "head_c": stack.head_c, "head_extra_weight": stack.head_extra_weight,
+                       "fusion": stack.fusion,
                        "weights": {b: round(w, 3) for b, w in stack.weights.items()},
                        "temperature": {b: round(c.temperature, 3) for b, c in stack.calibration.items()},
                        **stack.scores})
