@@ -63,3 +63,20 @@ def test_detect_stdout_and_usage_errors(tmp_path, astronaut, capsys):
     assert main(["detect", str(tmp_path / "empty_dir_*.png"), "--no-progress"]) == 1
     assert "no file matches this pattern" in capsys.readouterr().err
     assert main(["detect"]) == 2
+
+
+def test_detect_backends_give_the_same_records(tmp_path, astronaut, coffee):
+    """ONNX Runtime (one photo per CPU) and PyTorch: same files in the same order, same faces to 0.01 px."""
+    src = _folder(tmp_path, astronaut, coffee)
+    recs = {}
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / f"{backend}.jsonl"
+        assert main(["detect", str(src), "-o", str(out), "--backend", backend, "--no-progress"]) == 1
+        recs[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    ort, ref = recs["onnxruntime"], recs["torch"]
+    assert [r["file"] for r in ort] == [r["file"] for r in ref]
+    for a, b in zip(ort, ref):
+        assert len(a.get("faces", [])) == len(b.get("faces", []))
+        for fa, fb in zip(a.get("faces", []), b.get("faces", [])):
+            np.testing.assert_allclose(fa["box"], fb["box"], atol=0.011)
+            np.testing.assert_allclose(fa["landmarks"], fb["landmarks"], atol=0.011)

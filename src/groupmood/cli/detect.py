@@ -1,6 +1,7 @@
 """``groupmood detect``: MTCNN faces, landmarks and crops for files, folders and globs."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
 from ..errors import display_path
+from ..runtime.session import cpu_count
 from .common import JsonlSink, build_detector, collect_paths, detector_options, output_stems, resume_note, run_photos
 
 
@@ -25,9 +27,12 @@ from .common import JsonlSink, build_detector, collect_paths, detector_options, 
 @click.option("--margin", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Extra margin of the square non-aligned crop, as a fraction of the box side.")
 @click.option("--resume", is_flag=True, help="Skip photos already in --output (or its .partial file).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs MTCNN: onnxruntime (CPU; nets exported once into the cache and checked against "
+                   "PyTorch; one photo per CPU at once), torch; auto: onnxruntime on a CPU, torch on a GPU.")
 @detector_options
 def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, crops_dir: str | None,
-               margin: float, resume: bool, device: str, batch_size: int, min_face_frac: float | None,
+               margin: float, resume: bool, backend: str, device: str, batch_size: int, min_face_frac: float | None,
                min_face_px: float | None, thresholds: tuple[float, float, float] | None, factor: float | None,
                mtcnn_weights: str | None, max_pixels: int, progress: bool) -> int:
     """Detect faces in INPUTS (files, folders searched recursively, globs).
@@ -38,16 +43,18 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
     paths = collect_paths(inputs)
     stems = output_stems(paths)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights,
-                              use_bundle=False)
+                              use_bundle=False, backend=backend)
     sink = JsonlSink(output, resume=resume)
     todo = [p for p in paths if not sink.is_done(p)]
     n_faces = 0
+    lock = threading.Lock()
 
-    def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:
+    def handle(good: list[tuple[Path, np.ndarray]]) -> list[dict]:  # thread-safe: photos may come on several threads
         nonlocal n_faces
         records = []
         for (path, img), faces in zip(good, detector.detect([img for _, img in good])):
-            n_faces += len(faces)
+            with lock:
+                n_faces += len(faces)
             records.append({"file": display_path(path), "width": int(img.shape[1]), "height": int(img.shape[0]),
                             "faces": [f.to_dict() for f in faces]})
             if annotate_dir:
@@ -57,7 +64,8 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
                 _write_crops(Path(crops_dir) / stems[path], img, faces, margin)
         return records
 
-    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle)
+    workers = cpu_count() if detector.backend == "onnxruntime" else 1  # as predict: one photo per CPU
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, workers=workers)
     click.echo(run.summary(n_faces, resume_note(sink, len(paths), len(todo)) if resume else ""), err=True)
     return 1 if run.failed else 0
 
