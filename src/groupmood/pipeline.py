@@ -1,11 +1,15 @@
 """GroupEmotionRecognizer: photos in, a group label (Negative / Neutral / Positive) with its evidence out.
 
-The whole system of Tan et al. (EmotiW 2017) in one object, batched across photos:
+The whole system of Tan et al. (EmotiW 2017) in one object. On a GPU a batch of photos goes
+through each model together; on a CPU each photo goes through on its own (its result never
+depends on its batch neighbours), under ONNX Runtime one photo per core at once:
 
-1. MTCNN finds the faces of every photo of a batch in one detector call.
-2. Each face branch scores all faces of the batch in a few forward passes: the *aligned* branch
-   on 112x96 RGB crops aligned to the SphereFace template (plus the horizontal flip, logits
-   averaged, as the authors), the *non-aligned* branch on square 48x48 grey crops.
+1. MTCNN finds the faces of the photos (:class:`groupmood.detect.FaceDetector`).
+2. Each face branch scores the faces: the *aligned* branch on 112x96 RGB crops aligned to the
+   SphereFace template (plus the horizontal flip, logits averaged, as the authors), the
+   *non-aligned* branch on square 48x48 grey crops. Face branches with one trunk and one crop
+   recipe (the shipped group head sits on the non-aligned trunk) share one trunk pass
+   (:func:`shared_trunks`), each applying its own linear head.
 3. The *global* branch scores each whole photo: shorter side 256, centre crop 224 and its flip
    (:func:`groupmood.data.transforms.global_eval_views`), logits averaged.
 4. Face scores are pooled per photo (all faces, or the k largest by box area: the authors use the
