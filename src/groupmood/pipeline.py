@@ -84,7 +84,7 @@ from .fusion_model import FusionModel
 from .inputs import center_crop_array, normalize_array
 from .labels import GROUP_CLASSES, valence_array
 from .models.registry import FAMILY_RECIPES, ModelInfo, family_info
-from .runtime.session import OrtModel, cpu_count, device_type, load_cached, resolve_backend
+from .runtime.session import OrtModel, device_type, load_cached, photo_workers, resolve_backend
 
 if TYPE_CHECKING:
     from torch import nn
@@ -169,11 +169,13 @@ class Branch:
         self.calibration = calibration or Calibration()
         self._to_group = _group_matrix(self.classes)
         self.runner = runner
-        self.backend = "onnxruntime" if runner is not None else "torch"
-        #: sha256 of the trunk (every tensor but the head's) when the head is a plain Linear, and that head:
-        #: face branches with one trunk and one crop recipe share one trunk pass (:meth:`share_key`)
+        #: sha256 of the trunk (every tensor but the head's) when the head is a plain Linear, and that head
+        #: (read from the weight file ``source``): face branches with one trunk and one crop recipe share
+        #: one trunk pass (:meth:`share_key`)
         self.trunk_sha256: str | None = None
         self.head: tuple[np.ndarray, np.ndarray] | None = None
+        if self.is_face and source:
+            self.trunk_sha256, self.head = _linear_head(Path(source)) or (None, None)
         #: ONNX Runtime model of the trunk alone (``forward_features``), when this branch shares it
         self.features_runner: OrtModel | None = None
 
@@ -201,13 +203,10 @@ class Branch:
         p = _model_file(path)
         model, meta = load_model(p, device, sha256)
         info = meta["info"]
-        branch = cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
-                     parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
-                     grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration,
-                     sha256=sha256 or weight_store.sha256_file(p))
-        if branch.is_face:
-            branch.trunk_sha256, branch.head = _linear_head(p) or (None, None)
-        return branch
+        return cls(model, meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration,
+                   sha256=sha256 or weight_store.sha256_file(p))
 
     @classmethod
     def from_onnx_cache(cls, path: str | Path, tta_flip: bool | None = None, pooling: str | int | None = None,
@@ -232,13 +231,10 @@ class Branch:
         recipe = dict(runner.meta["recipe"])
         info = dataclasses.replace(family_info(recipe["family"]), name=str(runner.meta["model"]))
         info = info.with_recipe(recipe, str(p))
-        branch = cls(None, runner.meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
-                     parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
-                     grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration, runner=runner,
-                     sha256=digest)
-        if branch.is_face:
-            branch.trunk_sha256, branch.head = _linear_head(p) or (None, None)
-        return branch
+        return cls(None, runner.meta["classes"], info, info.tta_flip if tta_flip is None else tta_flip,
+                   parse_pooling(info.pooling if pooling is None else pooling), margin, source=str(p),
+                   grey=info.grey if grey is None else grey, fuse=fuse, calibration=calibration, runner=runner,
+                   sha256=digest)
 
     def share_key(self) -> tuple | None:
         """What two face branches must have in common to share one trunk pass (None: this one shares nothing).
@@ -262,40 +258,65 @@ class Branch:
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """(N, num_features) float32 trunk features of (N, H, W, C) uint8 inputs, averaged with the flip when ``tta_flip``."""
-        if self.runner is not None:
-            if self.features_runner is None and not self.features_from_cache():
-                raise ConfigError(f"{self.source}: its trunk has no ONNX file yet; run `groupmood export --format onnx`")
-            out = []
-            for start in range(0, len(inputs), self.batch_size):
-                x = normalize_array(inputs[start:start + self.batch_size], self.info)
+        return self._forward(inputs, features=True)
+
+    def _forward(self, inputs: np.ndarray, features: bool = False, torch_model: bool = False) -> np.ndarray:
+        """(N, D) float32 logits, or trunk features (``forward_features``), of (N, H, W, C) uint8 inputs.
+
+        Averaged over each input and its flip when ``tta_flip`` (one pass for both), in chunks of
+        ``batch_size``; run by ONNX Runtime unless the branch is PyTorch's or ``torch_model``.
+        """
+        if self.runner is not None and not torch_model:
+            runner = self.runner
+            if features:
+                if self.features_runner is None and not self.features_from_cache():
+                    raise ConfigError(f"{self.source}: its trunk has no ONNX file yet; run "
+                                      "`groupmood export --format onnx`")
+                runner = self.features_runner
+
+            def run(x: np.ndarray) -> np.ndarray:
                 n = len(x)
-                f = self.features_runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
-                out.append((f[:n] + f[n:]) / 2 if self.tta_flip else f)
-            return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-        import torch
+                out = runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
+                return (out[:n] + out[n:]) / 2 if self.tta_flip else out
+        else:
+            import torch
 
-        from .models.tta import flip_averaged_logits
+            from .models.tta import flip_averaged_logits
 
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(inputs), self.batch_size):
-                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info)).to(self.device)
-                f = flip_averaged_logits(self.model.forward_features, x, self.tta_flip, channels_last=True)
-                out.append(f.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            model = self._torch_model()
+            fn = model.forward_features if features else model
+            device = self.device
+
+            def run(x: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    out = flip_averaged_logits(fn, torch.from_numpy(x).to(device), self.tta_flip, channels_last=True)
+                    return out.float().cpu().numpy()
+        parts = [run(normalize_array(inputs[start:start + self.batch_size], self.info))
+                 for start in range(0, len(inputs), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
 
     def scores_from_features(self, feats: np.ndarray) -> np.ndarray:
         """Group-class probabilities (N, 3) float64 from trunk :meth:`features` through this branch's linear head."""
         if self.head is None:
             raise ValueError(f"{self.source}: its head is not a plain linear layer; use scores()")
         weight, bias = self.head
-        logits = feats.astype(np.float32) @ weight.T + bias
+        return self._group_probs(feats.astype(np.float32) @ weight.T + bias)
+
+    def _group_probs(self, logits: np.ndarray) -> np.ndarray:
+        """(N, 3) float64 group-class probabilities of (N, C) float32 logits: softmax, summed into the group classes."""
+        if not len(logits):
+            return np.zeros((0, len(GROUP_CLASSES)))
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ self._to_group.astype(np.float64)
 
     @property
     def is_face(self) -> bool:
         return self.family != "global"
+
+    @property
+    def backend(self) -> str:
+        """``onnxruntime`` when an ONNX Runtime session runs the model, else ``torch``."""
+        return "onnxruntime" if self.runner is not None else "torch"
 
     @property
     def device(self) -> str:
@@ -339,23 +360,14 @@ class Branch:
         return self.model
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        """(N, num_features) float64 embeddings (``forward_features``, averaged with the flip when ``tta_flip``).
+        """(N, num_features) float64 embeddings of the PyTorch model (``forward_features``, averaged with the flip
+        when ``tta_flip``), whatever the backend: what a group head is fitted on.
 
         The head is linear, so a head on these embeddings gives the logits :meth:`scores` averages.
         """
-        import torch
-
-        from .models.tta import flip_averaged_logits
-
-        model = self._torch_model()
-        out = np.zeros((len(inputs), self.num_features))
-        with torch.inference_mode():
-            for start in range(0, len(inputs), self.batch_size):
-                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info))
-                feats = flip_averaged_logits(model.forward_features, x.to(self.device), self.tta_flip,
-                                             channels_last=True)
-                out[start:start + len(x)] = feats.double().cpu().numpy()
-        return out
+        if not len(inputs):
+            return np.zeros((0, self.num_features))
+        return self._forward(inputs, features=True, torch_model=True).astype(np.float64)
 
     def with_backend(self, backend: str, parity_inputs: Callable[[], list[Any]]) -> Branch:
         """A shallow copy run by ``backend`` (``torch`` or ``onnxruntime``: exported once into the cache and
@@ -368,7 +380,7 @@ class Branch:
         model = self._torch_model()
         other.model = model
         if backend == "torch":
-            other.backend, other.runner = "torch", None
+            other.runner = None
             return other
         import torch
 
@@ -380,7 +392,6 @@ class Branch:
         other.runner = export_onnx(model.cpu(), f"{self.family}-{self.info.name}",
                                    _onnx_key(self.sha256 or weights_sha256(model), self.fuse), ("logits",),
                                    example, parity_inputs, meta=meta)
-        other.backend = "onnxruntime"
         if self.trunk_sha256 is not None:
             from .runtime.export import FeaturesOf
 
@@ -401,31 +412,7 @@ class Branch:
 
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """Group-class probabilities (N, 3) float64 for (N, H, W, C) uint8 inputs, in chunks."""
-        out = np.zeros((len(inputs), len(GROUP_CLASSES)))
-        if self.runner is not None:
-            to_group = self._to_group.astype(np.float64)
-            for start in range(0, len(inputs), self.batch_size):
-                x = normalize_array(inputs[start:start + self.batch_size], self.info)
-                n = len(x)
-                logits = self.runner(np.concatenate([x, x[..., ::-1]]) if self.tta_flip else x)[0]
-                logits = (logits[:n] + logits[n:]) / 2 if self.tta_flip else logits
-                z = np.exp(logits - logits.max(axis=1, keepdims=True))
-                out[start:start + n] = (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ to_group
-            return out
-        import torch
-
-        from .models.tta import flip_averaged_logits
-
-        device = self.device
-        to_group = torch.from_numpy(self._to_group)
-        with torch.inference_mode():
-            for start in range(0, len(inputs), self.batch_size):
-                x = torch.from_numpy(normalize_array(inputs[start:start + self.batch_size], self.info)).to(device)
-                logits = flip_averaged_logits(self.model, x, self.tta_flip, channels_last=True)
-                probs = torch.softmax(logits, dim=1) @ to_group.to(logits.device)
-                out[start:start + len(x)] = probs.double().cpu().numpy()
-        return out
-
+        return self._group_probs(self._forward(inputs))
 
 def _module_device(model: Any) -> Any:
     try:
@@ -817,7 +804,7 @@ class GroupEmotionRecognizer:
 
                 photos = (parity_photos or default_photos)()
                 # PyTorch MTCNN with the authors' settings: the faces do not depend on a bundle's thresholds
-                probe = FaceDetector.from_pretrained(device=self.device, auto_fetch=True)
+                probe = FaceDetector(*self.detector.torch_nets(), device=self.device)
                 found.extend(zip(photos, probe.detect(photos)))
             return found
 
@@ -836,9 +823,7 @@ class GroupEmotionRecognizer:
 
     def photo_workers(self) -> int:
         """How many photos :meth:`predict` works on at once: ``workers``, else the CPUs under ONNX Runtime, else 1."""
-        if self.workers is not None:
-            return self.workers
-        return cpu_count() if self.backend == "onnxruntime" else 1
+        return self.workers if self.workers is not None else photo_workers(self.backend)
 
     def predict(self, images: Images, raw: bool = False, all_branches: bool = False) -> list[GroupResult]:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per

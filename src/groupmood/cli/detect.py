@@ -12,7 +12,7 @@ from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
 from ..errors import display_path
-from ..runtime.session import cpu_count
+from ..runtime.session import photo_workers
 from .common import JsonlSink, build_detector, collect_paths, detector_options, output_stems, resume_note, run_photos
 
 
@@ -64,8 +64,7 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
                 _write_crops(Path(crops_dir) / stems[path], img, faces, margin)
         return records
 
-    workers = cpu_count() if detector.backend == "onnxruntime" else 1  # as predict: one photo per CPU
-    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, workers=workers)
+    run = run_photos(todo, batch_size, max_pixels, sink, progress, handle, workers=photo_workers(detector.backend))
     click.echo(run.summary(n_faces, resume_note(sink, len(paths), len(todo)) if resume else ""), err=True)
     return 1 if run.failed else 0
 

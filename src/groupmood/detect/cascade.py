@@ -311,9 +311,8 @@ def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, s
     """Area-resize every region of every image to size x size, in input order: (N, size, size, 3) normalised."""
     reg = regions.astype(np.int64)
     out = np.empty((len(reg), size, size, 3), np.float32)
-    for i in np.unique(img_ids):
-        sel = np.nonzero(img_ids == i)[0]
-        out[sel] = area_resize(tables[i], reg[sel], size, size)
+    for sel in _groups(img_ids):
+        out[sel] = area_resize(tables[img_ids[sel[0]]], reg[sel], size, size)
     return _normalise(out)
 
 
@@ -394,11 +393,9 @@ def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tup
     are the same bit for bit whatever else is in the batch. ``x``: (N, H, W, C) normalised crops.
     """
     outs: list[list[np.ndarray]] = []
-    order = []
-    for g in np.unique(img_ids):
-        idx = np.nonzero(img_ids == g)[0]
+    order = _groups(img_ids)
+    for idx in order:
         xs = x[idx]
-        order.append(idx)
         outs.extend(_outputs(net(_net_input(xs[i:i + chunk], net))) for i in range(0, len(xs), chunk))
     cat = [np.concatenate(parts) for parts in zip(*outs)]
     inverse = np.argsort(np.concatenate(order))

@@ -34,7 +34,8 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "EXPORT_VERSION", "OPSET", "PARITY_TOL", "OrtModel", "OrtSettings", "cache_path",
-           "load_cached", "onnx_cache_dir", "ort_available", "resolve_backend", "set_intra_op_threads", "settings"]
+           "load_cached", "onnx_cache_dir", "ort_available", "photo_workers", "resolve_backend", "set_intra_op_threads",
+           "settings"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 #: Bump when the export recipe or the cache key changes: every cached file is then exported again.
@@ -105,6 +106,8 @@ class OrtSettings:
 
 
 _SETTINGS: OrtSettings | None = None
+#: Intra-op threads of every session unless ``GROUPMOOD_ORT_THREADS`` says otherwise (:func:`set_intra_op_threads`).
+_DEFAULT_THREADS = 1
 
 
 def cpu_count() -> int:
@@ -115,13 +118,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def photo_workers(backend: str) -> int:
+    """How many photos a command works on at once: one per CPU under ONNX Runtime (one intra-op thread each),
+    one under PyTorch (its own threads)."""
+    return cpu_count() if backend == "onnxruntime" else 1
+
+
 def settings() -> OrtSettings:
     """This process's ONNX Runtime settings, fixed on first use (``GROUPMOOD_ORT_THREADS``, ``GROUPMOOD_ORT_SPIN``)."""
     global _SETTINGS
     if _SETTINGS is None:
         env = os.environ.get("GROUPMOOD_ORT_THREADS")
         try:
-            threads = int(env) if env else 1
+            threads = int(env) if env else _DEFAULT_THREADS
         except ValueError:
             raise ConfigError(f"GROUPMOOD_ORT_THREADS={env!r} is not a whole number of threads") from None
         _SETTINGS = OrtSettings(max(1, threads), os.environ.get("GROUPMOOD_ORT_SPIN", "0") == "1")
@@ -130,9 +139,8 @@ def settings() -> OrtSettings:
 
 def set_intra_op_threads(threads: int) -> OrtSettings:
     """Fix the threads of every later session (unless ``GROUPMOOD_ORT_THREADS`` is set); sessions made before keep theirs."""
-    global _SETTINGS
-    if not os.environ.get("GROUPMOOD_ORT_THREADS"):
-        _SETTINGS = OrtSettings(max(1, int(threads)), os.environ.get("GROUPMOOD_ORT_SPIN", "0") == "1")
+    global _SETTINGS, _DEFAULT_THREADS
+    _DEFAULT_THREADS, _SETTINGS = max(1, int(threads)), None
     return settings()
 
 
