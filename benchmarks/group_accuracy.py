@@ -129,6 +129,14 @@ def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int)
     return ev.subset(keep), len(items)
 
 
+def kept_choices(bundle: Path) -> dict:
+    """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py)."""
+    import yaml
+
+    chosen = (yaml.safe_load(bundle.read_text(encoding="utf-8")) or {}).get("chosen_on") or {}
+    return {k: chosen[k] for k in ("min_faces",) if k in chosen}
+
+
 def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
     from groupmood.data.folds import fold_indices, stratified_folds, write_folds
 
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                 "extra_head_data": extra_note.lstrip("; "), "head_extra_weight": stack.head_extra_weight}),
             "fusion_cv": stack.scores.get("fusion_cv"), "fusion_cv_with_bias": stack.scores.get("fusion_cv (bias)"),
             "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"
-                       + ("" if extra is None else f" --extra-head-data --extra-weights {args.extra_weights}")}
+                       + ("" if extra is None else f" --extra-head-data --extra-weights {args.extra_weights}"),
+            **kept_choices(args.bundle)}
         write_group_bundle(stack, args.bundle, args.bundle, TRUNK, chosen_on)
         report["stack"] = {"head_c": stack.head_c, "fusion": stack.fusion, "weights": stack.weights,
                            "calibration": {b: c.to_dict() for b, c in stack.calibration.items()}, **stack.scores}

@@ -242,3 +242,28 @@ def test_device_is_a_string(detector):
         FaceDetector(detector.pnet, None, None)
     with pytest.raises(ValueError):
         detector.with_backend("tensorrt")
+
+
+def test_chunk_size_does_not_change_the_faces(ort_detector, detector, astronaut):
+    """R-/O-Net see each photo's crops in chunks (128 on a CPU, 1024 elsewhere): any chunk size gives the same
+    faces, under both backends, the CPU default included."""
+    assert CascadeSettings().chunk("cpu") == 128 and CascadeSettings().chunk("cuda:0") == 1024
+    assert CascadeSettings(chunk_size=7).chunk("cpu") == 7
+    photos = list(_golden_photos().values())
+    for det in (detector, ort_detector):
+        want = run_cascade(photos, *det.runners, CascadeSettings(chunk_size=4096), "cpu")
+        for size in (None, 3):
+            got = run_cascade(photos, *det.runners, CascadeSettings(chunk_size=size), "cpu")
+            for g, w in zip(got, want):
+                for a, b in zip(g, w):
+                    assert a.shape == b.shape
+                    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_memory_arena_only_for_fixed_size_inputs(ort_detector):
+    """P-Net (height and width vary per pyramid level) runs without an arena; R- and O-Net keep their buffers."""
+    pnet, rnet, onet = ort_detector.runners
+    assert pnet.meta["dynamic_hw"] is True and rnet.meta["dynamic_hw"] is False
+    opts = [r.session.get_session_options() for r in (pnet, rnet, onet)]
+    assert [o.enable_cpu_mem_arena for o in opts] == [False, True, True]
+    assert [o.enable_mem_pattern for o in opts] == [False, True, True]

@@ -52,7 +52,15 @@ class CascadeSettings:
     min_face_floor: float = 12.0
     nms_thresholds: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)
     max_canvas_pixels: int = 4_000_000
-    chunk_size: int = 1024
+    #: R-/O-Net crops per call; None: 128 on a CPU (small batches stay in cache: R-Net 13% and O-Net 40%
+    #: faster per crop than 1024 under ONNX Runtime on one thread), 1024 elsewhere
+    chunk_size: int | None = None
+
+    def chunk(self, device: Any) -> int:
+        """R-/O-Net crops per call on ``device``."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 128 if _is_cpu(device) else 1024
 
     def min_face(self, h: int, w: int) -> float:
         """Smallest face size searched in an image of h x w pixels."""
@@ -450,7 +458,7 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes):
-        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24), cfg.chunk_size, img_ids)
+        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24), cfg.chunk(device), img_ids)
         keep = prob > np.float32(cfg.thresholds[1])
         boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
         img_ids, reg = img_ids[keep], reg[keep]
@@ -462,7 +470,7 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes) == 0:
         return results
-    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48), cfg.chunk_size, img_ids)
+    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48), cfg.chunk(device), img_ids)
     keep = prob > np.float32(cfg.thresholds[2])
     boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
     img_ids, reg, lm = img_ids[keep], reg[keep], lm[keep]
