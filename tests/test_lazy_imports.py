@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groupmood.cli import COMMANDS, main
+from groupmood.cli import COMMANDS, SUMMARIES, cli, main
 
 HEAVY = ("torch", "torchvision")
 
@@ -89,6 +89,30 @@ def test_invoking_a_command_imports_only_its_module(command: str, allowed: set[s
     assert proc.returncode == 0, proc.stderr
     rc, modules = json.loads(proc.stdout.splitlines()[-1])
     assert rc == 0 and command in {m.rsplit(".", 1)[1] for m in modules} and set(modules) <= allowed, modules
+
+
+def test_top_level_help_imports_no_command() -> None:
+    """``groupmood --help`` lists the commands from their stored summaries: no command module, no torch."""
+    proc = _run("""
+        import json, sys
+        from groupmood.cli import main
+        rc = main(["--help"])
+        print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith("groupmood.cli.")), "torch" in sys.modules]))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    rc, modules, torch_loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert rc == 0 and modules == [] and torch_loaded is False
+
+
+def test_stored_summaries_are_the_commands_own() -> None:
+    """Each summary shown without importing the command is the first sentence of the command's own help."""
+    import click
+
+    ctx = click.Context(cli)
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name in COMMANDS:
+        cmd = cli.get_command(ctx, name)
+        assert SUMMARIES[name] == cmd.get_short_help_str(limit=10**6), name
 
 
 def test_predict_help_leaves_torch_out() -> None:

