@@ -10,6 +10,8 @@ sets and that flip setting in benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/face_accuracy.py --checkpoint src/groupmood/assets/face_nonaligned.safetensors
     .venv/bin/python benchmarks/face_accuracy.py --checkpoint runs/lfw_sphereface_compact/best.pt --sets lfw ckplus jaffe
+    .venv/bin/python benchmarks/face_accuracy.py --checkpoint src/groupmood/assets/face_aligned.safetensors \
+        --sets lfw ckplus jaffe --lfw-split configs/splits/lfw_expressions.json
 """
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ from _common import REPO, loadavg, publish_result, repo_path
 SETS = ("ferplus", "ckplus", "jaffe", "lfw")
 
 
-def data_section(name: str, shared: Path, family: str, own: dict) -> tuple[dict, str, str]:
-    """(config data section, split, description) for one evaluation set."""
+def data_section(name: str, shared: Path, family: str, own: dict,
+                 lfw_split: Path | None = None) -> tuple[dict, str, str]:
+    """(config data section, split, description) for one evaluation set.
+
+    lfw-expressions' held-out persons are those of the model's own split file: ``lfw_split``, else the
+    config's ``split_file``, else ``split.json`` beside the checkpoint (an error when none is there).
+    """
     aligned = family == "face_aligned"
     faces = "mtcnn" if aligned else "file"
     if name == "ferplus":
@@ -37,7 +44,8 @@ def data_section(name: str, shared: Path, family: str, own: dict) -> tuple[dict,
                  "label_regex": r"^[A-Za-z]+\.([A-Za-z]{2})"}, "all", "JAFFE subset, all 68 (cross-dataset)")
     trained_here = own.get("kind") == "legend" and "lfw-expressions" in str(own.get("root"))
     section = {"kind": "legend", "root": str(shared / "lfw-expressions"), "faces": "mtcnn", "crop": None,
-               "split": own.get("split"), "split_seed": own.get("split_seed", 0)}
+               "split": own.get("split"), "split_seed": own.get("split_seed", 0),
+               "split_file": lfw_split or own.get("split_file")}
     if trained_here:
         return section, "test", "lfw-expressions, held-out persons of the model's own split"
     return section, "all", "lfw-expressions, all photos (cross-dataset)"
@@ -53,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for eval JSON/PNGs (default: runs/face_accuracy/<model file name>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--lfw-split", type=Path, default=None,
+                    help="the split file the model was trained with, for lfw-expressions' held-out persons "
+                         "(default: its config's data.split_file, else split.json beside the checkpoint; the "
+                         "shipped aligned model's: configs/splits/lfw_expressions.json)")
     args = ap.parse_args(argv)
     import torch
 
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     group_head = tuple(meta["classes"]) == GROUP_CLASSES
     rows, load_start = [], loadavg()
     for name in args.sets:
-        data, split, what = data_section(name, args.shared, family, cfg0["data"])
+        data, split, what = data_section(name, args.shared, family, cfg0["data"], args.lfw_split)
         cfg = copy.deepcopy(cfg0)
         cfg["data"].update(data)
         if group_head:  # a group-class head: the faces' labels read as valence, its accuracy is the valence one

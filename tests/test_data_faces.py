@@ -346,6 +346,34 @@ def test_split_file_written_and_reused(tmp_path):
         build_face_data(cfg, info, tmp_path / "run", ("train",))
 
 
+def test_evaluation_never_makes_a_new_split(tmp_path):
+    """Asking for held-out parts only (evaluation) without the run's split file is an error that names the
+    file, and nothing is written: a new split would put training persons in the test part."""
+    root = _write_folder(tmp_path / "ck")
+    cfg = _face_cfg(root, kind="folder", group_regex=r"^(S\d+)", cache="false")
+    cfg["data"]["split"] = {"train": 0.6, "val": 0.2, "test": 0.2}
+    info = model_info("resnet_tiny_48")
+    with pytest.raises(DatasetError, match="split.json"):
+        build_face_data(cfg, info, tmp_path / "elsewhere", ("test",))
+    assert not (tmp_path / "elsewhere" / "split.json").exists()
+    trained = build_face_data(cfg, info, tmp_path / "run", ("train", "test"))
+    cfg["data"]["split_file"] = str(tmp_path / "run" / "split.json")
+    held_out = build_face_data(cfg, info, tmp_path / "elsewhere", ("test",))
+    assert held_out.datasets["test"].names.tolist() == trained.datasets["test"].names.tolist()
+    assert len(build_face_data(cfg | {"data": {**cfg["data"], "split_file": None}}, info, tmp_path / "elsewhere",
+                               ("all",)).datasets["all"]) == 30
+    # a sample the data no longer has (a face no longer found) is left out at evaluation, with a warning,
+    # while training on that split file still refuses it
+    doc = json.loads((tmp_path / "run" / "split.json").read_text())
+    doc["splits"]["test"].append("gone.png")
+    (tmp_path / "run" / "split.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="gone.png"):
+        again = build_face_data(cfg, info, tmp_path / "elsewhere", ("test",))
+    assert again.datasets["test"].names.tolist() == trained.datasets["test"].names.tolist()
+    with pytest.raises(DatasetError, match="gone.png"):
+        build_face_data(cfg, info, tmp_path / "elsewhere", ("train", "test"))
+
+
 def test_resolve_split_rejects_repeated_names(tmp_path):
     from groupmood.data.faces import FaceTable
 

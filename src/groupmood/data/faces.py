@@ -513,28 +513,51 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
         raise DatasetError(f"cannot read the split file {path} ({exc}); delete it to make a new split") from None
 
 
-def split_indices(path: Path, names: Sequence[str], source: str, fix: str) -> dict[str, np.ndarray]:
-    """The sorted indices into ``names`` of each split of a split file; a foreign name raises DatasetError."""
+#: At evaluation, the largest share of a split file's names (one name at least) that may be missing from
+#: the data (a face the detector no longer finds) before the file is taken for other data's.
+MISSING_AT_EVALUATION = 0.01
+
+
+def split_indices(path: Path, names: Sequence[str], source: str, fix: str,
+                  allow_missing: bool = False) -> dict[str, np.ndarray]:
+    """The sorted indices into ``names`` of each split of a split file; a foreign name raises DatasetError.
+
+    ``allow_missing`` (evaluation): up to :data:`MISSING_AT_EVALUATION` of the file's names (one at least) may be
+    absent (e.g. a photo whose face is no longer detected); they are left out with a warning.
+    """
+    import warnings
+
     where = {str(n): i for i, n in enumerate(names)}
-    out = {}
-    for split, members in read_split(path).items():
-        missing = [n for n in members if n not in where]
-        if missing:
-            raise DatasetError(f"split file {path} names {len(missing)} sample(s) that {source} lacks "
-                               f"(e.g. {missing[0]!r}), so it belongs to other data; {fix}")
-        out[split] = np.asarray(sorted(where[n] for n in members), dtype=np.int64)
-    return out
+    splits = read_split(path)
+    missing = [n for members in splits.values() for n in members if n not in where]
+    total = sum(len(m) for m in splits.values())
+    if missing and not (allow_missing and len(missing) <= max(1.0, MISSING_AT_EVALUATION * total)):
+        raise DatasetError(f"split file {path} names {len(missing)} sample(s) that {source} lacks "
+                           f"(e.g. {missing[0]!r}), so it belongs to other data; {fix}")
+    if missing:
+        warnings.warn(f"split file {path}: {len(missing)} of its {total} samples are not in {source} now (e.g. "
+                      f"{missing[0]!r}: no face found?); evaluated without them", stacklevel=2)
+    return {split: np.asarray(sorted(where[n] for n in members if n in where), dtype=np.int64)
+            for split, members in splits.items()}
 
 
 def resolve_split(table: FaceTable, targets: np.ndarray, data: Mapping[str, Any], run_dir: Path,
-                  source: str) -> dict[str, np.ndarray]:
-    """Reuse the split file of ``data.split_file`` (or ``run_dir/split.json``), or make and write it."""
+                  source: str, create: bool = True) -> dict[str, np.ndarray]:
+    """Reuse the split file of ``data.split_file`` (or ``run_dir/split.json``), or make and write it.
+
+    ``create=False`` (evaluation: no training split asked for) never makes one: held-out samples are
+    those of the split the model was trained with, and a new split would mix its training persons in.
+    """
     path = Path(data.get("split_file") or run_dir / "split.json")
     if len(set(table.names.tolist())) != len(table.names):
         raise DatasetError(f"{source} has repeated sample names; a split file needs each name once")
     if path.is_file():
         return split_indices(path, table.names, source, "point data.split_file at a new file (or evaluate "
-                             "with --split all)")
+                             "with --split all)", allow_missing=not create)
+    if not create:
+        raise DatasetError(f"no split file at {path}: the held-out samples of {source} are those of the split "
+                           "the model was trained with; set data.split_file to that run's split.json (the shipped "
+                           "aligned model's is configs/splits/lfw_expressions.json) or evaluate with --split all")
     splits = group_split(table.groups, targets, data["split"], data.get("split_seed", 0))
     write_split(path, table.names, splits, {"source": source, "fractions": dict(data["split"]),
                                             "seed": data.get("split_seed", 0), "group_regex": data.get("group_regex")})
@@ -667,7 +690,7 @@ def _table_datasets(cfg: Mapping[str, Any], info: Any, cmap: ClassMap, run_dir: 
     targets = cmap.index(table.labels, f"{data['kind']} dataset {data['root']}")
     if "all" in splits:
         return {"all": make(table.images, targets, table.names, "all")}
-    idx = resolve_split(table, targets, data, run_dir, f"{data['kind']}:{data['root']}")
+    idx = resolve_split(table, targets, data, run_dir, f"{data['kind']}:{data['root']}", create="train" in splits)
     missing = [s for s in splits if s not in idx]
     if missing:
         raise DatasetError(f"the split has no {', '.join(missing)} part (it has {', '.join(idx)}); "
