@@ -12,7 +12,9 @@ Files are read once before timing (page cache warm for everyone), and the ONNX f
 once before timing (``groupmood export --format onnx``, as ``scripts/setup.sh`` does). Targets:
 groupmood (ONNX Runtime) >= 2x fer 25.10.3's photos/s on the 228 photos and >= 1.5x on the large
 sets, peak RSS <= 1 GB on every set. ONNX Runtime's settings (threads, spinning) are printed with
-the table; torch keeps its default threads.
+the table; torch keeps its default threads. ``--repeat N`` measures N rounds per set, the tools
+taking turns within each round (a slow spell of a shared machine then hits every tool), and reports
+each tool's median time with the per-round ratios.
 
 **In loop** (``--in-loop``, the earlier table): on the photos of ``benchmarks/detect.py`` (``../shared/data``: voc-faces, gaf-samples, wider-val-200,
 misc-group; 228 in all), in one run it measures, per photo set and overall:
@@ -471,6 +473,16 @@ def run_fer(paths: list[Path], threads: int, peer: FerPeer) -> dict:
     return {"s": time.perf_counter() - t0, "rss": mem["peak_mb"] * 2**20, "faces": faces, "n": len(paths)}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One tool's rounds on one set as one result: the median time, the largest peak RSS, the first round's
+    faces and labels (the same in every round: the tools are deterministic; checked)."""
+    first = runs[0]
+    for r in runs[1:]:
+        if r["faces"] != first["faces"] or r.get("labels") != first.get("labels"):
+            raise SystemExit("a tool gave other faces or labels in another round on the same photos")
+    return {**first, "s": statistics.median(r["s"] for r in runs), "rss": max(r["rss"] for r in runs)}
+
+
 def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
     """The whole-process table and its notes."""
     from groupmood.runtime import settings
@@ -487,19 +499,31 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
             + " |")
     table = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (4 * len(peers))]
     checks = []
+    rounds_note = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in sets.items():
             for p in paths:
                 p.read_bytes()  # page cache warm for every process
-            print(f"{name}: {len(paths)} photos; load average {loadavg()}", flush=True)
-            ort = run_ours(paths, "onnxruntime", Path(tmp) / f"{name}-ort.jsonl")
-            print(f"  groupmood onnxruntime {ort['s']:.1f} s, {ort['faces']} faces", flush=True)
-            tor = run_ours(paths, "torch", Path(tmp) / f"{name}-torch.jsonl")
-            print(f"  groupmood torch {tor['s']:.1f} s, {tor['faces']} faces", flush=True)
-            fers = {}
-            for peer in peers:
-                fers[peer.name] = run_fer(paths, args.threads, peer)
-                print(f"  fer {peer.name} {fers[peer.name]['s']:.1f} s, {fers[peer.name]['faces']} faces", flush=True)
+            runs: dict[str, list[dict]] = {}
+            for r in range(args.repeat):  # rounds interleave the tools, so a slow spell of the machine hits all
+                print(f"{name}: {len(paths)} photos, round {r + 1} of {args.repeat}; load average {loadavg()}",
+                      flush=True)
+                runs.setdefault("ort", []).append(run_ours(paths, "onnxruntime", Path(tmp) / f"{name}-ort.jsonl"))
+                print(f"  groupmood onnxruntime {runs['ort'][-1]['s']:.1f} s, {runs['ort'][-1]['faces']} faces",
+                      flush=True)
+                runs.setdefault("torch", []).append(run_ours(paths, "torch", Path(tmp) / f"{name}-torch.jsonl"))
+                print(f"  groupmood torch {runs['torch'][-1]['s']:.1f} s, {runs['torch'][-1]['faces']} faces",
+                      flush=True)
+                for peer in peers:
+                    runs.setdefault(peer.name, []).append(run_fer(paths, args.threads, peer))
+                    print(f"  fer {peer.name} {runs[peer.name][-1]['s']:.1f} s, {runs[peer.name][-1]['faces']} faces",
+                          flush=True)
+            ort, tor = median_run(runs["ort"]), median_run(runs["torch"])
+            fers = {peer.name: median_run(runs[peer.name]) for peer in peers}
+            if args.repeat > 1 and "25.10.3" in runs:
+                per_round = [f["s"] / o["s"] for f, o in zip(runs["25.10.3"], runs["ort"])]
+                rounds_note.append(f"{name}: onnxruntime vs fer 25.10.3 per round "
+                                   f"{', '.join(f'{x:.2f}x' for x in per_round)}")
             same = sum(ort["labels"][f] == tor["labels"].get(f) for f in ort["labels"])
             n = len(paths)
 
@@ -520,7 +544,10 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
                               f"{yes(same == len(ort['labels']))}")
     notes = [f"Whole process, each set in one process per backend / fer release: `groupmood predict PATHS "
              f"--backend B -o FILE` with the default options; fer {', '.join(fer_names_)} `FER(mtcnn=True)` "
-             f"in one worker process per set (torch / tensorflow threads {args.threads}).",
+             f"in one worker process per set (torch / tensorflow threads {args.threads})."
+             + (f" {args.repeat} rounds, the tools taking turns in each; the table gives each tool's median time "
+                f"(ratios are of medians) and its largest peak RSS. " + "; ".join(rounds_note) + "."
+                if args.repeat > 1 else ""),
              f"ONNX Runtime: {settings().describe()}; {cpu_count()} photos at once, one per CPU (predict's "
              "default under ONNX Runtime); torch: one photo at a time, its default threads.",
              "Targets: " + "; ".join(checks) if checks else "Targets: fer 25.10.3 not measured."]
@@ -688,10 +715,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fer", type=fer_names, default=list(PEERS),
                     help=f"fer releases to measure, comma-separated (default: all of {', '.join(PEERS)})")
     ap.add_argument("--large", type=int, default=8, help="24 MP photos made by upscaling real ones (default 8)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per photo set, the tools taking turns; the table gives median times (default 1)")
     ap.add_argument("--in-loop", action="store_true",
                     help="also the in-loop table (models loaded first, calls timed alone)")
     ap.add_argument("--worker", choices=("ours", "ours-batch", "fer"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat must be 1 or more, got {args.repeat}")
     if args.worker == "fer":
         return fer_worker(args.threads, PEERS[args.fer[0]])
     if args.worker:
