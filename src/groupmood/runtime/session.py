@@ -109,7 +109,8 @@ class OrtSettings:
         import onnxruntime as ort
 
         return (f"onnxruntime {ort.__version__} CPUExecutionProvider, intra_op_threads={self.intra_op_threads}, "
-                f"inter_op_threads=1, sequential, spinning={'on' if self.spinning else 'off'}, memory arena for fixed-size inputs only")
+                f"inter_op_threads=1, sequential, spinning={'on' if self.spinning else 'off'}, "
+                "memory arena for fixed-size inputs only")
 
 
 _SETTINGS: OrtSettings | None = None
