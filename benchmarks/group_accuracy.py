@@ -206,6 +206,19 @@ def fer_peer(items: list[tuple[Path, int, str]], threads: int) -> dict:
     return accuracy_table(np.array(pred), np.array(ys))
 
 
+def intervals(t: dict) -> str:
+    """An accuracy table's overall and per-class figures with their 95% Wilson intervals."""
+    from groupmood.metrics import wilson_interval
+
+    def one(acc: float, n: int) -> str:
+        lo, hi = wilson_interval(round(acc * n), n)
+        return f"{acc:.1%} ({lo:.1%}-{hi:.1%}, n={n})"
+
+    parts = [f"accuracy {one(t['accuracy'], t['n'])}"]
+    parts += [f"{c} {one(v['accuracy'], v['support'])}" for c, v in t["per_class"].items() if v["support"]]
+    return ", ".join(parts)
+
+
 def row(name: str, t: dict) -> str:
     per = t["per_class"]
     cells = [f"{per[c]['accuracy']:.3f}" if per[c]["support"] else "-" for c in ("Negative", "Neutral", "Positive")]
@@ -272,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             f"choice made on the other folds alone{extra_note})", "", *HEADER]
     for b, t in cv["tables"].items():
         rows.append(row(f"{b} (held-out)" if b != "fused" else "**fused (held-out)**", t))
+    rows += ["", "95% Wilson intervals of the fused held-out figures (how far a figure on this many photos may be "
+             "from the truth): " + intervals(cv["tables"]["fused"]) + "."]
     rows += ["", "Calibration on the held-out folds (temperature fitted on the other folds):", "",
              "| branch | photos | NLL before | NLL after | ECE before | ECE after |", "|---|---:|---:|---:|---:|---:|"]
     for b, c in cv["calibration"].items():
@@ -333,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peer:
         peer = fer_peer(dev_items, args.threads)
         report["fer multiemova-dev"] = peer
-        rows += ["**multiemova-dev, peer** (nothing fitted)", "", *HEADER, row("fer 25.10.3 face average", peer), ""]
+        rows += ["**multiemova-dev, peer** (nothing fitted)", "", *HEADER, row("fer 25.10.3 face average", peer), "",
+                 "95% Wilson intervals: " + intervals(peer) + ".", ""]
     publish_result("Group accuracy on real group photos (multiemova-dev CV)", args.threads, load_start, [
         f"Bundle: `{args.bundle.relative_to(REPO) if args.bundle.is_relative_to(REPO) else args.bundle}`.",
         "Abstentions (no face for a face branch or for fer) count as wrong."], rows, not args.no_write)
