@@ -10,8 +10,9 @@ depends on its batch neighbours), under ONNX Runtime one photo per core at once:
    *non-aligned* branch on square 48x48 grey crops. Face branches with one trunk and one crop
    recipe (the shipped group head sits on the non-aligned trunk) share one trunk pass
    (:func:`shared_trunks`), each applying its own linear head.
-3. The *global* branch scores each whole photo: shorter side 256, centre crop 224 and its flip
-   (:func:`groupmood.data.transforms.global_eval_views`), logits averaged.
+3. The *global* branch scores each whole photo: shorter side 256, centre crop 224, and with
+   ``tta_flip`` its flip too, logits averaged (the seed's rule; the shipped bundle reads the centre
+   crop alone, see the global model card).
 4. Face scores are pooled per photo (all faces, or the k largest by box area: the authors use the
    3 largest for the non-aligned branch) and the branches are fused with weights
    (:mod:`groupmood.fusion`); a face branch on a photo without faces abstains and the weights
