@@ -46,3 +46,23 @@ def test_shipped_results_have_one_section_per_measurement(common):
     for name, lines in chunks:
         if name is not None:
             assert lines[1] == f"## {name}" and lines[3] == "| date | commit | machine | command |"
+
+
+def test_predict_benchmark_rounds_give_the_median_time_and_largest_rss():
+    """benchmarks/predict.py --repeat: one tool's rounds become one row (median time, largest peak RSS); a tool
+    whose faces or labels change between rounds is an error, not a number."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import predict
+    finally:
+        sys.path.remove(str(BENCH))
+    rounds = [{"s": 10.8, "rss": 5, "faces": 616, "labels": {"a": "Positive"}},
+              {"s": 11.0, "rss": 9, "faces": 616, "labels": {"a": "Positive"}},
+              {"s": 10.6, "rss": 7, "faces": 616, "labels": {"a": "Positive"}}]
+    row = predict.median_run(rounds)
+    assert row["s"] == 10.8 and row["rss"] == 9 and row["faces"] == 616
+    assert predict.median_run(rounds[:1])["s"] == 10.8
+    with pytest.raises(SystemExit, match="other faces or labels"):
+        predict.median_run([*rounds, {**rounds[0], "labels": {"a": "Negative"}}])
+    with pytest.raises(SystemExit):
+        predict.main(["--repeat", "0"])
