@@ -131,9 +131,9 @@ def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int)
 
 def kept_choices(bundle: Path) -> dict:
     """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py)."""
-    import yaml
+    from groupmood.pipeline import read_bundle
 
-    chosen = (yaml.safe_load(bundle.read_text(encoding="utf-8")) or {}).get("chosen_on") or {}
+    chosen = read_bundle(bundle)["chosen_on"]
     return {k: chosen[k] for k in ("min_faces",) if k in chosen}
 
 

@@ -415,6 +415,12 @@ class Branch:
         """Group-class probabilities (N, 3) float64 for (N, H, W, C) uint8 inputs, in chunks."""
         return self._group_probs(self._forward(inputs))
 
+
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 1 (a bool is not): a face count, a number of workers."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _module_device(model: Any) -> Any:
     try:
         return next(model.parameters()).device
@@ -660,7 +666,7 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
         fusion["model"] = str((p.parent / fusion["model"]).resolve())
     min_faces = raw.get("min_faces", 1)
-    if isinstance(min_faces, bool) or not isinstance(min_faces, int) or min_faces < 1:
+    if not _is_count(min_faces):
         raise ConfigError(f"{p}: min_faces must be a whole number >= 1 (faces a photo needs before the face "
                           f"branches vote), got {min_faces!r}")
     out = dict(raw)
@@ -714,10 +720,10 @@ class GroupEmotionRecognizer:
                 raise ConfigError(f"the fusion model reads branch(es) {', '.join(missing)}, which the recognizer "
                                   f"does not have ({', '.join(self.branches)})")
         self.fusion_model = fusion_model
-        if isinstance(min_faces, bool) or not isinstance(min_faces, int) or min_faces < 1:
+        if not _is_count(min_faces):
             raise ConfigError(f"min_faces must be a whole number >= 1, got {min_faces!r}")
         self.min_faces = min_faces
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        if workers is not None and not _is_count(workers):
             raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
         self.workers = workers
 
@@ -883,7 +889,7 @@ class GroupEmotionRecognizer:
                 if br.is_face:
                     pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
                     if pooled[n].spoke and len(faces) < self.min_faces:  # abstains; the faces keep their scores
-                        pooled[n] = Pooled(np.full(len(GROUP_CLASSES), 1.0 / len(GROUP_CLASSES)), False, ())
+                        pooled[n] = Pooled.abstain()
                 else:
                     pooled[n] = Pooled(per_branch[n][i], True, ())
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p

@@ -103,7 +103,8 @@ def _shorten(text: str, limit: int) -> str:
     return click.Command("x", help=text).get_short_help_str(max(limit, 10))
 
 
-@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, summaries=SUMMARIES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, summaries=SUMMARIES,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="groupmood")
 def cli() -> None:
     """groupmood: group-level emotion (Positive / Neutral / Negative) from photos."""

@@ -354,5 +354,3 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
     sink.close()
     run.seconds = time.perf_counter() - start
     return run
-
-

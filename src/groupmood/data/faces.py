@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -525,8 +526,6 @@ def split_indices(path: Path, names: Sequence[str], source: str, fix: str,
     ``allow_missing`` (evaluation): up to :data:`MISSING_AT_EVALUATION` of the file's names (one at least) may be
     absent (e.g. a photo whose face is no longer detected); they are left out with a warning.
     """
-    import warnings
-
     where = {str(n): i for i, n in enumerate(names)}
     splits = read_split(path)
     missing = [n for members in splits.values() for n in members if n not in where]

@@ -37,6 +37,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..runtime.session import device_type
+
 CELL = 12
 STRIDE = 2
 
@@ -60,7 +62,7 @@ class CascadeSettings:
         """R-/O-Net crops per call on ``device``."""
         if self.chunk_size is not None:
             return self.chunk_size
-        return 128 if _is_cpu(device) else 1024
+        return 128 if device_type(device) == "cpu" else 1024
 
     def min_face(self, h: int, w: int) -> float:
         """Smallest face size searched in an image of h x w pixels."""
@@ -138,10 +140,6 @@ def _net_input(x: np.ndarray, net: Runner) -> np.ndarray:
     return view if getattr(net, "channels_last", False) else np.ascontiguousarray(view)
 
 
-def _is_cpu(device: Any) -> bool:
-    return str(device).split(":", 1)[0] == "cpu"
-
-
 def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cfg: CascadeSettings,
             device: Any = "cpu", pack: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """P-Net on the pyramids (packed into canvases when ``pack``; default: off a CPU only).
@@ -164,7 +162,9 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cf
         h, w = images[t.image].shape[:2]
         whole = np.array([[0, 0, w, h]])
         levels.append(area_resize(tables[t.image], whole, t.h, t.w))  # (1, h, w, 3)
-    if not (not _is_cpu(device) if pack is None else pack):
+    if pack is None:
+        pack = device_type(device) != "cpu"
+    if not pack:
         # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
         # while it gains nothing from fewer, larger calls
         for i, t in enumerate(tiles):
