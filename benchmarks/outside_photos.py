@@ -287,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   for n, r in records.items()}}
     if not args.no_peer:
         models[f"fer {FER_RELEASE} face average (peer)"] = {n: f["label"] for n, f in fer.items()}
+    silent = [b for b in branches if all(branch_label(r, b) is None for r in records.values())]
     for b in branches:
-        models[f"groupmood branch `{b}` alone"] = {n: branch_label(r, b) for n, r in records.items()}
+        if b not in silent:  # a fallback branch runs only where no weighted branch speaks
+            models[f"groupmood branch `{b}` alone"] = {n: branch_label(r, b) for n, r in records.items()}
 
     head = ["photo", "hand label", "faces by eye", "groupmood", "groupmood faces"]
     if not args.no_peer:
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         (f"groupmood: one `groupmood predict PHOTOS -o FILE.jsonl --no-progress` process with the default options "
          f"(shipped default bundle) on the cached photos (`{repo_path(args.cache / 'photos')}`); branch columns: "
          "each branch's own argmax where it spoke (`-`: it did not speak; the face branches need the bundle's "
-         "`min_faces`), from the same records."),
+         "`min_faces`, the bundle's fallback runs only where no weighted branch speaks), from the same records."
+         + (f" Spoke on no photo, so no accuracy row: {', '.join(silent)}." if silent else "")),
         (f"Peer: fer {FER_RELEASE} `FER(mtcnn=True)` (torch {fer_versions.get('torch')}, tensorflow "
          f"{fer_versions.get('tensorflow')}, OpenCV {fer_versions.get('opencv')}), each face's emotions mapped to "
          "valence (happy, surprise: Positive; neutral: Neutral; the rest: Negative) and summed over the photo's "

@@ -46,7 +46,9 @@ def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
     for r in (g, a):
         assert r.label in GROUP_CLASSES
         assert np.isclose(float(np.sum(r.probs)), 1.0, atol=1e-4)
-    assert all(b.spoke for b in g.branches.values())
+    # a group: the face branches decide; the whole-image branch is the fallback (weight 0) and is not run
+    assert {n for n, b in g.branches.items() if b.spoke} == {"group", "nonaligned"}
+    assert recognizer.fallback == ("global",) and not g.branches["global"].spoke
     assert len(g.faces) == 5 and not g.no_face
     assert len(a.faces) == 1 and recognizer.min_faces == 2  # one face is not a group: the global branch decides
     assert [n for n, b in a.branches.items() if b.spoke] == ["global"] and a.faces[0].label in GROUP_CLASSES

@@ -100,6 +100,21 @@ def test_fuse_rows_with_spoke_masks():
     assert idx.tolist() == [2, -1]  # only a zero-weight branch spoke on photo 1
 
 
+def test_fallback_labels_a_photo_no_weighted_branch_spoke_on():
+    """Weights fitted on group photos may give the whole-image branch 0; it still labels a photo without faces."""
+    s = {"aligned": np.array([[0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]),
+         "global": np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1]])}
+    sp = {"aligned": np.array([True, False]), "global": np.array([True, True])}
+    probs, idx = fuse_rows(s, {"aligned": 1.0, "global": 0.0}, sp, fallback=["global"])
+    assert idx.tolist() == [2, 0]
+    np.testing.assert_allclose(probs[0], s["aligned"][0])  # where a weighted branch spoke the fallback is silent
+    np.testing.assert_allclose(probs[1], s["global"][1])
+    g = Pooled(s["global"][1], True)
+    one = fuse({"aligned": Pooled.abstain(), "global": g}, {"aligned": 1.0, "global": 0.0}, fallback=["global"])
+    assert one.label == "Negative" and one.weights == {"aligned": 0.0, "global": 1.0}
+    assert fuse({"aligned": Pooled.abstain(), "global": g}, {"aligned": 1.0, "global": 0.0}).abstained
+
+
 def test_weights_must_be_non_negative():
     with pytest.raises(ConfigError, match=">= 0"):
         fuse_rows({"a": np.ones((1, 3)) / 3}, {"a": -1.0})
@@ -250,7 +265,9 @@ def test_search_ties_go_to_equal_weights_and_abstentions_count_wrong():
     assert res.best_weights == pytest.approx({"a": 0.5, "b": 0.5})
     sp = {"a": np.array([True, False]), "b": np.array([True, True])}
     res = search_weights({"a": s, "b": s}, [2, 0], step=0.5, spoke=sp)
-    assert res.rows()[0] == {"a": 1.0, "b": 0.0, "accuracy": 0.5}  # b has weight 0: photo 2 unlabelled
+    first = res.rows()[0]
+    assert {k: first[k] for k in ("a", "b", "accuracy")} == {"a": 1.0, "b": 0.0, "accuracy": 0.5}  # photo 2 unlabelled
+    assert first["log_loss"] == pytest.approx((-np.log(0.7) - np.log(1 / 3)) / 2)  # an abstention scores 1/3
 
 
 def test_balanced_search_weighs_a_rare_class_as_much_as_a_common_one():
@@ -265,6 +282,22 @@ def test_balanced_search_weighs_a_rare_class_as_much_as_a_common_one():
     balanced = search_weights({"a": a, "b": b}, y, step=1.0, balanced=True)
     assert plain.best_weights == {"a": 1.0, "b": 0.0} and plain.best_accuracy == pytest.approx(0.9)
     assert balanced.best_weights == {"a": 0.0, "b": 1.0} and balanced.best_accuracy == pytest.approx((5 / 9 + 1) / 2)
+
+
+def test_log_loss_search_prefers_the_better_calibrated_mix_among_accuracy_ties():
+    """Both branches are always right, so every mix ties on accuracy (the tie goes to equal weights);
+    by log loss the confident branch alone is best."""
+    y = np.zeros(4, dtype=np.int64)
+    timid = np.tile([0.4, 0.3, 0.3], (4, 1))
+    sure = np.tile([0.9, 0.05, 0.05], (4, 1))
+    by_acc = search_weights({"timid": timid, "sure": sure}, y, step=0.1)
+    by_loss = search_weights({"timid": timid, "sure": sure}, y, step=0.1, objective="log_loss")
+    assert by_acc.best_weights == pytest.approx({"timid": 0.5, "sure": 0.5})
+    assert by_loss.best_weights == pytest.approx({"timid": 0.0, "sure": 1.0})
+    assert by_loss.best_log_loss == pytest.approx(-np.log(0.9)) and by_loss.best_accuracy == 1.0
+    assert by_loss.order()[0] == by_loss.best_index and by_acc.objective == "accuracy"
+    with pytest.raises(ConfigError, match="objective"):
+        search_weights({"a": sure}, y, objective="brier")
 
 
 # --------------------------------------------------------------------------- fuse CLI
@@ -311,8 +344,13 @@ def test_fuse_cli_search_writes_every_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "15 weight sets tried" in err and "best:" in err and "fused: accuracy 100.00%" in err
     rows = list(csv.DictReader(trials.open()))
-    assert len(rows) == 15 and set(rows[0]) == {"aligned", "global", "nonaligned", "accuracy"}
+    assert len(rows) == 15 and set(rows[0]) == {"aligned", "global", "nonaligned", "accuracy", "log_loss"}
     assert max(float(r["accuracy"]) for r in rows) == 1.0
+    rc = main(["fuse", *(f"--branch={b}={p}" for b, p in files.items()), "--search", "--labels", str(labels),
+               "--step", "0.25", "--objective", "log_loss", "--trials", str(trials), "-o", str(tmp_path / "p.csv")])
+    assert rc == 0 and "(by log_loss;" in capsys.readouterr().err
+    rows = list(csv.DictReader(trials.open()))
+    assert min(float(r["log_loss"]) for r in rows) < max(float(r["log_loss"]) for r in rows)
 
 
 def test_fuse_cli_usage_errors(tmp_path, capsys):

@@ -241,6 +241,35 @@ def test_fitted_bundle_reproduces_the_stack(tmp_path, detector, astronaut, coffe
         assert res.probs == pytest.approx(fused[i], abs=0.02)
 
 
+def test_written_bundle_keeps_left_out_branches_and_the_whole_image_fallback(tmp_path, detector, astronaut, coffee):
+    """A branch kept out of the fit (Evidence.without) stays in the bundle at weight 0 with the base bundle's
+    calibration; the whole-image branch becomes the fallback, so photos without faces keep a label."""
+    torch.manual_seed(0)
+    base = _bundle(tmp_path / "base", with_global=True)
+    spec = yaml.safe_load(base.read_text())
+    spec["branches"][0]["calibration"] = {"temperature": 1.5}  # aligned
+    base.write_text(yaml.safe_dump(spec))
+    rec = GroupEmotionRecognizer.from_bundle(base, detector=detector)
+    data = tmp_path / "photos"
+    data.mkdir()
+    rows = ["path,label,level"]
+    for i in range(6):
+        Image.fromarray([astronaut, coffee, astronaut[:, ::-1]][i % 3]).save(data / f"{i}.jpg", quality=90 - i)
+        rows.append(f"{i}.jpg,{GROUP_CLASSES[i % 3]},x")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    ev = collect_evidence(rec, read_group_items(data), "nonaligned", progress=False).without(["aligned"])
+    assert set(ev.probs) == {"nonaligned", "global"} and ev.face_branches == ("nonaligned",)
+    with pytest.raises(DatasetError, match="no branch nope"):
+        ev.without(["nope"])
+    stack = select_and_fit(ev, stratified_folds(ev.labels, 2, 0),
+                           StackOptions(head_cs=(1.0,), fusion_cs=(1.0,), fusion_kinds=("weighted",)))
+    assert stack.fallback == ("global",) and "aligned" not in stack.weights
+    out = read_bundle(write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {}))
+    assert out["fallback"] == ["global"] and out["weights"]["aligned"] == 0.0
+    aligned = next(b for b in out["branches"] if b["name"] == "aligned")
+    assert aligned["calibration"] == {"temperature": 1.5}
+
+
 def test_bundle_rejects_bad_calibration_and_fusion(tmp_path):
     base = _bundle(tmp_path / "b", with_global=False)
     spec = yaml.safe_load(base.read_text())

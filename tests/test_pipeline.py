@@ -384,3 +384,28 @@ def test_min_faces_lets_the_whole_image_branch_decide_a_single_face(tmp_path, de
     for bad in (0, "2", True):
         with pytest.raises(ConfigError, match="min_faces"):
             GroupEmotionRecognizer.from_bundle(_bundle(tmp_path / f"bad{bad}", min_faces=bad), detector=detector)
+
+
+def test_fallback_branch_runs_only_where_no_weighted_branch_speaks(tmp_path, detector, astronaut):
+    """Whole-image branch at weight 0 as the fallback: it labels the one-face photo and is not run on the group."""
+    path = _bundle(tmp_path / "fb", min_faces=2, fallback=["global"])
+    spec = yaml.safe_load(path.read_text())
+    spec["weights"]["global"] = 0.0
+    path.write_text(yaml.safe_dump(spec))
+    rec = GroupEmotionRecognizer.from_bundle(path, detector=detector)
+    assert rec.fallback == ("global",) and rec.fallback_only() == frozenset({"global"})
+    assert "global" in rec.active_branches()
+    pair_photo = np.concatenate([astronaut, astronaut], axis=1)
+    one, pair = rec.predict([astronaut, pair_photo])
+    assert len(one.faces) == 1 and one.branches["global"].spoke and one.label != ABSTAIN
+    np.testing.assert_allclose(one.probs, one.branches["global"].probs, atol=1e-12)
+    assert len(pair.faces) == 2 and not pair.branches["global"].spoke  # not run: the face branches decide
+    (every,) = rec.predict([pair_photo], all_branches=True)
+    assert every.branches["global"].spoke  # asked for every branch: it runs, and still does not vote
+    np.testing.assert_allclose(every.probs, pair.probs, atol=1e-12)
+    without = GroupEmotionRecognizer.from_bundle(path, detector=detector).with_fusion()
+    assert without.fallback == ("global",)
+    spec["fallback"] = ["nope"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="fallback"):
+        GroupEmotionRecognizer.from_bundle(path, detector=detector)

@@ -104,6 +104,7 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
     assert set(expected["branches"]) <= {b["name"] for b in bundle["branches"]}  # weight-0 branches may not run
     assert all(bundle["weights"].get(b, 0.0) == r["weight"] for b, r in expected["branches"].items())
     assert bundle["chosen_on"] and bundle["path"] == str(default_bundle_path().resolve())
+    assert bundle["fallback"] == ["global"]  # labels the photos with fewer than two faces
     assert health["models_loaded"] and health["bundle"] == str(default_bundle_path().resolve())
 
 
@@ -135,6 +136,7 @@ def test_health_and_bundle(client, tiny):
     assert info["weights"] == {"aligned": 3.0, "nonaligned": 0.5, "global": 0.5}
     assert [b["model"] for b in info["branches"]] == ["aligned.pt", "nonaligned.pt", "global.pt"]  # no folders
     assert info["chosen_on"] == {"data": "none (random tiny models)", "method": "preset run1"}
+    assert info["fallback"] == []
 
 
 # --------------------------------------------------------------------------- refusals

@@ -27,7 +27,8 @@ how they were chosen::
     format: groupmood-bundle-1
     branches:
       - name: aligned
-        model: aligned.safetensors      # a .safetensors export or a .pt checkpoint
+        model: aligned.safetensors      # a .safetensors export or a .pt checkpoint, or store:NAME
+                                        # (a third-party net converted on first use: models.pretrained)
         sha256: 3f1c...                 # optional; checked before loading
         tta_flip: true                  # optional; default true (aligned, global), false (non-aligned)
         pooling: all                    # optional; all | topK; default all (aligned), top3 (non-aligned)
@@ -42,6 +43,9 @@ how they were chosen::
     detector: {thresholds: [0.6, 0.7, 0.9], factor: 0.709, min_face_frac: 0.05}   # optional
     min_faces: 2    # optional (default 1): face branches vote only on photos with at least this many
                     # faces; on others the whole-image branches give the label (the faces are still scored)
+    fallback: [global]  # optional: branches (equal weights) that label a photo on which no branch with a
+                        # positive weight spoke (e.g. a photo without faces when the weights, fitted on
+                        # group photos, gave the whole-image branch 0); without it such a photo abstains
     chosen_on:                          # free-form record of where the weights come from
       data: GAF 2.0 validation, 2068 photos
       method: grid search over the simplex, step 0.1
@@ -85,6 +89,7 @@ from .fusion_model import FusionModel
 from .inputs import center_crop_array, normalize_array
 from .labels import GROUP_CLASSES, valence_array
 from .models.registry import FAMILY_RECIPES, ModelInfo, family_info
+from .models.pretrained import converted_model, store_name
 from .runtime.session import OrtModel, device_type, load_cached, photo_workers, resolve_backend
 
 if TYPE_CHECKING:
@@ -97,7 +102,7 @@ BUNDLE_FORMAT = "groupmood-bundle-1"
 
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion",
-                "min_faces"}
+                "min_faces", "fallback"}
 _FUSION_KEYS = {"kind", "model", "sha256"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
@@ -637,7 +642,15 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{p}: branch name {b['name']!r} is used twice")
         seen.add(b["name"])
         entry = dict(b)
-        entry["model"] = str((p.parent / b["model"]).resolve())
+        name = store_name(b["model"])
+        if name is None:
+            entry["model"] = str((p.parent / b["model"]).resolve())
+        else:
+            try:
+                entry["model"] = str(converted_model(name, auto_fetch=True))
+            except WeightsError as exc:
+                raise WeightsError(f"{p}: branch {b['name']!r}: {exc}") from None
+            entry["store"] = name
         if "pooling" in entry:
             parse_pooling(entry["pooling"])
         try:
@@ -665,6 +678,10 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
         if not isinstance(fusion.get("model"), str):
             raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
         fusion["model"] = str((p.parent / fusion["model"]).resolve())
+    fallback = raw.get("fallback") or []
+    if not isinstance(fallback, list) or not all(isinstance(b, str) and b in seen for b in fallback):
+        raise ConfigError(f"{p}: fallback must be a list of branch names (the branches that label a photo on which "
+                          f"no weighted branch spoke), got {fallback!r}; branches: {sorted(seen)}")
     min_faces = raw.get("min_faces", 1)
     if not _is_count(min_faces):
         raise ConfigError(f"{p}: min_faces must be a whole number >= 1 (faces a photo needs before the face "
@@ -674,7 +691,8 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     if "thresholds" in det:
         det["thresholds"] = tuple(det["thresholds"])
     out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=det, fusion=fusion,
-               chosen_on=raw.get("chosen_on") or {}, min_faces=min_faces, path=str(p.resolve()))
+               chosen_on=raw.get("chosen_on") or {}, min_faces=min_faces, fallback=list(fallback),
+               path=str(p.resolve()))
     return out
 
 
@@ -692,7 +710,7 @@ class GroupEmotionRecognizer:
     def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
                  pooling: str | Mapping[str, str] | None = None, device: Any = "cpu",
                  chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None,
-                 min_faces: int = 1, workers: int | None = None) -> None:
+                 min_faces: int = 1, workers: int | None = None, fallback: Sequence[str] = ()) -> None:
         if not branches:
             raise ConfigError("a recognizer needs at least one branch")
         if "fused" in branches:
@@ -726,6 +744,11 @@ class GroupEmotionRecognizer:
         if workers is not None and not _is_count(workers):
             raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
         self.workers = workers
+        missing_fb = sorted(set(fallback) - set(self.branches))
+        if missing_fb:
+            raise ConfigError(f"fallback names unknown branch(es) {', '.join(missing_fb)}; branches: "
+                              f"{', '.join(self.branches)}")
+        self.fallback = tuple(fallback)
 
     def __repr__(self) -> str:
         return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
@@ -769,7 +792,8 @@ class GroupEmotionRecognizer:
         if detector is None:
             detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, backend=backend, **spec["detector"])
         rec = cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
-                  spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"], workers)
+                  spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"], workers,
+                  spec["fallback"])
         return rec.with_backend(backend)
 
     @classmethod
@@ -786,7 +810,8 @@ class GroupEmotionRecognizer:
         """A recognizer sharing this one's models with other fusion weights and / or pooling."""
         return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
                                       pooling, self.device, self.chosen_on,
-                                      self.fusion_model if weights is None else None, self.min_faces, self.workers)
+                                      self.fusion_model if weights is None else None, self.min_faces, self.workers,
+                                      self.fallback)
 
     @property
     def backend(self) -> str:
@@ -821,11 +846,13 @@ class GroupEmotionRecognizer:
                     br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
                     for n, br in self.branches.items()}
         return GroupEmotionRecognizer(detector, branches, self.weights, None, self.device, self.chosen_on,
-                                      self.fusion_model, self.min_faces, self.workers)
+                                      self.fusion_model, self.min_faces, self.workers, self.fallback)
 
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
-        """The branches that vote (weight > 0, or read by the fusion model); every branch with ``all_branches``."""
+        """The branches that vote (weight > 0, a fallback, or read by the fusion model); every branch with
+        ``all_branches``."""
         read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
+        read |= set(self.fallback)
         return {n: br for n, br in self.branches.items() if all_branches or self.weights[n] > 0 or n in read}
 
     def photo_workers(self) -> int:
@@ -836,8 +863,9 @@ class GroupEmotionRecognizer:
         """Label photos (RGB arrays, PIL images or paths; one of them is a batch of one); one result per
         photo, in order.
 
-        Only the branches that vote are run (a weight-0 branch changes no label and costs time);
-        ``all_branches`` runs and reports every branch. ``raw`` reports each branch's pooled
+        Only the branches that vote are run (a weight-0 branch changes no label and costs time), a
+        fallback branch only on the photos where no weighted branch speaks (:meth:`fallback_only`);
+        ``all_branches`` runs and reports every branch on every photo. ``raw`` reports each branch's pooled
         probabilities before calibration (fusion still uses the calibrated ones): what calibration
         and fusion are fitted on.
 
@@ -848,22 +876,40 @@ class GroupEmotionRecognizer:
         the batch goes through each model together.
         """
         branches = self.active_branches(all_branches)
+        lazy = frozenset() if all_branches else self.fallback_only()
         photos = as_photo_list(images, self.decode_short_side(all_branches))
         if not photos:
             return []
         workers = min(self.photo_workers(), len(photos))
         if device_type(self.device) != "cpu":
-            return self._predict(photos, branches, raw)
+            return self._predict(photos, branches, raw, lazy)
         if workers <= 1:
-            return [r for ph in photos for r in self._predict([ph], branches, raw)]
+            return [r for ph in photos for r in self._predict([ph], branches, raw, lazy)]
         with ThreadPoolExecutor(workers, thread_name_prefix="groupmood-photo") as pool_:
-            return [r for rs in pool_.map(lambda ph: self._predict([ph], branches, raw), photos) for r in rs]
+            return [r for rs in pool_.map(lambda ph: self._predict([ph], branches, raw, lazy), photos) for r in rs]
 
-    def _predict(self, photos: Sequence[Photo], branches: Mapping[str, Branch], raw: bool) -> list[GroupResult]:
-        """:meth:`predict` on decoded photos, the batch through each model together."""
+    def fallback_only(self) -> frozenset[str]:
+        """The fallback branches that never vote otherwise (weight 0, no fusion model): :meth:`predict` runs
+        them only on the photos where no weighted branch speaks, and reports them as silent elsewhere."""
+        if self.fusion_model is not None:
+            return frozenset()
+        return frozenset(n for n in self.fallback if self.weights[n] == 0 and not self.branches[n].is_face)
+
+    def _needs_fallback(self, n_faces: int) -> bool:
+        """Whether no weighted branch speaks on a photo with ``n_faces`` faces (so the fallback must)."""
+        weighted = [br for n, br in self.branches.items() if self.weights[n] > 0]
+        if any(not br.is_face for br in weighted):
+            return False
+        return n_faces < max(1, self.min_faces)
+
+    def _predict(self, photos: Sequence[Photo], branches: Mapping[str, Branch], raw: bool,
+                 lazy: frozenset[str] = frozenset()) -> list[GroupResult]:
+        """:meth:`predict` on decoded photos, the batch through each model together; the ``lazy`` branches
+        only where :meth:`_needs_fallback`."""
         arrays = [ph.pixels for ph in photos]
         faces_per = self.detector.detect(arrays)
         counts = [len(f) for f in faces_per]
+        ran = {n: np.array([n not in lazy or self._needs_fallback(c) for c in counts], dtype=bool) for n in branches}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
         for group in shared_trunks(branches):  # one trunk pass, each branch's own head
@@ -878,9 +924,13 @@ class GroupEmotionRecognizer:
                 continue
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
+                per_branch[name] = br.scores(np.concatenate(parts)) if parts else np.zeros((0, len(GROUP_CLASSES)))
             else:
-                parts = [br.crops(img, []) for img in arrays]
-            per_branch[name] = br.scores(np.concatenate(parts)) if parts else np.zeros((0, len(GROUP_CLASSES)))
+                rows = np.full((len(arrays), len(GROUP_CLASSES)), 1.0 / len(GROUP_CLASSES))
+                idx = np.flatnonzero(ran[name])
+                if len(idx):
+                    rows[idx] = br.scores(np.concatenate([br.crops(arrays[i], []) for i in idx]))
+                per_branch[name] = rows
         results = []
         for i, (photo, faces) in enumerate(zip(photos, faces_per)):
             face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face}
@@ -891,7 +941,7 @@ class GroupEmotionRecognizer:
                     if pooled[n].spoke and len(faces) < self.min_faces:  # abstains; the faces keep their scores
                         pooled[n] = Pooled.abstain()
                 else:
-                    pooled[n] = Pooled(per_branch[n][i], True, ())
+                    pooled[n] = Pooled(per_branch[n][i], True, ()) if ran[n][i] else Pooled.abstain()
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p
                           for n, p in pooled.items()}
             fused = self._fuse(calibrated, faces, photo.pixels.shape[:2])
@@ -923,7 +973,7 @@ class GroupEmotionRecognizer:
 
         ``faces`` and ``size`` (height, width) are in one coordinate system (decoded pixels).
         """
-        fused = fuse(pooled, self.weights)
+        fused = fuse(pooled, self.weights, fallback=self.fallback)
         if self.fusion_model is None:
             return fused
         fracs = [f.area / float(size[0] * size[1]) for f in faces]

@@ -114,6 +114,15 @@ def cached_path(name: str) -> Path:
     return home() / "weights" / s.name / s.filename
 
 
+def converted_path(name: str) -> Path:
+    """Where the groupmood model file converted from the pretrained file ``name`` lives (it may not exist yet).
+
+    The name carries the source's sha256 prefix, so another source file never reuses a stale conversion.
+    """
+    s = spec(name)
+    return home() / "converted" / f"{s.name}-{s.sha256[:12]}.safetensors"
+
+
 def sha256_file(path: str | Path) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..metrics import accuracy_table
 from ..errors import DatasetError
+from ..fusion.search import OBJECTIVES
 from ..fusion import (ABSTAIN, align_tables, fuse_rows, match_labels, parse_weights, preset_weights,
                       read_labels, read_scores, search_weights)
 from ..io import atomic_write_text
@@ -62,14 +63,17 @@ def _csv(rows: Sequence[Sequence[object]]) -> str:
                    "otherwise used to print accuracy.")
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Grid step of --search (must divide 1).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="accuracy", show_default=True,
+              help="What --search optimises: accuracy (the authors') or log_loss of the fused probabilities "
+                   "(smoother on a small validation set).")
 @click.option("--trials", "trials_path", type=click.Path(dir_okay=False), default=None,
-              help="With --search: write every weight set tried and its accuracy to this CSV.")
+              help="With --search: write every weight set tried, its accuracy and log loss to this CSV.")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Predictions CSV (name,label,Negative,Neutral,Positive,spoke), or - for stdout.")
 @click.option("--challenge-dir", type=click.Path(file_okay=False), default=None,
               help="Also write one <name>.txt per photo holding its label word.")
 def fuse_cmd(branch_specs: tuple[str, ...], weights_text: str | None, preset: str | None, search: bool,
-             labels_path: str | None, step: float, trials_path: str | None, output: str,
+             labels_path: str | None, step: float, objective: str, trials_path: str | None, output: str,
              challenge_dir: str | None) -> int:
     """Fuse branch score files into one label per photo (the authors' weighted score fusion).
 
@@ -102,20 +106,20 @@ def fuse_cmd(branch_specs: tuple[str, ...], weights_text: str | None, preset: st
 
     if search:
         result = search_weights({b: s[has] for b, s in scores.items()}, y[has], step,
-                                {b: s[has] for b, s in spoke.items()})
-        order = np.argsort(-result.accuracy, kind="stable")
-        click.echo(f"{len(result.trials)} weight sets tried (step {step:g}), best first:", err=True)
-        for i in order:
+                                {b: s[has] for b, s in spoke.items()}, objective=objective)
+        click.echo(f"{len(result.trials)} weight sets tried (step {step:g}), best {objective} first:", err=True)
+        for i in result.order():
             ws = ", ".join(f"{b}={w:.2f}" for b, w in zip(result.branches, result.trials[i]))
-            click.echo(f"  {100 * result.accuracy[i]:6.2f}%  {ws}", err=True)
+            click.echo(f"  {100 * result.accuracy[i]:6.2f}%  log loss {result.log_loss[i]:.4f}  {ws}", err=True)
         weights = result.best_weights
         click.echo(f"best: {', '.join(f'{b}={w:.2f}' for b, w in weights.items())} "
-                   f"accuracy {100 * result.best_accuracy:.2f}% on {result.n} photos "
-                   "(ties broken towards equal weights)", err=True)
+                   f"accuracy {100 * result.best_accuracy:.2f}%, log loss {result.best_log_loss:.4f} on {result.n} "
+                   f"photos (by {objective}; ties broken towards equal weights)", err=True)
         if trials_path:
-            atomic_write_text(trials_path, _csv([[*result.branches, "accuracy"],
-                                                 *([*(f"{w:g}" for w in t), f"{a:.6f}"]
-                                                   for t, a in zip(result.trials, result.accuracy))]))
+            atomic_write_text(trials_path, _csv([[*result.branches, "accuracy", "log_loss"],
+                                                 *([*(f"{w:g}" for w in t), f"{a:.6f}", f"{x:.6f}"]
+                                                   for t, a, x in zip(result.trials, result.accuracy,
+                                                                      result.log_loss))]))
     elif preset:
         weights = preset_weights(preset, tables)
     else:

@@ -140,7 +140,8 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
               help="What runs the models: onnxruntime (CPU; models exported once into the cache and checked "
                    "against PyTorch), torch; auto: onnxruntime on a CPU where it is installed, torch on a GPU.")
 @click.option("--all-branches", is_flag=True,
-              help="Also run and report the branches with weight 0 (skipped by default: they change no label).")
+              help="Also run and report the branches with weight 0 (skipped by default: they change no label), "
+                   "and the fallback branch on every photo (by default only where no weighted branch speaks).")
 @fusion_options
 @detector_options
 @shard_option

@@ -9,10 +9,12 @@ using only the photos it is given and their committed folds (:mod:`groupmood.dat
    in the next steps (stacking: later steps never see the head score the photos it was fitted on);
 2. each branch gets a temperature, with or without a per-class bias, fitted on those probabilities;
 3. fusion: each branch alone, the paper's weighted average (weights searched on a grid over the
-   simplex) and a fusion model (:class:`groupmood.fusion_model.FusionModel`, ``c`` from a small
+   simplex, by class-balanced log loss: :attr:`StackOptions.weight_objective`) and a fusion model (:class:`groupmood.fusion_model.FusionModel`, ``c`` from a small
    grid), each with either calibration, are scored by cross-validation over the same folds, and
    the best is fitted on every photo (ties go to the simpler: no bias, a single branch, then the
-   weighted average). Scores are balanced accuracy (:class:`StackOptions`).
+   weighted average). Scores are balanced accuracy (:class:`StackOptions`). The whole-image
+   branches are the fusion's fallback (:func:`groupmood.fusion.fuse`): they label a photo without
+   faces even when the weights, fitted on group photos that all have faces, gave them 0.
 
 :func:`cross_validate` wraps that in an outer loop: for each fold, :func:`select_and_fit` runs on
 the other folds alone (their own folds as the inner split) and the result labels the held-out
@@ -80,6 +82,16 @@ class Evidence:
         return Evidence([self.names[i] for i in idx], self.labels[idx], {b: p[idx] for b, p in self.probs.items()},
                         {b: s[idx] for b, s in self.spoke.items()}, self.face_branches,
                         [self.embeddings[i] for i in idx], [self.face_fracs[i] for i in idx])
+
+    def without(self, branches: Sequence[str]) -> Evidence:
+        """The same photos without some branches' probabilities (branches kept out of calibration and fusion)."""
+        drop = set(branches)
+        unknown = sorted(drop - set(self.probs))
+        if unknown:
+            raise DatasetError(f"no branch {', '.join(unknown)} in the evidence ({', '.join(self.probs)})")
+        return Evidence(self.names, self.labels, {b: p for b, p in self.probs.items() if b not in drop},
+                        {b: s for b, s in self.spoke.items() if b not in drop},
+                        tuple(b for b in self.face_branches if b not in drop), self.embeddings, self.face_fracs)
 
     def save(self, path: str | Path) -> None:
         """One compressed .npz (embeddings concatenated with per-photo counts)."""
@@ -158,6 +170,10 @@ class StackOptions:
 
     ``balanced`` scores every choice by balanced accuracy (the mean of the per-class accuracies),
     so the choices do not trade a small class (multiemova-dev's Negative) for a large one.
+    ``weight_objective`` is what the weighted average's grid search optimises on the photos it is
+    fitted on (:func:`groupmood.fusion.search_weights`): ``log_loss`` (class-balanced when
+    ``balanced``), smooth where accuracy on a hundred photos is a step function with many ties, or
+    the authors' ``accuracy``.
     """
 
     head_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
@@ -168,6 +184,7 @@ class StackOptions:
     fusion_kinds: tuple[str, ...] = ("single", "weighted", "model")
     head: bool = True
     balanced: bool = True
+    weight_objective: str = "log_loss"
 
 
 @dataclass
@@ -182,6 +199,7 @@ class Stack:
     model: FusionModel | None
     scores: dict[str, Any] = field(default_factory=dict)
     head_extra_weight: float | None = None
+    fallback: tuple[str, ...] = ()
 
 
 def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False) -> float:
@@ -225,8 +243,13 @@ def _branch_table(ev: Evidence, group: np.ndarray | None) -> tuple[dict[str, np.
 
 
 def _weighted_predict(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
-                      weights: Mapping[str, float]) -> np.ndarray:
-    return fuse_rows(dict(probs), dict(weights), dict(spoke))[1]
+                      weights: Mapping[str, float], fallback: Sequence[str] = ()) -> np.ndarray:
+    return fuse_rows(dict(probs), dict(weights), dict(spoke), fallback)[1]
+
+
+def _fallback(ev: Evidence, branches: Sequence[str]) -> tuple[str, ...]:
+    """The whole-image branches: they label a photo without faces whatever weight the fit gave them."""
+    return tuple(b for b in branches if b not in ev.face_branches and b != GROUP_BRANCH)
 
 
 def _features(ev: Evidence, probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray],
@@ -237,8 +260,9 @@ def _features(ev: Evidence, probs: Mapping[str, np.ndarray], spoke: Mapping[str,
 
 
 def _fit_weighted(probs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray], y: np.ndarray,
-                  step: float, balanced: bool) -> dict[str, float]:
-    return search_weights(dict(probs), y, step=step, spoke=dict(spoke), balanced=balanced).best_weights
+                  opts: StackOptions) -> dict[str, float]:
+    return search_weights(dict(probs), y, step=opts.step, spoke=dict(spoke), balanced=opts.balanced,
+                          objective=opts.weight_objective).best_weights
 
 
 def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[str, np.ndarray], folds: np.ndarray,
@@ -247,11 +271,12 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
     y = ev.labels
     branches = list(cprobs)
     face_branches = [b for b in branches if b in ev.face_branches or b == GROUP_BRANCH]
+    fallback = _fallback(ev, branches)
     cv: dict[str, float] = {}
     if "single" in opts.fusion_kinds:
         for b in branches:
-            cv[f"single {b}"] = _accuracy(_weighted_predict(cprobs, spoke, {o: float(o == b) for o in branches}), y,
-                                          opts.balanced)
+            cv[f"single {b}"] = _accuracy(_weighted_predict(cprobs, spoke, {o: float(o == b) for o in branches},
+                                                            fallback), y, opts.balanced)
     pred_w = np.empty(len(y), dtype=np.int64)
     feats = _features(ev, cprobs, spoke, branches, face_branches) if "model" in opts.fusion_kinds else None
     pred_m = {c: np.empty(len(y), dtype=np.int64) for c in opts.fusion_cs}
@@ -259,9 +284,9 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
         tr, te = folds != f, folds == f
         if "weighted" in opts.fusion_kinds:
             w = _fit_weighted({b: p[tr] for b, p in cprobs.items()}, {b: s[tr] for b, s in spoke.items()}, y[tr],
-                              opts.step, opts.balanced)
+                              opts)
             pred_w[te] = _weighted_predict({b: p[te] for b, p in cprobs.items()},
-                                           {b: s[te] for b, s in spoke.items()}, w)
+                                           {b: s[te] for b, s in spoke.items()}, w, fallback)
         if feats is not None:
             for c in opts.fusion_cs:
                 m = FusionModel.fit(feats[tr], y[tr], branches, face_branches, c)
@@ -328,13 +353,14 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
     if choice.startswith("single "):
         weights = {b: float(b == choice.split(" ", 1)[1]) for b in branches}
     else:
-        weights = _fit_weighted(cprobs, spoke, y, opts.step, opts.balanced)
+        weights = _fit_weighted(cprobs, spoke, y, opts)
     model = None
     if choice.startswith("model"):
         face_branches = [b for b in branches if b in ev.face_branches or b == GROUP_BRANCH]
         model = FusionModel.fit(_features(ev, cprobs, spoke, branches, face_branches), y, branches, face_branches,
                                 float(choice.split("=", 1)[1]))
-    return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores, head_ew)
+    return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores, head_ew,
+                 _fallback(ev, branches))
 
 
 def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
@@ -346,7 +372,7 @@ def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict
         feats = _features(ev, cprobs, spoke, stack.model.branches, stack.model.face_branches)
         fused = stack.model.predict_proba(feats)
     else:
-        fused = fuse_rows(cprobs, stack.weights, spoke)[0]
+        fused = fuse_rows(cprobs, stack.weights, spoke, stack.fallback)[0]
     return probs, spoke, fused
 
 
@@ -426,6 +452,7 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
 
     from .. import weights as store
     from ..io import atomic_write_text
+    from ..models.pretrained import STORE_PREFIX
     from ..pipeline import read_bundle
 
     spec = read_bundle(base)
@@ -443,19 +470,29 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
     for b in spec["branches"]:
         if b["name"] == GROUP_BRANCH:
             continue
-        e = {k: v for k, v in b.items() if k != "calibration"}
+        e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
         model_path = Path(e["model"])
-        e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
+        if "store" in b:
+            e["model"] = f"{STORE_PREFIX}{b['store']}"
+        else:
+            e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
         entries.append(e)
     for e in entries:
-        cal = stack.calibration.get(e["name"])
-        if cal is not None and not cal.is_identity:
+        if e["name"] not in stack.calibration:  # a branch the fit left out keeps the base bundle's calibration
+            if by_name.get(e["name"], {}).get("calibration"):
+                e["calibration"] = by_name[e["name"]]["calibration"]
+            continue
+        cal = stack.calibration[e["name"]]
+        if not cal.is_identity:
             e["calibration"] = cal.to_dict()
     doc: dict[str, Any] = {"format": "groupmood-bundle-1", "branches": entries,
-                           "weights": {b: round(float(w), 4) for b, w in stack.weights.items()},
+                           "weights": {**{b: round(float(w), 4) for b, w in stack.weights.items()},
+                                       **{e["name"]: 0.0 for e in entries if e["name"] not in stack.weights}},
                            "detector": spec["detector"]}
     if spec["min_faces"] != 1:
         doc["min_faces"] = spec["min_faces"]
+    if stack.fallback:
+        doc["fallback"] = list(stack.fallback)
     if stack.model is not None:
         fpath = stack.model.save(folder / fusion_file)
         doc["fusion"] = {"kind": "model", "model": fusion_file, "sha256": store.sha256_file(fpath)}

@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..labels import GROUP_CLASSES
 from .pooling import Pooled
 
-__all__ = ["ABSTAIN", "SUM_TOLERANCE", "Fused", "check_weights", "fuse", "fuse_rows", "to_probabilities"]
+__all__ = ["ABSTAIN", "SUM_TOLERANCE", "Fused", "check_weights", "fallback_weights", "fuse", "fuse_rows",
+           "to_probabilities"]
 
 
 #: The label of a photo on which no branch spoke (only possible without a global branch).
@@ -80,18 +81,28 @@ def check_weights(weights: Mapping[str, float], branches: Iterable[str]) -> dict
     return out
 
 
+def fallback_weights(fallback: Sequence[str] | None) -> dict[str, float]:
+    """Equal weights over the fallback branches (none: an empty mapping)."""
+    return {b: 1.0 for b in fallback or ()}
+
+
 def fuse(branches: Mapping[str, Pooled], weights: Mapping[str, float],
-         classes: Sequence[str] = GROUP_CLASSES) -> Fused:
+         classes: Sequence[str] = GROUP_CLASSES, fallback: Sequence[str] | None = None) -> Fused:
     """Weighted fusion of one photo's branch results; abstaining branches drop out.
 
     A branch missing from ``weights`` has weight 0. When the branches that spoke have weights
-    summing to 0 the photo is an abstention.
+    summing to 0, the ``fallback`` branches that spoke (equal weights) give the label, e.g. the
+    whole-image branch on a photo without faces when fusion weights fitted on group photos gave it
+    weight 0; with none of them either, the photo is an abstention.
     """
     names = list(branches)
     w = check_weights(weights, names)
     scores = np.stack([to_probabilities(branches[n].probs) for n in names]) if names else np.zeros((0, len(classes)))
     spoke = np.array([branches[n].spoke for n in names], dtype=bool)
     probs, index, eff = _fuse_arrays(scores[:, None, :], spoke[:, None], np.array([w[n] for n in names]))
+    if index[0] < 0 and fallback:
+        fw = check_weights(fallback_weights(fallback), names)
+        probs, index, eff = _fuse_arrays(scores[:, None, :], spoke[:, None], np.array([fw[n] for n in names]))
     i = int(index[0])
     return Fused(classes[i] if i >= 0 else ABSTAIN, i, probs[0],
                  {n: float(eff[k, 0]) for k, n in enumerate(names)},
@@ -113,13 +124,14 @@ def _fuse_arrays(scores: np.ndarray, spoke: np.ndarray, weights: np.ndarray
 
 
 def fuse_rows(scores: Mapping[str, np.ndarray], weights: Mapping[str, float],
-              spoke: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              spoke: Mapping[str, np.ndarray] | None = None,
+              fallback: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The authors' fusion on aligned score rows of many photos.
 
     ``scores[branch]`` is (N, C); rows not summing to 1 are softmaxed (:func:`to_probabilities`),
     multiplied by the branch weight and summed over branches that spoke (``spoke[branch]`` (N,)
     bool, default all). Returns the fused probabilities (N, C) and the class index (N,), -1 where
-    no branch with a positive weight spoke.
+    no branch with a positive weight spoke and no ``fallback`` branch either (see :func:`fuse`).
     """
     names = list(scores)
     if not names:
@@ -129,4 +141,9 @@ def fuse_rows(scores: Mapping[str, np.ndarray], weights: Mapping[str, float],
                    for n in names])
     w = check_weights(weights, names)
     probs, index, _ = _fuse_arrays(arr, sp, np.array([w[n] for n in names]))
+    missing = index < 0
+    if fallback and missing.any():
+        fw = check_weights(fallback_weights(fallback), names)
+        p2, i2, _ = _fuse_arrays(arr[:, missing], sp[:, missing], np.array([fw[n] for n in names]))
+        probs[missing], index[missing] = p2, i2
     return probs, index

@@ -164,7 +164,7 @@ def register_model(family: str, input_size: tuple[int, int] | None = None, in_ch
 
 def _ensure_loaded() -> None:
     # Importing the model modules registers them; done lazily so that importing groupmood is cheap.
-    from . import faceapi, faceapi_identity, global_cnns, resnet48, sphereface  # noqa: F401
+    from . import faceapi, faceapi_identity, global_cnns, mini_xception, resnet48, sphereface  # noqa: F401
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:

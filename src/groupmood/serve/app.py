@@ -231,7 +231,7 @@ def _versions() -> dict[str, str]:
 
 
 def _bundle_summary(spec: dict[str, Any]) -> dict[str, Any]:
-    """What ``/v1/bundle`` shows of a bundle: branches (model file names), weights, what they were chosen on."""
+    """What ``/v1/bundle`` shows of a bundle: branches (model file names), weights, fallback, what they were chosen on."""
     branches = []
     for b in spec["branches"]:
         entry = {k: v for k, v in b.items() if k != "model"}
@@ -240,6 +240,7 @@ def _bundle_summary(spec: dict[str, Any]) -> dict[str, Any]:
     fusion = {k: (Path(v).name if k == "model" else v) for k, v in spec["fusion"].items()}
     return jsonable_encoder({"name": spec.get("name"), "description": spec.get("description"),
                              "classes": list(GROUP_CLASSES), "branches": branches, "weights": spec["weights"],
+                             "fallback": spec["fallback"],
                              "fusion": fusion, "detector": spec["detector"], "chosen_on": spec["chosen_on"],
                              "path": spec["path"]})
 
