@@ -145,6 +145,53 @@ def evidence_key(bundle: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def sentiment_evidence(shared: Path, bundle: Path, split: str, cache: Path):
+    """The evidence of one split of the sentiment photos (collected once, cached like multiemova-dev's)."""
+    from groupmood.engine.group_cv import Evidence, collect_evidence
+
+    if cache.is_file():
+        return Evidence.load(cache)
+    ev = collect_evidence(base_recognizer(bundle), sentiment_items(shared, split), TRUNK,
+                          log=lambda m: print(m, file=sys.stderr))
+    ev.save(cache)
+    return ev
+
+
+def fallback_calibration(shared: Path, bundle: Path, stack, min_faces: int, out: Path, key: str):
+    """Temperatures for the fallback-only branches (weight 0), fitted on the photos they decide.
+
+    multiemova-dev has no such photo (every one has two or more faces), so a fallback branch's
+    temperature fitted there describes it where it never speaks. Here it is fitted on the sentiment
+    validation photos with fewer than ``min_faces`` faces (the photos the fallback labels; photo
+    sentiment, the Twitter sets without Neutral) and checked on the test photos of the same kind.
+    The temperature changes no label, only how sure the label says it is. Returns the calibrations
+    and, per branch, NLL / ECE on those test photos with the multiemova-dev temperature and the new one.
+    """
+    from groupmood.calibration import expected_calibration_error, fit_calibration, negative_log_likelihood
+
+    only = [b for b in stack.fallback if stack.weights.get(b, 0.0) == 0.0]
+    if not only:
+        return {}, {}
+    val, test = (sentiment_evidence(shared, bundle, s, out / f"evidence_sentiment-{s}-{key}.npz")
+                 for s in ("val", "test"))
+    cals, stats = {}, {}
+    for b in only:
+        fit_on = np.array([len(e) < max(1, min_faces) for e in val.embeddings]) & val.spoke[b]
+        check = np.array([len(e) < max(1, min_faces) for e in test.embeddings]) & test.spoke[b]
+        cals[b] = fit_calibration(val.probs[b][fit_on], val.labels[fit_on])
+        p, y = test.probs[b][check], test.labels[check]
+        before, after = stack.calibration[b].apply(p), cals[b].apply(p)
+        stats[b] = {"fitted_on": int(fit_on.sum()), "checked_on": int(check.sum()),
+                    "temperature_before": round(stack.calibration[b].temperature, 3),
+                    "temperature": round(cals[b].temperature, 3),
+                    "test_nll_before": round(negative_log_likelihood(before, y), 4),
+                    "test_nll": round(negative_log_likelihood(after, y), 4),
+                    "test_ece_before": round(expected_calibration_error(before, y), 4),
+                    "test_ece": round(expected_calibration_error(after, y), 4),
+                    "test_accuracy": round(float((p.argmax(1) == y).mean()), 4)}
+    return cals, stats
+
+
 def kept_choices(bundle: Path) -> dict:
     """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py)."""
     from groupmood.pipeline import read_bundle
@@ -333,7 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
         return 0
     if args.write_bundle:
+        from groupmood.pipeline import read_bundle
+
         stack = select_and_fit(ev, folds, opts, extra)
+        fb_cal, fb_stats = fallback_calibration(args.shared, args.bundle, stack, read_bundle(args.bundle)["min_faces"],
+                                                args.out, key)
+        stack.calibration.update(fb_cal)
         fused = cv["tables"]["fused"]
         chosen_on = {
             "data": "multiemova-dev (127 real group photos, group valence), ../shared/data/multiemova-dev",
@@ -348,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             **({} if extra is None else {
                 "extra_head_data": extra_note.lstrip("; "), "head_extra_weight": stack.head_extra_weight}),
             "fusion_cv": stack.scores.get("fusion_cv"), "fusion_cv_with_bias": stack.scores.get("fusion_cv (bias)"),
+            **({"fallback_calibration": {
+                "how": "temperature of each fallback-only branch fitted on the sentiment validation photos it "
+                       "labels (fewer than min_faces faces), checked on the test photos of the same kind",
+                **fb_stats}} if fb_stats else {}),
             **({"excluded": f"{', '.join(excluded)} (weight 0, kept out of calibration and fusion: see EXCLUDED "
                             "in benchmarks/group_accuracy.py)"} if excluded else {}),
             "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"
@@ -360,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ {b: round(w, 2) for b, w in stack.weights.items()} }, temperatures "
                     f"{ {b: round(c.temperature, 2) for b, c in stack.calibration.items()} }; CV of the choices on all "
                     f"photos: head {stack.scores.get('head_cv')}, fusion {stack.scores.get('fusion_cv')}.")
+        for b, st in fb_stats.items():
+            rows.append(f"Fallback `{b}`: temperature {st['temperature_before']} (multiemova-dev, where it never "
+                        f"speaks) -> {st['temperature']}, fitted on the {st['fitted_on']} sentiment validation photos "
+                        f"with fewer than min_faces faces; on the {st['checked_on']} such test photos (accuracy "
+                        f"{st['test_accuracy']:.1%}, unchanged) NLL {st['test_nll_before']:.3f} -> {st['test_nll']:.3f}, "
+                        f"ECE {st['test_ece_before']:.3f} -> {st['test_ece']:.3f}.")
         rows.append("")
     rec = GroupEmotionRecognizer.from_bundle(args.bundle)
     sets = {"gaf-samples (8 Positive, 8 Negative; never tuned on)": gaf_sample_items(args.shared)}

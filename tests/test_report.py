@@ -15,7 +15,7 @@ import pytest
 from groupmood.fusion import ABSTAIN
 from groupmood.labels import GROUP_CLASSES
 from groupmood.pipeline import BranchResult, FaceResult, GroupResult
-from groupmood.report import LABEL_COLOURS, HtmlReport, annotate, describe_fusion
+from groupmood.report import LABEL_COLOURS, HtmlReport, annotate, describe_fusion, silent_reason
 
 H, W = 600, 800
 BOX = (300.0, 150.0, 460.0, 350.0)
@@ -157,7 +157,8 @@ def test_html_report_is_self_contained_and_shows_the_evidence():
     assert page.count('<table><tr><th>#</th>') == 1  # the no-face photo has no face table
     assert "Positive 0.70" in page and "Pos&nbsp;0.70" in page
     # per-branch evidence, including the branch that abstained
-    assert "abstained (no face)" in page and "no face found" in page
+    assert "abstained (no face, or fewer than the bundle's min_faces)" in page and "no face found" in page
+    assert silent_reason("global") == "not run: the face branches decide (fallback)"
     assert "2 photos, 1 faces, 1 failed" in page and "weights: aligned=3, global=1" in page
 
 

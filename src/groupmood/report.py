@@ -123,6 +123,14 @@ def _hex(rgb: Sequence[int]) -> str:
     return "#%02x%02x%02x" % tuple(int(c) for c in rgb)
 
 
+def silent_reason(family: str) -> str:
+    """Why a branch did not speak on a photo: a face branch saw too few faces; the whole-image branch is
+    the fallback, run only where the face branches cannot decide."""
+    if family == "global":
+        return "not run: the face branches decide (fallback)"
+    return "abstained (no face, or fewer than the bundle's min_faces)"
+
+
 def _bars(probs: Mapping[str, float]) -> str:
     """One coloured bar per class, with its probability."""
     out = []
@@ -153,7 +161,7 @@ def _photo_block(name: str, thumbnail: str, result: GroupResult) -> str:
              f'{" - no face found: face branches abstained" if result.no_face else ""}</span>',
              _bars(rec["probs"]), "<table><tr><th>branch</th><th>weight</th><th>share</th><th>scores</th></tr>"]
     for b, br in rec["branches"].items():
-        scores = _bars(br["probs"]) if br["spoke"] else '<span class="muted">abstained (no face)</span>'
+        scores = _bars(br["probs"]) if br["spoke"] else f'<span class="muted">{silent_reason(br["family"])}</span>'
         parts.append(f'<tr><td>{html.escape(b)}<br><span class="muted">{html.escape(br["pooling"])}</span></td>'
                      f"<td>{br['weight']:g}</td><td>{br['effective_weight']:.2f}</td><td>{scores}</td></tr>")
     parts.append("</table>")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import Photo
+from ..runtime.session import BACKENDS, ENGINES
 from .cascade import CascadeSettings, Runner, run_cascade
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 _NETS = (("mtcnn_pnet", ("reg", "prob"), 12, True),
          ("mtcnn_rnet", ("reg", "prob"), 24, False),
          ("mtcnn_onet", ("reg", "landmarks", "prob"), 48, False))
-BACKENDS = ("torch", "onnxruntime")
 
 
 def box_area(box: np.ndarray) -> float:
@@ -160,8 +160,8 @@ class FaceDetector:
             if torch_runners is None:
                 raise ValueError("FaceDetector needs the three nets or their runners")
             runners, backend = torch_runners, "torch"
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; use torch or onnxruntime")
+        if backend not in ENGINES:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(ENGINES)}")
         if len(runners) != 3:
             raise ValueError(f"expected three runners (P-, R- and O-Net), got {len(runners)}")
         self.backend = backend
@@ -241,8 +241,8 @@ class FaceDetector:
         checked against PyTorch on the inputs each net gets while the PyTorch cascade runs on
         ``parity_photos`` (default: the ``group`` sample photo).
         """
-        if backend not in (*BACKENDS, "auto"):
-            raise ValueError(f"unknown backend {backend!r}; use torch, onnxruntime or auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         if backend != "torch":
             from ..runtime.session import resolve_backend
 

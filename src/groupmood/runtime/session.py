@@ -36,11 +36,14 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["BACKENDS", "EXPORT_VERSION", "OPSET", "PARITY_TOL", "OrtModel", "OrtSettings", "cache_path",
+__all__ = ["BACKENDS", "ENGINES", "EXPORT_VERSION", "OPSET", "PARITY_TOL", "OrtModel", "OrtSettings", "cache_path",
            "load_cached", "onnx_cache_dir", "ort_available", "photo_workers", "resolve_backend", "set_intra_op_threads",
            "settings"]
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+#: What runs a model: ONNX Runtime or PyTorch.
+ENGINES = ("onnxruntime", "torch")
+#: What a caller may ask for: an engine, or ``auto`` (:func:`resolve_backend` picks one per device).
+BACKENDS = ("auto", *ENGINES)
 #: Bump when the export recipe or the cache key changes: every cached file is then exported again.
 EXPORT_VERSION = 2
 OPSET = 17
