@@ -66,3 +66,44 @@ def test_predict_benchmark_rounds_give_the_median_time_and_largest_rss():
         predict.median_run([*rounds, {**rounds[0], "labels": {"a": "Negative"}}])
     with pytest.raises(SystemExit):
         predict.main(["--repeat", "0"])
+
+
+def test_fallback_calibration_is_fitted_on_the_photos_the_fallback_labels(tmp_path):
+    """benchmarks/group_accuracy.py: a weight-0 fallback's temperature comes from the validation photos with
+    fewer than min_faces faces (where it speaks), and is checked on such test photos; group photos are ignored."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import group_accuracy
+    finally:
+        sys.path.remove(str(BENCH))
+    from groupmood.calibration import Calibration
+    from groupmood.engine.group_cv import Evidence, Stack
+
+    rng = np.random.default_rng(0)
+
+    def evidence(n: int) -> Evidence:
+        y = rng.integers(0, 3, n)
+        faces = [np.zeros((int(rng.integers(0, 4)), 2)) for _ in range(n)]
+        alone = np.array([len(f) < 2 for f in faces])
+        sure = np.full((n, 3), 0.005)
+        hit = rng.random(n) < 0.7  # right 70% of the time, always 99% sure: overconfident
+        sure[np.arange(n), np.where(hit, y, (y + 1) % 3)] = 0.99
+        crowd = np.tile([0.2, 0.2, 0.6], (n, 1))  # on group photos: something else entirely
+        probs = np.where(alone[:, None], sure, crowd)
+        return Evidence([f"p{i}" for i in range(n)], y, {"global": probs}, {"global": np.ones(n, bool)}, (),
+                        faces, [np.full(len(f), 0.01) for f in faces])
+
+    key = "k"
+    for split, n in (("val", 400), ("test", 400)):
+        evidence(n).save(tmp_path / f"evidence_sentiment-{split}-{key}.npz")
+    stack = Stack(None, None, {"global": Calibration(24.0)}, "weighted", {"global": 0.0, "group": 1.0}, None,
+                  fallback=("global",))
+    cals, stats = group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", stack, 2, tmp_path, key)
+    assert set(cals) == {"global"} and 1.0 < cals["global"].temperature < 24.0  # overconfident: softened, not flat
+    st = stats["global"]
+    assert st["test_nll"] < st["test_nll_before"] and st["test_ece"] < st["test_ece_before"]
+    assert 0.6 < st["test_accuracy"] < 0.8 and st["fitted_on"] < 400
+    weighted = Stack(None, None, {"global": Calibration(24.0)}, "weighted", {"global": 0.5}, None, fallback=("global",))
+    assert group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", weighted, 2, tmp_path, key) == ({}, {})

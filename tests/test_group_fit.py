@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from groupmood.calibration import (Calibration, expected_calibration_error, fit_calibration,
                                    negative_log_likelihood)
@@ -268,6 +270,16 @@ def test_written_bundle_keeps_left_out_branches_and_the_whole_image_fallback(tmp
     assert out["fallback"] == ["global"] and out["weights"]["aligned"] == 0.0
     aligned = next(b for b in out["branches"] if b["name"] == "aligned")
     assert aligned["calibration"] == {"temperature": 1.5}
+    group_file = tmp_path / "base" / "face_group.safetensors"
+    with safe_open(str(group_file), "np") as fh:  # a shipped file with the same tensors, other metadata
+        meta = {k: v for k, v in fh.metadata().items() if k != "arch"}
+    save_file(load_file(str(group_file)), str(group_file), metadata=meta)
+    first = group_file.read_bytes()
+    write_group_bundle(stack, base, tmp_path / "base" / "again.yaml", "nonaligned", {"data": "again"})
+    assert group_file.read_bytes() == first
+    stack.head.weight[0, 0] += 1.0  # another fit: the file is replaced
+    write_group_bundle(stack, base, tmp_path / "base" / "other.yaml", "nonaligned", {})
+    assert group_file.read_bytes() != first and not list((tmp_path / "base").glob("tmp*"))
 
 
 def test_bundle_rejects_bad_calibration_and_fusion(tmp_path):

@@ -423,8 +423,26 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
 
 # --------------------------------------------------------------------------- shipping
 
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same tensors and classes (their other metadata aside)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    with safe_open(str(a), "np") as fa, safe_open(str(b), "np") as fb:
+        same_classes = (fa.metadata() or {}).get("classes") == (fb.metadata() or {}).get("classes")
+    return same_classes and ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
 def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -> Path:
-    """The trunk's net with the fitted group head in place of its expression head, as fp16 safetensors."""
+    """The trunk's net with the fitted group head in place of its expression head, as fp16 safetensors.
+
+    An existing ``out`` with the same tensors and classes is kept byte for byte (its sha256 stays),
+    so fitting again on the same photos reproduces a shipped bundle exactly.
+    """
+    import os
+    import tempfile
+
     import torch
 
     from ..checkpoint import load_model, save_model
@@ -437,7 +455,18 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
         model.head.fc.weight.copy_(torch.from_numpy(stack.head.weight))
         model.head.fc.bias.copy_(torch.from_numpy(stack.head.bias))
     meta = {**meta, "classes": list(GROUP_CLASSES), "metric": None, "epoch": None}
-    return save_model(model.eval(), meta, out)
+    out = Path(out)
+    if not out.is_file():
+        return save_model(model.eval(), meta, out)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=out.parent)
+    os.close(fd)
+    try:
+        save_model(model.eval(), meta, tmp)
+        if not _same_tensors(Path(tmp), out):
+            os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
 
 
 def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
