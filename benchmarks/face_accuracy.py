@@ -95,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     table += [f"| {w} | {n} | {a:.4f} | {m:.4f} | {v:.4f} |" for w, n, a, m, v in rows]
     name = (f"Face expression accuracy: `{repo_path(args.checkpoint)}` on {' '.join(args.sets)}"
             f"{' with flip' if args.tta else ''}")
+    # a converted third-party net (groupmood.models.pretrained) carries the default config: no data root
+    origin = (f"trained with `data.kind={cfg0['data'].get('kind')}`, `root={cfg0['data'].get('root')}`, target "
+              f"{cfg0['data'].get('target')}" if cfg0["data"].get("root") else
+              "not trained by groupmood: third-party weights converted to a groupmood file; its card says where from")
     publish_result(name, args.threads, load_start, [
-        f"Model: `{args.checkpoint}`, {cfg0['model']['name']} (trained with `data.kind={cfg0['data'].get('kind')}`, "
-        f"`root={cfg0['data'].get('root')}`, target {cfg0['data'].get('target')})",
+        f"Model: `{args.checkpoint}`, {cfg0['model']['name']} ({origin})",
         f"Test-time flip: {'yes' if args.tta else 'no'}. Accuracy is over the model's expression classes; the "
         "data may lack some (CK+ has no neutral, JAFFE no contempt). Valence maps happiness to Positive, "
         "neutral to Neutral, surprise to Positive, the rest to Negative."
