@@ -895,21 +895,13 @@ class GroupEmotionRecognizer:
             return frozenset()
         return frozenset(n for n in self.fallback if self.weights[n] == 0 and not self.branches[n].is_face)
 
-    def _needs_fallback(self, n_faces: int) -> bool:
-        """Whether no weighted branch speaks on a photo with ``n_faces`` faces (so the fallback must)."""
-        weighted = [br for n, br in self.branches.items() if self.weights[n] > 0]
-        if any(not br.is_face for br in weighted):
-            return False
-        return n_faces < max(1, self.min_faces)
-
     def _predict(self, photos: Sequence[Photo], branches: Mapping[str, Branch], raw: bool,
                  lazy: frozenset[str] = frozenset()) -> list[GroupResult]:
-        """:meth:`predict` on decoded photos, the batch through each model together; the ``lazy`` branches
-        only where :meth:`_needs_fallback`."""
+        """:meth:`predict` on decoded photos, the batch through each model together; the ``lazy`` (fallback-only)
+        branches only on the photos where no branch with a weight spoke."""
         arrays = [ph.pixels for ph in photos]
         faces_per = self.detector.detect(arrays)
         counts = [len(f) for f in faces_per]
-        ran = {n: np.array([n not in lazy or self._needs_fallback(c) for c in counts], dtype=bool) for n in branches}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
         for group in shared_trunks(branches):  # one trunk pass, each branch's own head
@@ -920,34 +912,39 @@ class GroupEmotionRecognizer:
                 per_branch[name] = (branches[name].scores_from_features(feats) if feats is not None
                                     else np.zeros((0, len(GROUP_CLASSES))))
         for name, br in branches.items():
-            if name in per_branch:
+            if name in per_branch or name in lazy:
                 continue
             if br.is_face:
                 parts = [br.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
-                per_branch[name] = br.scores(np.concatenate(parts)) if parts else np.zeros((0, len(GROUP_CLASSES)))
             else:
-                rows = np.full((len(arrays), len(GROUP_CLASSES)), 1.0 / len(GROUP_CLASSES))
-                idx = np.flatnonzero(ran[name])
-                if len(idx):
-                    rows[idx] = br.scores(np.concatenate([br.crops(arrays[i], []) for i in idx]))
-                per_branch[name] = rows
-        results = []
-        for i, (photo, faces) in enumerate(zip(photos, faces_per)):
-            face_probs = {n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face}
-            pooled = {}
+                parts = [br.crops(img, []) for img in arrays]
+            per_branch[name] = br.scores(np.concatenate(parts)) if parts else np.zeros((0, len(GROUP_CLASSES)))
+        face_probs, pooled = [], []
+        for i, faces in enumerate(faces_per):
+            face_probs.append({n: per_branch[n][offsets[i]:offsets[i + 1]] for n, br in branches.items() if br.is_face})
+            pooled.append({})
             for n, br in branches.items():
                 if br.is_face:
-                    pooled[n] = pool(face_probs[n], [f.area for f in faces], br.top_k)
-                    if pooled[n].spoke and len(faces) < self.min_faces:  # abstains; the faces keep their scores
-                        pooled[n] = Pooled.abstain()
-                else:
-                    pooled[n] = Pooled(per_branch[n][i], True, ()) if ran[n][i] else Pooled.abstain()
+                    pooled[i][n] = pool(face_probs[i][n], [f.area for f in faces], br.top_k)
+                    if pooled[i][n].spoke and len(faces) < self.min_faces:  # abstains; the faces keep their scores
+                        pooled[i][n] = Pooled.abstain()
+                elif n not in lazy:
+                    pooled[i][n] = Pooled(per_branch[n][i], True, ())
+        need = [i for i, p in enumerate(pooled) if not any(r.spoke and self.weights[n] > 0 for n, r in p.items())]
+        for name in lazy:
+            br = branches[name]
+            got = dict(zip(need, br.scores(np.concatenate([br.crops(arrays[i], []) for i in need])))) if need else {}
+            for i, p in enumerate(pooled):
+                p[name] = Pooled(got[i], True, ()) if i in got else Pooled.abstain()
+        results = []
+        for i, (photo, faces) in enumerate(zip(photos, faces_per)):
+            raw_pooled = {n: pooled[i][n] for n in branches}  # in branch order
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p
-                          for n, p in pooled.items()}
+                          for n, p in raw_pooled.items()}
             fused = self._fuse(calibrated, faces, photo.pixels.shape[:2])
             own = [f.scaled(*photo.scale) for f in faces]  # in the photo's own coordinates
-            results.append(self._result((photo.height, photo.width), own, face_probs,
-                                        pooled if raw else calibrated, fused))
+            results.append(self._result((photo.height, photo.width), own, face_probs[i],
+                                        raw_pooled if raw else calibrated, fused))
         return results
 
     def decode_short_side(self, all_branches: bool = False) -> int | None:

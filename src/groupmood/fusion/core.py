@@ -20,8 +20,7 @@ from ..errors import ConfigError
 from ..labels import GROUP_CLASSES
 from .pooling import Pooled
 
-__all__ = ["ABSTAIN", "SUM_TOLERANCE", "Fused", "check_weights", "fallback_weights", "fuse", "fuse_rows",
-           "to_probabilities"]
+__all__ = ["ABSTAIN", "SUM_TOLERANCE", "Fused", "check_weights", "fuse", "fuse_rows", "to_probabilities"]
 
 
 #: The label of a photo on which no branch spoke (only possible without a global branch).
@@ -81,11 +80,6 @@ def check_weights(weights: Mapping[str, float], branches: Iterable[str]) -> dict
     return out
 
 
-def fallback_weights(fallback: Sequence[str] | None) -> dict[str, float]:
-    """Equal weights over the fallback branches (none: an empty mapping)."""
-    return {b: 1.0 for b in fallback or ()}
-
-
 def fuse(branches: Mapping[str, Pooled], weights: Mapping[str, float],
          classes: Sequence[str] = GROUP_CLASSES, fallback: Sequence[str] | None = None) -> Fused:
     """Weighted fusion of one photo's branch results; abstaining branches drop out.
@@ -99,21 +93,29 @@ def fuse(branches: Mapping[str, Pooled], weights: Mapping[str, float],
     w = check_weights(weights, names)
     scores = np.stack([to_probabilities(branches[n].probs) for n in names]) if names else np.zeros((0, len(classes)))
     spoke = np.array([branches[n].spoke for n in names], dtype=bool)
-    probs, index, eff = _fuse_arrays(scores[:, None, :], spoke[:, None], np.array([w[n] for n in names]))
-    if index[0] < 0 and fallback:
-        fw = check_weights(fallback_weights(fallback), names)
-        probs, index, eff = _fuse_arrays(scores[:, None, :], spoke[:, None], np.array([fw[n] for n in names]))
+    probs, index, eff = _fuse_arrays(scores[:, None, :], spoke[:, None], np.array([w[n] for n in names]),
+                                     _fallback_mask(fallback, names))
     i = int(index[0])
     return Fused(classes[i] if i >= 0 else ABSTAIN, i, probs[0],
                  {n: float(eff[k, 0]) for k, n in enumerate(names)},
                  {n: bool(spoke[k]) for k, n in enumerate(names)}, tuple(classes))
 
 
-def _fuse_arrays(scores: np.ndarray, spoke: np.ndarray, weights: np.ndarray
+def _fallback_mask(fallback: Sequence[str] | None, names: Sequence[str]) -> np.ndarray | None:
+    """(B,) equal weights of the fallback branches among ``names`` (None: no fallback)."""
+    return np.array([float(n in fallback) for n in names]) if fallback else None
+
+
+def _fuse_arrays(scores: np.ndarray, spoke: np.ndarray, weights: np.ndarray, fallback: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scores (B, N, C) probabilities, spoke (B, N), weights (B,) -> probs (N, C), index (N,), eff (B, N)."""
+    """scores (B, N, C) probabilities, spoke (B, N), weights (B,) -> probs (N, C), index (N,), eff (B, N).
+
+    ``fallback`` (B,) weights stand in for ``weights`` on the photos where no branch with a weight spoke.
+    """
     b, n, c = scores.shape
     raw = weights[:, None] * spoke  # (B, N)
+    if fallback is not None:
+        raw = np.where(raw.sum(axis=0)[None, :] > 0, raw, fallback[:, None] * spoke)
     total = raw.sum(axis=0)  # (N,)
     ok = total > 0
     eff = np.divide(raw, total, out=np.zeros_like(raw, dtype=np.float64), where=ok[None, :])
@@ -140,10 +142,5 @@ def fuse_rows(scores: Mapping[str, np.ndarray], weights: Mapping[str, float],
     sp = np.stack([np.asarray(spoke[n], dtype=bool) if spoke and n in spoke else np.ones(arr.shape[1], bool)
                    for n in names])
     w = check_weights(weights, names)
-    probs, index, _ = _fuse_arrays(arr, sp, np.array([w[n] for n in names]))
-    missing = index < 0
-    if fallback and missing.any():
-        fw = check_weights(fallback_weights(fallback), names)
-        p2, i2, _ = _fuse_arrays(arr[:, missing], sp[:, missing], np.array([fw[n] for n in names]))
-        probs[missing], index[missing] = p2, i2
+    probs, index, _ = _fuse_arrays(arr, sp, np.array([w[n] for n in names]), _fallback_mask(fallback, names))
     return probs, index
