@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,21 +112,27 @@ def base_recognizer(bundle: Path):
     return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches}, min_faces=spec["min_faces"])
 
 
-def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int):
-    """The extra head photos' evidence (collected once, cached), kept to those with at least ``min_faces`` faces."""
+def cached_evidence(bundle: Path, items: Callable[[], list[tuple[Path, int, str]]], cache: Path):
+    """The evidence of the labelled photos ``items()`` under the bundle's base branches: collected once, then read
+    from ``cache`` (named with :func:`evidence_key`, so other branches never reuse it; the photo list is
+    only read when collecting)."""
     from groupmood.engine.group_cv import Evidence, collect_evidence
 
-    items = extra_head_items(shared)
     if cache.is_file():
-        ev = Evidence.load(cache)
-        unknown = set(ev.names) - {n for _, _, n in items}
-        if unknown:
-            raise SystemExit(f"{cache} holds photos outside the train and val splits ({sorted(unknown)[:3]}...); "
-                             "delete it to collect again")
-    else:
-        ev = collect_evidence(base_recognizer(bundle), items, TRUNK,
-                              log=lambda m: print(m, file=sys.stderr))
-        ev.save(cache)
+        return Evidence.load(cache)
+    ev = collect_evidence(base_recognizer(bundle), items(), TRUNK, log=lambda m: print(m, file=sys.stderr))
+    ev.save(cache)
+    return ev
+
+
+def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int):
+    """The extra head photos' evidence (collected once, cached), kept to those with at least ``min_faces`` faces."""
+    items = extra_head_items(shared)
+    ev = cached_evidence(bundle, lambda: items, cache)
+    unknown = set(ev.names) - {n for _, _, n in items}
+    if unknown:
+        raise SystemExit(f"{cache} holds photos outside the train and val splits ({sorted(unknown)[:3]}...); "
+                         "delete it to collect again")
     keep = [i for i, e in enumerate(ev.embeddings) if len(e) >= min_faces]
     return ev.subset(keep), len(items)
 
@@ -145,24 +152,21 @@ def evidence_key(bundle: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def sentiment_evidence(shared: Path, bundle: Path, split: str, cache: Path):
-    """The evidence of one split of the sentiment photos (collected once, cached like multiemova-dev's)."""
-    from groupmood.engine.group_cv import Evidence, collect_evidence
-
-    if cache.is_file():
-        return Evidence.load(cache)
-    ev = collect_evidence(base_recognizer(bundle), sentiment_items(shared, split), TRUNK,
-                          log=lambda m: print(m, file=sys.stderr))
-    ev.save(cache)
-    return ev
+def fallback_photos(ev, branch: str) -> np.ndarray:
+    """The photos of ``ev`` that fallback ``branch`` labels: it spoke and no face branch did (too few faces)."""
+    faces_spoke = np.zeros(len(ev), dtype=bool)
+    for b in ev.face_branches:
+        faces_spoke |= ev.spoke[b]
+    return ev.spoke[branch] & ~faces_spoke
 
 
-def fallback_calibration(shared: Path, bundle: Path, stack, min_faces: int, out: Path, key: str):
+def fallback_calibration(shared: Path, bundle: Path, stack, out: Path, key: str):
     """Temperatures for the fallback-only branches (weight 0), fitted on the photos they decide.
 
     multiemova-dev has no such photo (every one has two or more faces), so a fallback branch's
     temperature fitted there describes it where it never speaks. Here it is fitted on the sentiment
-    validation photos with fewer than ``min_faces`` faces (the photos the fallback labels; photo
+    validation photos where no face branch spoke, fewer than the bundle's ``min_faces`` faces
+    (:func:`fallback_photos`: the photos the fallback labels; photo
     sentiment, the Twitter sets without Neutral) and checked on the test photos of the same kind.
     The temperature changes no label, only how sure the label says it is. Returns the calibrations
     and, per branch, NLL / ECE on those test photos with the multiemova-dev temperature and the new one.
@@ -172,12 +176,11 @@ def fallback_calibration(shared: Path, bundle: Path, stack, min_faces: int, out:
     only = [b for b in stack.fallback if stack.weights.get(b, 0.0) == 0.0]
     if not only:
         return {}, {}
-    val, test = (sentiment_evidence(shared, bundle, s, out / f"evidence_sentiment-{s}-{key}.npz")
-                 for s in ("val", "test"))
+    val, test = (cached_evidence(bundle, lambda s=s: sentiment_items(shared, s),
+                                 out / f"evidence_sentiment-{s}-{key}.npz") for s in ("val", "test"))
     cals, stats = {}, {}
     for b in only:
-        fit_on = np.array([len(e) < max(1, min_faces) for e in val.embeddings]) & val.spoke[b]
-        check = np.array([len(e) < max(1, min_faces) for e in test.embeddings]) & test.spoke[b]
+        fit_on, check = fallback_photos(val, b), fallback_photos(test, b)
         cals[b] = fit_calibration(val.probs[b][fit_on], val.labels[fit_on])
         p, y = test.probs[b][check], test.labels[check]
         before, after = stack.calibration[b].apply(p), cals[b].apply(p)
@@ -322,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from groupmood.engine.group_cv import (Evidence, StackOptions, collect_evidence, cross_validate,
-                                           select_and_fit, write_group_bundle)
+    from groupmood.engine.group_cv import StackOptions, cross_validate, select_and_fit, write_group_bundle
     from groupmood.io import atomic_write_text
     from groupmood.pipeline import GroupEmotionRecognizer
 
@@ -332,12 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     dev_items = multiemova_items(args.shared)
     key = evidence_key(args.bundle)
-    cache = args.out / f"evidence_multiemova-dev-{key}.npz"
-    if cache.is_file():
-        ev = Evidence.load(cache)
-    else:
-        ev = collect_evidence(base_recognizer(args.bundle), dev_items, TRUNK)
-        ev.save(cache)
+    ev = cached_evidence(args.bundle, lambda: dev_items, args.out / f"evidence_multiemova-dev-{key}.npz")
     excluded = [b for b in args.exclude.split(",") if b]
     if excluded:
         ev = ev.without(excluded)
@@ -380,11 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
         return 0
     if args.write_bundle:
-        from groupmood.pipeline import read_bundle
-
         stack = select_and_fit(ev, folds, opts, extra)
-        fb_cal, fb_stats = fallback_calibration(args.shared, args.bundle, stack, read_bundle(args.bundle)["min_faces"],
-                                                args.out, key)
+        fb_cal, fb_stats = fallback_calibration(args.shared, args.bundle, stack, args.out, key)
         stack.calibration.update(fb_cal)
         fused = cv["tables"]["fused"]
         chosen_on = {

@@ -92,7 +92,8 @@ def test_fallback_calibration_is_fitted_on_the_photos_the_fallback_labels(tmp_pa
         sure[np.arange(n), np.where(hit, y, (y + 1) % 3)] = 0.99
         crowd = np.tile([0.2, 0.2, 0.6], (n, 1))  # on group photos: something else entirely
         probs = np.where(alone[:, None], sure, crowd)
-        return Evidence([f"p{i}" for i in range(n)], y, {"global": probs}, {"global": np.ones(n, bool)}, (),
+        return Evidence([f"p{i}" for i in range(n)], y, {"global": probs, "nonaligned": crowd},
+                        {"global": np.ones(n, bool), "nonaligned": ~alone}, ("nonaligned",),  # min_faces 2
                         faces, [np.full(len(f), 0.01) for f in faces])
 
     key = "k"
@@ -100,10 +101,10 @@ def test_fallback_calibration_is_fitted_on_the_photos_the_fallback_labels(tmp_pa
         evidence(n).save(tmp_path / f"evidence_sentiment-{split}-{key}.npz")
     stack = Stack(None, None, {"global": Calibration(24.0)}, "weighted", {"global": 0.0, "group": 1.0}, None,
                   fallback=("global",))
-    cals, stats = group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", stack, 2, tmp_path, key)
+    cals, stats = group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", stack, tmp_path, key)
     assert set(cals) == {"global"} and 1.0 < cals["global"].temperature < 24.0  # overconfident: softened, not flat
     st = stats["global"]
     assert st["test_nll"] < st["test_nll_before"] and st["test_ece"] < st["test_ece_before"]
     assert 0.6 < st["test_accuracy"] < 0.8 and st["fitted_on"] < 400
     weighted = Stack(None, None, {"global": Calibration(24.0)}, "weighted", {"global": 0.5}, None, fallback=("global",))
-    assert group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", weighted, 2, tmp_path, key) == ({}, {})
+    assert group_accuracy.fallback_calibration(tmp_path, tmp_path / "unused.yaml", weighted, tmp_path, key) == ({}, {})

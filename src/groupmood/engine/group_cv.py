@@ -458,14 +458,10 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
     out = Path(out)
     if not out.is_file():
         return save_model(model.eval(), meta, out)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=out.parent)
-    os.close(fd)
-    try:
-        save_model(model.eval(), meta, tmp)
-        if not _same_tensors(Path(tmp), out):
-            os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        new = save_model(model.eval(), meta, Path(tmp) / out.name)
+        if not _same_tensors(new, out):
+            os.replace(new, out)
     return out
 
 
