@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,37 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GROUPMOOD_SHARED", REPO.parent / "shared")) / "data"
+
+
+#: What a test run copies from the user's cache into its own: files it only reads (fetched weights, the
+#: default models' ONNX export, the sample photo, converted third-party nets), so no test downloads again.
+SEEDED = ("weights", "onnx", "samples", "converted")
+_SANDBOX = pytest.StashKey[tuple[Path, "str | None"]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run its own ``GROUPMOOD_HOME`` (a temporary folder, seeded from the user's cache), so that no
+    test writes into the user's cache; subprocesses inherit it. Removed when the run ends."""
+    from groupmood import weights
+
+    user = weights.home()
+    sandbox = Path(tempfile.mkdtemp(prefix="groupmood-test-home-"))
+    for name in SEEDED:
+        if (user / name).is_dir():
+            shutil.copytree(user / name, sandbox / name, ignore=shutil.ignore_patterns(".fetch-*", "*.tmp"))
+    config.stash[_SANDBOX] = (sandbox, os.environ.get("GROUPMOOD_HOME"))
+    os.environ["GROUPMOOD_HOME"] = str(sandbox)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    sandbox, before = config.stash.get(_SANDBOX, (None, None))
+    if sandbox is None:
+        return
+    if before is None:
+        os.environ.pop("GROUPMOOD_HOME", None)
+    else:
+        os.environ["GROUPMOOD_HOME"] = before
+    shutil.rmtree(sandbox, ignore_errors=True)
 
 
 def shared_path(*parts: str) -> Path:

@@ -33,7 +33,7 @@ def test_every_shipped_weight_file_has_card_and_hash():
 
 @pytest.fixture(scope="module")
 def recognizer(detector):
-    return GroupEmotionRecognizer.default(detector=detector)
+    return GroupEmotionRecognizer.default(detector=detector, backend="torch")
 
 
 def test_default_bundle_end_to_end(recognizer, astronaut, coffee):

@@ -49,8 +49,8 @@ def test_bundle_thresholds_reach_predict_and_evaluate_groups(tmp_path, built, as
                  "--backend", "torch", "--no-progress"]) == 0
     assert built[-1].thresholds == (0.55, 0.65, 0.999) and built[-1].factor == 0.6
     assert built[-1].min_face_frac == 0.1
-    main(["evaluate-groups", str(tmp_path / "data"), "--bundle", str(bundle), "--out-dir", str(tmp_path / "ev"),
-          "--no-progress"])
+    assert main(["evaluate-groups", str(tmp_path / "data"), "--bundle", str(bundle), "-o", str(tmp_path / "ev"),
+                 "--no-progress"]) == 0
     assert built[-1].thresholds == (0.55, 0.65, 0.999) and built[-1].factor == 0.6
     # the command line wins over the bundle, the bundle over the authors' defaults
     assert main(["predict", str(photo), "--bundle", str(bundle), "-o", str(tmp_path / "q.jsonl"), "--backend",

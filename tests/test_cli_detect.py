@@ -5,6 +5,9 @@ import numpy as np
 from PIL import Image
 
 from groupmood.cli import main
+from numerics import assert_off_threshold_edge, cascade_error, float32_tolerance, max_abs_diff
+
+RECORD_STEP = 0.01  # records round coordinates to 2 decimals (Face.to_dict)
 
 
 def _folder(tmp_path, astronaut, coffee):
@@ -65,9 +68,14 @@ def test_detect_stdout_and_usage_errors(tmp_path, astronaut, capsys):
     assert main(["detect"]) == 2
 
 
-def test_detect_backends_give_the_same_records(tmp_path, astronaut, coffee):
-    """ONNX Runtime (one photo per CPU) and PyTorch: same files in the same order, same faces to 0.01 px."""
+def test_detect_backends_give_the_same_records(tmp_path, astronaut, coffee, detector):
+    """ONNX Runtime (one photo per CPU) and PyTorch: same files in the same order, same faces. Records round
+    coordinates to 0.01 px, so two values within the float32 tolerance (``numerics``: PyTorch's own error against
+    float64 nets on these photos) may differ by one rounding step more; the photos are off the threshold edge."""
     src = _folder(tmp_path, astronaut, coffee)
+    for k, img in enumerate((astronaut, coffee)):
+        assert_off_threshold_edge(img, detector, name=f"photo {k}")
+    px, _ = cascade_error([astronaut, coffee], detector.runners, detector)
     recs = {}
     for backend in ("onnxruntime", "torch"):
         out = tmp_path / f"{backend}.jsonl"
@@ -78,5 +86,6 @@ def test_detect_backends_give_the_same_records(tmp_path, astronaut, coffee):
     for a, b in zip(ort, ref):
         assert len(a.get("faces", [])) == len(b.get("faces", []))
         for fa, fb in zip(a.get("faces", []), b.get("faces", [])):
-            np.testing.assert_allclose(fa["box"], fb["box"], atol=0.011)
-            np.testing.assert_allclose(fa["landmarks"], fb["landmarks"], atol=0.011)
+            tol = RECORD_STEP + float32_tolerance(np.asarray(fb["box"]), px)
+            assert max_abs_diff(fa["box"], fb["box"]) <= tol
+            assert max_abs_diff(fa["landmarks"], fb["landmarks"]) <= tol

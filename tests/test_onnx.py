@@ -21,6 +21,7 @@ from groupmood.models.registry import list_models, model_info
 from groupmood.pipeline import Branch, GroupEmotionRecognizer
 from groupmood.runtime.export import export_onnx, weights_sha256
 from groupmood.runtime.session import PARITY_TOL, resolve_backend
+from numerics import assert_off_threshold_edge, cascade_error, float32_tolerance, max_abs_diff
 
 pytest.importorskip("onnxruntime")
 
@@ -70,12 +71,14 @@ def test_registered_model_parity(name, astro_faces):
 def test_mtcnn_parity_and_same_faces(detector, astronaut, coffee):
     ort = detector.with_backend("onnxruntime", lambda: [astronaut])
     assert ort.backend == "onnxruntime" and all(r.parity <= PARITY_TOL for r in ort.runners)
-    for img in (astronaut, coffee):
+    px, _ = cascade_error([astronaut, coffee], detector.runners, detector)  # PyTorch's float32 error here
+    for k, img in enumerate((astronaut, coffee)):
+        assert_off_threshold_edge(img, detector, name=f"photo {k}")
         a, b = detector.detect_one(img), ort.detect_one(img)
         assert len(a) == len(b)
         for fa, fb in zip(a, b):
-            np.testing.assert_allclose(fb.box, fa.box, atol=0.01)
-            np.testing.assert_allclose(fb.landmarks, fa.landmarks, atol=0.01)
+            tol = float32_tolerance(fa.box, px)
+            assert max_abs_diff(fb.box, fa.box) <= tol and max_abs_diff(fb.landmarks, fa.landmarks) <= tol
 
 
 def test_cache_reused_and_rebuilt_when_damaged(tmp_path):

@@ -22,6 +22,7 @@ _EXPORTS = {
     "align_faces": "groupmood.align",
     "square_crops": "groupmood.align",
     "GROUP_CLASSES": "groupmood.labels",
+    "sample_path": "groupmood.samples",
 }
 
 __all__ = sorted(_EXPORTS)

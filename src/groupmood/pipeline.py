@@ -540,6 +540,11 @@ class FaceResult:
     def area(self) -> float:
         return box_area(self.box)
 
+    @property
+    def probs_by_class(self) -> dict[str, float]:
+        """This face's probabilities named by group class."""
+        return dict(zip(GROUP_CLASSES, map(float, self.probs)))
+
     def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
         return {
             "box": [round(float(v), 2) for v in self.box],
@@ -588,6 +593,11 @@ class GroupResult:
     width: int
     height: int
     classes: tuple[str, ...] = GROUP_CLASSES
+
+    @property
+    def probs_by_class(self) -> dict[str, float]:
+        """The fused probabilities named by class: ``{"Negative": p, "Neutral": p, "Positive": p}``."""
+        return dict(zip(self.classes, map(float, self.probs)))
 
     def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
         return {
@@ -797,13 +807,19 @@ class GroupEmotionRecognizer:
         return rec.with_backend(backend)
 
     @classmethod
-    def default(cls, device: Any = "cpu", **kwargs: Any) -> GroupEmotionRecognizer:
-        """The shipped bundle (``groupmood/assets/bundle.yaml``); keyword arguments go to :meth:`from_bundle`."""
+    def default(cls, device: Any = "cpu", backend: str = "auto", **kwargs: Any) -> GroupEmotionRecognizer:
+        """The shipped bundle (``groupmood/assets/bundle.yaml``), run as ``groupmood predict`` runs it: ``backend``
+        ``auto`` is ONNX Runtime on a CPU and PyTorch on a GPU. Other keyword arguments go to :meth:`from_bundle`.
+
+        >>> rec = GroupEmotionRecognizer.default()  # doctest: +SKIP
+        >>> rec.predict_one(sample_path("group")).label  # doctest: +SKIP
+        'Positive'
+        """
         path = default_bundle_path()
         if not path.is_file():
             raise WeightsError(f"the default bundle {path} is missing (this install ships no trained models); "
                                "pass a bundle YAML with --bundle / from_bundle(path)")
-        return cls.from_bundle(path, device, **kwargs)
+        return cls.from_bundle(path, device, backend=backend, **kwargs)
 
     def with_fusion(self, weights: Mapping[str, float] | None = None,
                     pooling: str | Mapping[str, str] | None = None) -> GroupEmotionRecognizer:
@@ -981,7 +997,7 @@ class GroupEmotionRecognizer:
         return Fused(GROUP_CLASSES[i], i, probs, fused.weights, fused.spoke)
 
     def predict_one(self, image: ImageLike) -> GroupResult:
-        """Label one photo."""
+        """Label one photo (an RGB array, a PIL image or a path) and return its result itself, not a list."""
         return self.predict([image])[0]
 
     def _result(self, size: tuple[int, int], faces: Sequence[Face], face_probs: Mapping[str, np.ndarray],
