@@ -196,11 +196,15 @@ def fallback_calibration(shared: Path, bundle: Path, stack, out: Path, key: str)
 
 
 def kept_choices(bundle: Path) -> dict:
-    """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py)."""
+    """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py;
+    ``fit_photos``, the list of fitting photos beside the bundle: benchmarks/fit_photos.py)."""
     from groupmood.pipeline import read_bundle
 
     chosen = read_bundle(bundle)["chosen_on"]
-    return {k: chosen[k] for k in ("min_faces",) if k in chosen}
+    kept = {k: chosen[k] for k in ("min_faces",) if k in chosen}
+    if "fit_photos" in chosen:
+        kept["fit_photos"] = Path(chosen["fit_photos"]).name
+    return kept
 
 
 def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:

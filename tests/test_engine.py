@@ -334,3 +334,24 @@ def test_evaluation_never_writes_inside_the_package(tmp_path, monkeypatch):
     assert out == Path("runs") / "eval_face_nonaligned_test"
     assert not out.resolve().is_relative_to(Path(groupmood.__file__).parent)
     assert default_eval_dir(tmp_path / "run" / "best.pt", "val") == tmp_path / "run" / "eval_val"
+
+
+def test_overfit_check_reaches_near_zero_loss(faces, tmp_path, capsys):
+    """``train --overfit 16``: the recipe's batch (64 here) is cut to the 16 items, augmentation, dropout, weight
+    decay and warm-up are off, and the tiny model memorises them: the training loss ends near zero."""
+    run = tmp_path / "run"
+    args = ["train", str(CONFIGS / "tiny.yaml"), "--overfit", "16", "--set", f"data.root={faces}", "--set",
+            "device=cpu", "--set", "train.batch_size=64", "--set", "model.drop_rate=0.5", "--set",
+            "sched.warmup_iters=200", "--out", str(run)]
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_loss"] > 0.5 and rows[-1]["train_loss"] < 0.02 and rows[-1]["train_acc"] == 1.0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["subset"] == 16 and saved["train"]["batch_size"] == 16 and saved["aug"]["enabled"] is False
+    assert "overfit check on 16 items" in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(faces, tmp_path):
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        train(_tiny_cfg(faces, "train.subset=4", "train.batch_size=8"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

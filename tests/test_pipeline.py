@@ -409,3 +409,50 @@ def test_fallback_branch_runs_only_where_no_weighted_branch_speaks(tmp_path, det
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="fallback"):
         GroupEmotionRecognizer.from_bundle(path, detector=detector)
+
+
+def test_evaluate_groups_names_its_in_sample_photos_and_writes_calibrated_scores(tmp_path, detector, astronaut,
+                                                                                coffee, capsys):
+    """A bundle listing its fitting photos (chosen_on.fit_photos): evaluate-groups says how many of the photos it
+    evaluates were fitted on, and by what; its score files are calibrated as the bundle fuses them, so ``fuse``
+    with the bundle's weights gives the bundle's labels on the score files alone."""
+    from groupmood.engine.group_eval import write_fit_photos
+
+    data = tmp_path / "groups"
+    for cls, img, name in (("Positive", astronaut, "astro.jpg"), ("Neutral", coffee, "cup.png")):
+        (data / cls).mkdir(parents=True)
+        Image.fromarray(img).save(data / cls / name)
+    folder = tmp_path / "b"
+    spec_path = _bundle(folder, with_global=False)
+    write_fit_photos(folder / "fit_photos.tsv", [(data / "Positive" / "astro.jpg", "group")])
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["branches"][0]["calibration"] = {"temperature": 0.25}  # a temperature that changes the scores
+    spec["chosen_on"].update(fit_photos="fit_photos.tsv", cv_accuracy=0.5)
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "eval"
+    assert main(["evaluate-groups", str(data), "--bundle", str(spec_path), "-o", str(out), "--no-progress",
+                 "--pooling", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: 1 of the 2 photos evaluated were used to fit this bundle (1 fitted the group head" in printed
+    assert "cross-validated accuracy on its fitting photos is 50.0%" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["in_sample"] == {"known": True, "n": 1, "of": 2, "roles": {"group": 1}}
+    raw = (out / "scores" / "raw" / "aligned_all.txt").read_text()
+    calibrated = (out / "scores" / "aligned_all.txt").read_text()
+    assert raw != calibrated
+    fused = tmp_path / "fused.csv"
+    assert main(["fuse", f"--branch=aligned={out / 'scores' / 'aligned_all.txt'}",
+                 f"--branch=nonaligned={out / 'scores' / 'nonaligned_all.txt'}", "--weights",
+                 "aligned=3,nonaligned=0.5", "-o", str(fused)]) == 0
+    rec = GroupEmotionRecognizer.from_bundle(spec_path, detector=detector, pooling="all")
+    want = {"Positive/astro.jpg": rec.predict_one(astronaut).label}
+    got = {r["name"]: r["label"] for r in csv.DictReader(fused.open()) if r["name"] in want}
+    assert got == want
+
+
+def test_shipped_bundle_lists_its_fitting_photos():
+    from groupmood.pipeline import default_bundle_path, read_bundle
+
+    listed = read_bundle(default_bundle_path())["chosen_on"]["fit_photos"]
+    lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
+    assert sum(ln.endswith("\tgroup") for ln in lines) == 127  # every multiemova-dev photo

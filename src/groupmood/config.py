@@ -316,3 +316,30 @@ def dump_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
     with atomic_write(path) as fh:
         yaml.safe_dump(dict(cfg), fh, sort_keys=False, default_flow_style=None)
     return Path(path)
+
+
+def overfit_check(cfg: Mapping[str, Any], items: int, steps: int = 300) -> dict[str, Any]:
+    """``cfg`` made into an overfit check: can the model and the loss drive the training loss to near zero?
+
+    It trains on ``items`` fixed training items (``train.subset``) for about ``steps`` steps, with what
+    keeps a recipe from memorising them turned off: augmentation, dropout, label smoothing, weight decay,
+    the warm-up and the learning-rate decay; the batch is at most ``items`` and nothing is validated. A
+    recipe that cannot reach a small loss here has a bug (labels, loss, learning rate) before it has a
+    data problem. FERPlus's soft targets (vote distributions) cannot reach zero loss, their entropy is
+    the floor, so the check trains on each face's majority label.
+    """
+    if isinstance(items, bool) or not isinstance(items, int) or items < 1:
+        raise ConfigError(f"the overfit check takes a whole number of training items >= 1, got {items!r}")
+    out = copy.deepcopy(dict(cfg))
+    batch = min(int(out["train"]["batch_size"]), items)
+    out["train"].update(subset=items, val_every=0, batch_size=batch, max_iters=None, max_steps=None,
+                        epochs=-(-steps // (items // batch)))
+    out["aug"]["enabled"] = False
+    out["model"]["drop_rate"] = 0.0
+    out["loss"].update(label_smoothing=0.0)
+    out["optim"]["weight_decay"] = 0.0
+    out["sched"].update(name="constant", warmup_iters=0)
+    if out["data"].get("kind") == "ferplus":
+        out["data"].pop("mode", None)
+        out["data"]["ferplus"] = {**(out["data"].get("ferplus") or {}), "mode": "majority"}
+    return out

@@ -48,6 +48,7 @@ how they were chosen::
                         # group photos, gave the whole-image branch 0); without it such a photo abstains
     chosen_on:                          # free-form record of where the weights come from
       data: GAF 2.0 validation, 2068 photos
+      fit_photos: fit_photos.tsv        # optional: sha256 of each fitting photo (evaluate-groups names the overlap)
       method: grid search over the simplex, step 0.1
       accuracy: {fused: 0.83, aligned: 0.80, nonaligned: 0.70, global: 0.74}
 
@@ -700,8 +701,11 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     det = dict(det)
     if "thresholds" in det:
         det["thresholds"] = tuple(det["thresholds"])
+    chosen_on = dict(raw.get("chosen_on") or {})
+    if isinstance(chosen_on.get("fit_photos"), str):  # the list of fitting photos, beside the bundle
+        chosen_on["fit_photos"] = str((p.parent / chosen_on["fit_photos"]).resolve())
     out.update(branches=out_branches, weights={k: float(v) for k, v in w.items()}, detector=det, fusion=fusion,
-               chosen_on=raw.get("chosen_on") or {}, min_faces=min_faces, fallback=list(fallback),
+               chosen_on=chosen_on, min_faces=min_faces, fallback=list(fallback),
                path=str(p.resolve()))
     return out
 

@@ -7,7 +7,7 @@ import click
 from tqdm import tqdm
 
 from ..data import SPLITS
-from ..engine.group_eval import EVAL_SET_KINDS, evaluate_groups, format_tables, read_group_items
+from ..engine.group_eval import EVAL_SET_KINDS, evaluate_groups, format_tables, in_sample_note, read_group_items
 from .common import build_detector, detector_options
 from .predict import fusion_options, load_recognizer
 
@@ -41,6 +41,9 @@ def evaluate_groups_cmd(data: str, kind: str, split: str | None, bundle: str | N
     report = evaluate_groups(rec, items, out_dir, batch_size, max_pixels, progress=progress,
                              log=lambda msg: tqdm.write(msg, file=sys.stderr))
     click.echo(format_tables(report))
+    note = in_sample_note(report)
+    if note:
+        click.echo(note)
     click.echo(f"{report['n']} photos evaluated, {len(report['errors'])} unreadable; report in {out_dir}/report.json; "
                f"score files in {out_dir}/scores (try: groupmood fuse --search --labels {out_dir}/scores/labels.csv "
                "--branch NAME=FILE ...)", err=True)

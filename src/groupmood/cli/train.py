@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load_config
+from ..config import load_config, overfit_check
 from ..data import SPLITS
 
 _SET_HELP = "Override a config value, e.g. --set train.epochs=3 --set data.root=../shared/data/ferplus (repeatable)."
@@ -28,7 +28,11 @@ def _run_dir(config: Path, cfg: dict, out: Path | None) -> Path:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: the config's `out`, else runs/<config name>).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the config's `device`, auto).")
-def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path | None, device: str | None) -> int:
+@click.option("--overfit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Overfit check: train on N fixed training items, without augmentation, dropout, weight decay "
+                   "or warm-up, about 300 steps, no validation; the training loss should end near zero.")
+def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path | None, device: str | None,
+              overfit: int | None) -> int:
     """Train the recipe CONFIG (a YAML file in configs/) into a run folder.
 
     Under torchrun (``torchrun --nproc_per_node N -m groupmood.cli train CONFIG ...``) every process
@@ -37,6 +41,10 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
     from ..engine.train import train
 
     cfg = load_config(config, overrides)
+    if overfit is not None:
+        cfg = overfit_check(cfg, overfit)
+        if out is None:
+            out = _run_dir(config, cfg, None).with_name(f"{config.stem}-overfit{overfit}")
     run_dir = _run_dir(config, cfg, out)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
@@ -49,6 +57,11 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
               else "best training accuracy (no validation: train.val_every=0 or no val split)")
     click.echo(f"{state} at step {summary['step']}; {metric} {summary['best_metric']:.4f} "
                f"(epoch {summary['best_epoch']})")
+    if overfit is not None:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        click.echo(f"overfit check on {overfit} items: training loss {rows[0]['train_loss']:.4f} (first epoch) -> "
+                   f"{rows[-1]['train_loss']:.4f} (last), accuracy {rows[-1]['train_acc']:.3f}, "
+                   f"{summary['step']} steps")
     if "export" in summary:
         click.echo(f"exported {summary['export']}")
     return 0

@@ -7,12 +7,14 @@ labelled set of photos, keeps every face's scores, and then re-pools them offlin
 * ``report.json``: overall and per-class accuracy of each branch and of the fusion, per pooling;
 * ``confusion_fused.png`` and ``confusion_<branch>.png`` (the bundle's pooling);
 * ``scores/<branch>_<pooling>.txt`` (face branches) and ``scores/<branch>.txt`` (global) in the
-  authors' format, and ``scores/labels.csv``, so ``groupmood fuse --search`` can choose weights.
+  authors' format, calibrated as the bundle fuses them (``scores/raw/``: before calibration), and
+  ``scores/labels.csv``, so ``groupmood fuse`` with the bundle's weights gives the bundle's labels and
+  ``fuse --search`` chooses weights on the same footing.
 
 A branch that abstains on a photo (no face) counts as wrong in ``accuracy`` and is left out of
 ``accuracy_spoke``; ``coverage`` is the fraction of photos it spoke on. Tables use each branch's
 calibration; the ``bundle`` row of the fusion is the recognizer's own decision (with its fusion
-model, if any); score files hold the uncalibrated pooled scores (what ``fuse --search`` refits).
+model, if any). ``in_sample`` counts the photos the bundle was fitted on (its ``chosen_on.fit_photos``).
 """
 from __future__ import annotations
 
@@ -40,7 +42,49 @@ from .evaluate import plot_confusion
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
 
-__all__ = ["EVAL_SET_KINDS", "evaluate_groups", "format_tables", "read_group_items"]
+__all__ = ["EVAL_SET_KINDS", "FIT_ROLES", "evaluate_groups", "format_tables", "in_sample", "read_group_items",
+           "write_fit_photos"]
+
+#: What a bundle fitted on each kind of photo listed in its ``chosen_on.fit_photos`` file.
+FIT_ROLES: dict[str, str] = {
+    "group": "the group head, the temperatures and the fusion weights",
+    "global-train": "the whole-image model's training",
+    "global-val": "the whole-image model's epoch choice and the fallback temperature",
+}
+_DIGEST_CHARS = 16  # 64 bits of each photo's sha256: no two photos of a data set share it
+
+
+def _photo_digest(path: str | Path) -> str:
+    from ..weights import sha256_file
+
+    return sha256_file(path)[:_DIGEST_CHARS]
+
+
+def write_fit_photos(path: str | Path, photos: Sequence[tuple[Path, str]]) -> Path:
+    """Write the list of a bundle's fitting photos: one ``digest<TAB>role`` line per photo file, sorted."""
+    unknown = sorted({role for _, role in photos} - set(FIT_ROLES))
+    if unknown:
+        raise ValueError(f"unknown fitting role(s) {unknown}; known: {', '.join(FIT_ROLES)}")
+    lines = sorted({f"{_photo_digest(p)}\t{role}\n" for p, role in photos})
+    head = "".join(f"# {role}: {what}\n" for role, what in FIT_ROLES.items())
+    atomic_write_text(path, "# sha256[:16] of each photo file a bundle was fitted on, and what it fitted\n" + head
+                      + "".join(lines))
+    return Path(path)
+
+
+def in_sample(paths: Sequence[Path], fit_photos: str | Path) -> dict[str, list[Path]]:
+    """The photos among ``paths`` that a bundle was fitted on, by role (from its ``chosen_on.fit_photos`` file)."""
+    roles: dict[str, str] = {}
+    for line in Path(fit_photos).read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            digest, _, role = line.partition("\t")
+            roles.setdefault(digest, role)
+    out: dict[str, list[Path]] = {}
+    for p in paths:
+        role = roles.get(_photo_digest(p))
+        if role is not None:
+            out.setdefault(role, []).append(p)
+    return out
 
 
 #: Labelled photo sets :func:`read_group_items` reads: ``auto`` or one of the readers of
@@ -94,6 +138,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     image_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if not b.is_face}
     areas: list[np.ndarray] = []
     fused_pred: list[int] = []
+    evaluated: set[Path] = set()
     errors: list[dict[str, str]] = []
     bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evaluate")
     for good, bad in load_batches([p for p, _, _ in items], batch_size, max_pixels):
@@ -103,6 +148,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
                 log(f"skipped {err}")
         results = recognizer.predict([img for _, img in good], raw=True, all_branches=True) if good else []
         for (path, _), res in zip(good, results):
+            evaluated.add(path)
             ys.append(label_of[path][0])
             fused_pred.append(GROUP_CLASSES.index(res.label) if not res.abstained else -1)
             names.append(label_of[path][1])
@@ -133,8 +179,8 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             else:
                 scores[n] = np.stack(image_scores[n])
                 spoke[n] = np.ones(len(names), dtype=bool)
-        pooled_all[variant] = {n: (scores[n], spoke[n]) for n in branches}
         calibrated = calibrate_rows(scores, spoke, {n: b.calibration for n, b in branches.items()})
+        pooled_all[variant] = {n: (scores[n], calibrated[n], spoke[n]) for n in branches}
         models = {n: accuracy_table(np.where(spoke[n], calibrated[n].argmax(1), -1), y) for n in branches}
         if variant == "bundle":  # the recognizer's own decision (its calibration and fusion, model included)
             models["fused"] = accuracy_table(np.asarray(fused_pred), y)
@@ -147,11 +193,12 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     for variant, per in pooled_all.items():
         if variant == "bundle":
             continue
-        for n, (s, sp) in per.items():
+        for n, (raw, cal, sp) in per.items():
             stem = f"{n}_{variant}" if n in face_scores else n
-            path = score_dir / f"{stem}.txt"
-            write_scores(path, [nm for nm, ok in zip(names, sp) if ok], s[sp], fmt="authors")
-            files[f"scores/{stem}"] = str(path)
+            kept = [nm for nm, ok in zip(names, sp) if ok]
+            for folder, values, key in ((score_dir, cal, f"scores/{stem}"), (score_dir / "raw", raw, f"raw/{stem}")):
+                write_scores(folder / f"{stem}.txt", kept, values[sp], fmt="authors")
+                files[key] = str(folder / f"{stem}.txt")
     atomic_write_text(score_dir / "labels.csv",
                       "name,label\n" + "".join(_csv_row(n, GROUP_CLASSES[v]) for n, v in zip(names, y)))
     files["labels"] = str(score_dir / "labels.csv")
@@ -163,9 +210,33 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
                              f"{n}: acc {t['accuracy']:.3f}, n={t['n']}")
         files[f"confusion_{n}"] = str(png)
     report = {"n": len(names), "weights": dict(recognizer.weights), "chosen_on": recognizer.chosen_on,
+              "in_sample": _in_sample_report(recognizer.chosen_on, [p for p, _, _ in items if p in evaluated]),
               "tables": tables, "errors": errors, "files": files}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _in_sample_report(chosen_on: Mapping[str, Any] | None, paths: Sequence[Path]) -> dict[str, Any]:
+    """How many evaluated photos the bundle was fitted on, per role; ``known`` False where the bundle lists none."""
+    listed = (chosen_on or {}).get("fit_photos")
+    if not listed or not Path(listed).is_file():
+        return {"known": False, "n": 0, "roles": {}}
+    found = in_sample(paths, listed)
+    return {"known": True, "n": len({p for ps in found.values() for p in ps}), "of": len(paths),
+            "roles": {role: len(ps) for role, ps in found.items()}}
+
+
+def in_sample_note(report: Mapping[str, Any]) -> str | None:
+    """A warning line when evaluated photos were among the bundle's fitting photos (in-sample figures)."""
+    ins = report.get("in_sample") or {}
+    if not ins.get("n"):
+        return None
+    roles = "; ".join(f"{n} fitted {FIT_ROLES.get(role, role)}" for role, n in ins["roles"].items())
+    held_out = (report.get("chosen_on") or {}).get("cv_accuracy")
+    cv = (f"; the bundle's cross-validated accuracy on its fitting photos is {100 * held_out:.1f}% "
+          "(chosen_on.cv_accuracy)") if held_out is not None else ""
+    return (f"note: {ins['n']} of the {ins['of']} photos evaluated were used to fit this bundle ({roles}): the "
+            f"figures above are in-sample for them, not held out{cv}")
 
 
 def _csv_row(*fields: str) -> str:

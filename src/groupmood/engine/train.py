@@ -33,6 +33,7 @@ import io
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -263,9 +264,12 @@ class Trainer:
         if dist_.requested():
             self.device = dist_.process_device(self.device)
             self.dist = dist_.setup(self.device)
+        created = not self.run_dir.exists()
         try:
             self._build(resume)
         except BaseException:
+            if created and self.dist.is_main:  # a run that could not start leaves no folder behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             dist_.teardown(self.dist)
             raise
 
