@@ -39,3 +39,30 @@ def test_first_python_example_prints_labels_with_class_names(tmp_path):
 def test_lower_level_python_example_runs(tmp_path):
     lines = _run(BLOCKS[1], tmp_path).splitlines()
     assert lines == ["5 (5, 112, 96, 3) (5, 48, 48)", "1 (1, 112, 96, 3) (1, 48, 48)"]
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_train_your_own_model_loop_runs_as_written(tmp_path):
+    """The README's "Train your own model" block, line by line, in a folder that looks like the repo root
+    (configs/ and .venv/ linked, ../shared beside it): every step exits 0, the overfit check ends near zero
+    loss and the bundle of the new model labels the group sample."""
+    import json
+
+    from conftest import SHARED_DATA, shared_path
+
+    shared_path("ckplus48")
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Train your own model", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("configs", ".venv"):
+        (root / name).symlink_to(REPO / name)
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent)
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=root, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    overfit = [json.loads(x) for x in (root / "runs" / "overfit" / "metrics.jsonl").read_text().splitlines()]
+    assert overfit[-1]["train_loss"] < 0.05
+    record = json.loads((root / "runs" / "mine" / "group.jsonl").read_text())
+    assert record["n_faces"] == 5 and record["branches"]["mine"]["spoke"]
