@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs 
     from fastapi.testclient import TestClient
 
 LIMITS = ServeLimits(max_upload_bytes=1024 * 1024, max_pixels=4_000_000, max_files=4)
+LOCAL = "http://127.0.0.1:8000"  # the server answers its own host names only (not the test client's "testserver")
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -74,7 +76,7 @@ def tiny(tmp_path_factory, detector, one_thread) -> tuple[Path, GroupEmotionReco
 @pytest.fixture(scope="module")
 def client(tiny):
     bundle, rec = tiny
-    with TestClient(create_app(lambda: rec, bundle, LIMITS)) as c:
+    with TestClient(create_app(lambda: rec, bundle, LIMITS), base_url=LOCAL) as c:
         yield c
 
 
@@ -94,7 +96,7 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
     assert main(["predict", "group.jpg", "-o", "pred.jsonl", "--no-progress"]) == 0
     expected = json.loads((tmp_path / "pred.jsonl").read_text(encoding="utf-8"))
     app = create_app(lambda: build_recognizer(None, "cpu"), default_bundle_path())
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         answer = c.post("/v1/predict", files=_files(("group.jpg", (tmp_path / "group.jpg").read_bytes())))
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"records": [expected]}  # same keys, same numbers
@@ -201,25 +203,39 @@ def test_wrong_method_is_405_with_allow(client, method):
     assert missing.status_code == 404 and "nothing at /v2/nothing" in missing.json()["error"]
 
 
-def test_nothing_kept_after_the_answer_and_the_temporary_folder_is_private(tiny, photos, tmp_path, monkeypatch):
+def test_nothing_of_an_upload_is_written_to_disk(tiny, photos, tmp_path, monkeypatch):
     bundle, rec = tiny
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    written: list[str] = []
     seen = []
 
     def watching(image: np.ndarray):
-        (folder,) = tmp_path.iterdir()
-        seen.append((folder.name, stat.S_IMODE(folder.stat().st_mode)))
+        seen.append(list(tmp_path.iterdir()))
         return rec.predict_one(image)
+
+    def hook(event: str, args: tuple) -> None:  # any file opened for writing while the server works
+        if event == "open" and len(args) > 2:
+            mode, flags = args[1], args[2]
+            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                written.append(str(args[0]))
 
     app = create_app(lambda: rec, bundle, LIMITS)
     app.dependency_overrides[get_labeller] = lambda: watching
-    with TestClient(app) as c:
-        assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]))).status_code == 200
-        assert list(tmp_path.iterdir()) == []
-        assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]), ("t.jpg", b"x"))
-                      ).status_code == 415
-        assert list(tmp_path.iterdir()) == []
-    assert len(seen) == 1 and seen[0][0].startswith("groupmood-serve-") and seen[0][1] == 0o700
+    with TestClient(app, base_url=LOCAL) as c:
+        _AUDIT.append(hook)
+        try:
+            assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]))).status_code == 200
+            assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]), ("t.jpg", b"x"))
+                          ).status_code == 415
+        finally:
+            _AUDIT.remove(hook)
+    assert seen == [[]] and list(tmp_path.iterdir()) == []
+    assert written == []  # uploads are decoded from memory: a kill at any moment leaves nothing behind
+
+
+_AUDIT: list = []
+sys.addaudithook(lambda event, args: [h(event, args) for h in list(_AUDIT)] and None)
 
 
 def test_an_unexpected_failure_is_a_json_500(tiny, photos):
@@ -230,7 +246,7 @@ def test_an_unexpected_failure_is_a_json_500(tiny, photos):
 
     app = create_app(lambda: rec, bundle, LIMITS)
     app.dependency_overrides[get_labeller] = lambda: broken
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as c:
         answer = c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"])))
         assert answer.status_code == 500
         assert answer.json()["error"].startswith("internal error (RuntimeError: out of cheese)")
@@ -251,7 +267,7 @@ def test_full_queue_answers_503_with_retry_after_while_health_still_answers(tiny
     app = create_app(lambda: rec, bundle, ServeLimits(workers=1, queue=0, retry_after_s=3))
     app.dependency_overrides[get_labeller] = lambda: slow
     first: dict = {}
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         t = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", files=_files(
             ("a.jpg", photos["astronaut.jpg"])))))
         t.start()
@@ -273,7 +289,7 @@ def test_concurrent_requests_get_their_own_records(tiny, photos):
     bundle, rec = tiny
     app = create_app(lambda: rec, bundle, ServeLimits(workers=2, queue=4))
     answers: dict[str, dict] = {}
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         def ask(name: str) -> None:
             answers[name] = c.post("/v1/predict", files=_files((name, photos[name]))).json()
         threads = [threading.Thread(target=ask, args=(n,)) for n in [*photos, *photos]]

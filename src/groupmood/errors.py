@@ -43,3 +43,14 @@ class DatasetError(GroupmoodError):
 
 class OutputError(GroupmoodError):
     """An output file or folder cannot be written there; names it, says why and what to do."""
+
+
+class PatternError(GroupmoodError, ValueError):
+    """An input glob pattern cannot be read (e.g. a reversed range ``[z-a]``); names it."""
+
+
+class DiskFullError(OutputError):
+    """An output could not be written because the disk (or quota) is full; says what was kept."""
+
+    #: Exit status of the command line: distinct from 1 (some photos failed) and 2 (usage errors).
+    exit_code = 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import os
 import re
 import stat
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError, display_path
+from .errors import ImageLoadError, PatternError, display_path
 
 #: Extensions picked up when a folder is given (explicit files are read whatever their name).
 IMAGE_EXTENSIONS = frozenset({
@@ -77,6 +78,12 @@ def check_image_file(path: str | Path) -> int:
             raise ImageLoadError(p, "permission denied") from None
         raise ImageLoadError(p, f"cannot stat file ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(p):
+                pass
+        except OSError as exc:  # a folder walk met it and could not list it: its photos were not read
+            raise ImageLoadError(p, f"folder cannot be read ({exc.strerror or exc}); its photos were not read: "
+                                    "give yourself read access (chmod u+rx) and run again") from None
         raise ImageLoadError(p, "is a folder, not an image file")
     if not stat.S_ISREG(st.st_mode):
         raise ImageLoadError(p, f"not a regular file ({file_kind(st.st_mode)}); only image files are read")
@@ -91,15 +98,26 @@ _REDUCIBLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "I", "F", "CMYK"})
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
+#: A 32-bit integer or float image is scaled to 0..255 between these percentiles of its values, the
+#: values beyond them clipped: one extreme pixel (a float TIFF with a 3e38 among values 0..1) would
+#: otherwise take the whole scale and turn the photo black.
+_SCALE_PERCENTILES = (0.1, 99.9)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; alpha is composited on white."""
+    """Convert any PIL mode to 8-bit RGB; alpha is composited on white.
+
+    16-bit images are scaled from their full range (0..65535); 32-bit integer and float images from
+    the 0.1th to the 99.9th percentile of their values, outliers clipped (:data:`_SCALE_PERCENTILES`).
+    """
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
         if img.mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(arr, _SCALE_PERCENTILES))
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -204,6 +222,34 @@ def _pil_settings() -> Iterator[None]:
                 Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_SAVED
 
 
+def _decode(p: Path, img: Image.Image, max_pixels: int | None, min_short_side: int | None) -> Photo:
+    """An opened image as a :class:`Photo` (see :func:`load_photo`); ``p`` names it in errors.
+
+    ``img`` is changed (drafted, loaded, transposed): callers pass an image they opened, or a copy.
+    """
+    full = img.size
+    if full[0] < 1 or full[1] < 1:
+        raise ImageLoadError(p, f"image has no pixels ({full[0]} x {full[1]})")
+    k = reduction(*full, min_short_side)
+    if k > 1 and img.format == "JPEG":
+        # libjpeg scales by 1/k while decoding (to ceil(size / k)); PIL picks k from size // request
+        img.draft(img.mode, (full[0] // k, full[1] // k))
+    _check_size(p, img, max_pixels)
+    img.load()
+    _check_finite(p, img)
+    drafted = img.size != full
+    orient = img.getexif().get(ExifTags.Base.Orientation, 1)
+    ImageOps.exif_transpose(img, in_place=True)
+    if k > 1 and not drafted and img.mode in _REDUCIBLE:
+        img = img.reduce(k)
+        k = 1
+    rgb = _to_rgb(img)
+    if k > 1 and not drafted:
+        rgb = rgb.reduce(k)
+    w, h = (full[1], full[0]) if orient in (5, 6, 7, 8) else full
+    return Photo(np.asarray(rgb, dtype=np.uint8).copy(), w, h)
+
+
 def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                min_short_side: int | None = None) -> Photo:
     """Read ``path`` as a :class:`Photo`: RGB pixels, EXIF orientation applied, and the photo's own size.
@@ -215,27 +261,35 @@ def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     p = Path(path)
     check_image_file(p)
+    return _load(p, p, max_pixels, min_short_side)
+
+
+def load_photo_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     min_short_side: int | None = None) -> Photo:
+    """The photo in ``data`` (a file's bytes, e.g. an upload) decoded as :func:`load_photo` decodes a file.
+
+    Nothing is written to disk; ``name`` names the photo in an :class:`ImageLoadError`.
+    """
+    if not data:
+        raise ImageLoadError(name, "empty file (0 bytes)")
+    return _load(Path(name), io.BytesIO(data), max_pixels, min_short_side)
+
+
+def photo_from_pil(img: Image.Image, min_short_side: int | None = None, name: str = "image") -> Photo:
+    """A PIL image as a :class:`Photo`, through the decoding of files: EXIF orientation, 16-bit and float
+    scaling, NaN refusal, the reduction to ``min_short_side`` (``img`` itself is not changed)."""
     try:
-        with _pil_settings(), Image.open(p) as img:
-            full = img.size
-            k = reduction(*full, min_short_side)
-            if k > 1 and img.format == "JPEG":
-                # libjpeg scales by 1/k while decoding (to ceil(size / k)); PIL picks k from size // request
-                img.draft(img.mode, (full[0] // k, full[1] // k))
-            _check_size(p, img, max_pixels)
-            img.load()
-            _check_finite(p, img)
-            drafted = img.size != full
-            orient = img.getexif().get(ExifTags.Base.Orientation, 1)
-            ImageOps.exif_transpose(img, in_place=True)
-            if k > 1 and not drafted and img.mode in _REDUCIBLE:
-                img = img.reduce(k)
-                k = 1
-            rgb = _to_rgb(img)
-            if k > 1 and not drafted:
-                rgb = rgb.reduce(k)
-            w, h = (full[1], full[0]) if orient in (5, 6, 7, 8) else full
-            return Photo(np.asarray(rgb, dtype=np.uint8).copy(), w, h)
+        img.load()
+        return _decode(Path(name), img.copy(), None, min_short_side)  # a copy has no format: no draft mode
+    except (OSError, ValueError) as exc:
+        raise ImageLoadError(name, f"cannot read the PIL image ({exc})") from exc
+
+
+def _load(p: Path, source: Path | io.BytesIO, max_pixels: int | None, min_short_side: int | None) -> Photo:
+    """Open ``source`` with PIL and decode it (:func:`_decode`); every failure an :class:`ImageLoadError` naming ``p``."""
+    try:
+        with _pil_settings(), Image.open(source) as img:
+            return _decode(p, img, max_pixels, min_short_side)
     except UnidentifiedImageError as exc:
         fmt = _UNSUPPORTED.get(p.suffix.lower())
         if fmt:
@@ -292,16 +346,23 @@ def _recursive_glob(pattern: str) -> list[Path]:
             rx += ".*" if last else "(?:[^/]*/)*"
         else:
             rx += _translate_part(part) + ("" if last else "/")
-    matcher = re.compile(rx, re.DOTALL)
+    try:
+        matcher = re.compile(rx, re.DOTALL)
+    except re.error as exc:
+        raise PatternError(f"{display_path(pattern)}: not a valid glob pattern ({exc}); fix the pattern "
+                           "(a range such as [a-z] goes from low to high) or quote a literal [ as [[]") from None
     out = []
-    for dirpath, dirs, files in os.walk(root):  # followlinks=False: folder symlinks are listed, not entered
+    unreadable: list[str] = []
+    for dirpath, dirs, files in os.walk(root, onerror=lambda exc: unreadable.append(exc.filename)):
+        # followlinks=False: folder symlinks are listed, not entered
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, root)
         for name in [*dirs, *sorted(f for f in files if not f.startswith("."))]:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             if matcher.fullmatch(rel):
                 out.append(Path(prefix + rel))
-    return out
+    # a folder that could not be listed is yielded itself, so that it is reported (check_image_file)
+    return out + [Path(f) for f in unreadable]
 
 
 def _expand_glob(pattern: str) -> list[Path]:
@@ -317,7 +378,9 @@ def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = Non
     walks never enter folder symlinks, so a link to a parent folder cannot make them run for ever.
     A path that neither exists nor matches a glob is yielded as-is so that the caller reports it
     (missing file, pattern without a match, symlink loop) instead of silently dropping it; so is a
-    FIFO or device named like an image. A folder without an image file is noted in ``notes``.
+    FIFO or device named like an image. A folder that cannot be listed (permission denied) is yielded
+    itself, so that it is reported as a failed input (:func:`check_image_file` says why); a folder
+    without an image file is noted in ``notes``. A glob that cannot be read raises :class:`PatternError`.
     """
     seen: set[str] = set()
 
@@ -329,12 +392,16 @@ def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = Non
 
     def walk(folder: Path) -> Iterator[Path]:
         found = 0
-        for root, dirs, files in os.walk(folder):
+        unreadable: list[str] = []
+        for root, dirs, files in os.walk(folder, onerror=lambda exc: unreadable.append(exc.filename)):
             dirs.sort()
             for name in sorted(files):
                 if Path(name).suffix.lower() in _WALKED_EXTENSIONS:
                     found += 1
                     yield from emit(Path(root) / name)
+        for f in unreadable:  # a folder that could not be listed is reported as a failed input
+            found += 1
+            yield from emit(Path(f))
         if not found and notes is not None:
             notes.append(f"{display_path(folder)}: no image files in this folder")
 

@@ -14,7 +14,10 @@ from PIL import Image
 
 from .models.registry import ModelInfo
 
-__all__ = ["center_crop_array", "normalize_array", "resized_size"]
+__all__ = ["MAX_RESIZED_PIXELS", "center_crop_array", "normalize_array", "resized_size"]
+
+#: Above this many pixels in the resized photo, only the centre crop is resampled (see :func:`center_crop_array`).
+MAX_RESIZED_PIXELS = 4_000_000
 
 
 def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -25,22 +28,39 @@ def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
 
 
 def center_crop_array(img: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo -> the (h, w, 3) uint8 input of whole-image model ``info`` (resize + centre crop)."""
+    """(H, W, 3) uint8 RGB photo -> the (h, w, 3) uint8 input of whole-image model ``info`` (resize + centre crop).
+
+    When the resized photo would exceed :data:`MAX_RESIZED_PIXELS` (a strip: 1 x 80000 would become
+    256 x 20480000), only the pixels the crop keeps are resampled (PIL's ``resize`` with a source
+    ``box``: the same filter, within one grey level), so the work is bounded by the crop whatever
+    the aspect ratio.
+    """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"expected an image with at least one pixel, got shape {img.shape}")
     if not info.resize:
         raise ValueError(f"model {info.name} has no 'resize' in its recipe; a centre crop needs one")
-    nh, nw = resized_size(img.shape[0], img.shape[1], int(info.resize))
-    out = img
-    if (nh, nw) != img.shape[:2]:
-        out = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
+    h, w = int(img.shape[0]), int(img.shape[1])
+    nh, nw = resized_size(h, w, int(info.resize))
     ch, cw = int(info.input_size[0]), int(info.input_size[1])
-    if ch > nh or cw > nw:  # torchvision pads a crop larger than the image with zeros
-        dh, dw = max(0, ch - nh), max(0, cw - nw)
-        out = np.pad(out, ((dh // 2, (dh + 1) // 2), (dw // 2, (dw + 1) // 2), (0, 0)))
-        nh, nw = out.shape[:2]
-    top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
-    return np.ascontiguousarray(out[top:top + ch, left:left + cw])
+    # the crop in resized coordinates; torchvision pads a crop larger than the image with zeros
+    top = int(round((nh - ch) / 2.0)) if ch <= nh else -((ch - nh) // 2)
+    left = int(round((nw - cw) / 2.0)) if cw <= nw else -((cw - nw) // 2)
+    y0, y1 = max(0, top), min(nh, top + ch)
+    x0, x1 = max(0, left), min(nw, left + cw)
+    if (nh, nw) == (h, w):
+        kept = img[y0:y1, x0:x1]
+    elif nh * nw <= MAX_RESIZED_PIXELS:
+        kept = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))[y0:y1, x0:x1]
+    else:
+        sy, sx = h / nh, w / nw
+        box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        kept = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((x1 - x0, y1 - y0), Image.BILINEAR,
+                                                                             box=box))
+    out = np.zeros((ch, cw, 3), np.uint8)
+    out[y0 - top:y1 - top, x0 - left:x1 - left] = kept
+    return out
 
 
 def normalize_array(x: np.ndarray, info: ModelInfo) -> np.ndarray:

@@ -6,7 +6,10 @@ directly, never replaced by a regular file.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -56,6 +59,92 @@ def atomic_write(path: str | Path, mode: str = "w", durable: bool = False) -> It
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class RunLock:
+    """An exclusive lock held through a lock file (``flock``), so that two runs never write one output.
+
+    :meth:`acquire` writes this process's id into the file, so that a refused run can name the
+    holder. The lock is the kernel's: a killed holder releases it at once, and a lock file left by
+    a killed run takes nothing. With ``remove`` the file is deleted on :meth:`release`; a run that
+    opened the old file before the deletion sees that the path no longer leads to its file and
+    opens it again, so two runs never both hold the lock.
+    """
+
+    def __init__(self, path: str | Path, remove: bool = True) -> None:
+        self.path = Path(path)
+        self.remove = remove
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        """Take the lock; False when another process holds it (only without ``wait``)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file as we opened it: take the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """The process that holds the lock, in words (its id, as it wrote it)."""
+        try:
+            pid = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            pid = ""
+        return f"process {pid}" if pid.isdigit() else "another process"
+
+    def release(self) -> None:
+        """Let the lock go (and delete the lock file with ``remove``); nothing when not held."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self.remove:
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed because the disk or the user's quota is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: A text cell a spreadsheet would read as a formula: it starts with = + - @ (or a tab or CR before one).
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def csv_text_cell(text: str) -> str:
+    """``text`` safe for a CSV text cell opened in a spreadsheet: a cell that would read as a formula
+    (``=HYPERLINK(...)``) gets a leading ``'``, as spreadsheets expect; :func:`csv_text_value` undoes it."""
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def csv_text_value(cell: str) -> str:
+    """The text :func:`csv_text_cell` was given (one leading ``'`` removed where it added one)."""
+    return cell[1:] if cell.startswith("'") and _FORMULA.match(cell[1:]) else cell
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

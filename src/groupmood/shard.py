@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError, GroupmoodError, display_path
-from .io import atomic_write_text
+from .io import atomic_write_text, csv_text_value
 
 __all__ = ["MergeError", "PredictShards", "Shard", "find_shards", "merge_predictions", "parse_shard",
            "resolve_shard", "shard_option", "shard_output"]
@@ -226,7 +226,7 @@ def _read_records(path: Path, fmt: str) -> tuple[str, list[tuple[str, str]]]:
             csv.writer(buf, lineterminator="\n").writerow(r)
             return buf.getvalue()
 
-        return line(rows[0]), [(r[0], line(r)) for r in rows[1:] if r]
+        return line(rows[0]), [(csv_text_value(r[0]), line(r)) for r in rows[1:] if r]
     out = []
     for ln in text.split("\n"):
         if not ln.strip():

@@ -4,10 +4,13 @@ The subcommands are loaded lazily (click's "LazyGroup" pattern): ``groupmood pre
 ``groupmood.cli.predict`` and nothing of the other commands, so a CPU prediction with ONNX Runtime
 never imports torch. ``groupmood --help`` lists the commands from :data:`SUMMARIES` without importing them.
 
-``main(argv)`` returns the exit status instead of exiting, so tests call it directly.
+``main(argv)`` returns the exit status instead of exiting, so tests call it directly: 0 done, 1 some
+photos failed, 2 a usage or input error (nothing done), 3 the disk is full (what was finished is kept),
+130 interrupted.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,7 +18,7 @@ from typing import Any
 
 import click
 
-from ..errors import GroupmoodError
+from ..errors import DiskFullError, GroupmoodError, display_path
 
 #: Command name -> ``"module:attribute"`` (module relative to this package) of its click command.
 COMMANDS: dict[str, str] = {
@@ -124,7 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except GroupmoodError as exc:
         click.echo(f"error: {exc}", err=True)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {display_path(exc.filename)}" if exc.filename else ""
+        click.echo(f"error: no space left on device{where}; free some space and run the command again (predict "
+                   "and detect: with --resume; cache build continues by itself)", err=True)
+        return DiskFullError.exit_code
     return int(rv or 0)
 
 

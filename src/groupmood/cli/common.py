@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +16,9 @@ import click
 from tqdm import tqdm
 
 from ..detect import FaceDetector
-from ..errors import ConfigError, ImageLoadError, OutputError, display_path
+from ..errors import ConfigError, DiskFullError, ImageLoadError, OutputError, display_path
 from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, load_photo, path_key
-from ..io import atomic_write, output_target
+from ..io import RunLock, atomic_write, atomic_write_text, is_disk_full, output_target
 
 
 def detector_options(fn: Callable) -> Callable:
@@ -152,6 +152,30 @@ def output_stems(paths: Sequence[Path]) -> dict[Path, Path]:
     return out
 
 
+def refuse_outputs_over_inputs(paths: Sequence[Path], files: Mapping[str, str | Path | None],
+                               per_photo: Mapping[str, Mapping[Path, Path]] | None = None) -> None:
+    """An :class:`OutputError` when an output file would replace an input photo.
+
+    ``files`` are single outputs by option (``{"-o": "preds.jsonl", "--report": ...}``, None or ``-``
+    for none); ``per_photo`` the files an option writes for each photo (``--annotate``). Paths are
+    compared after symlinks are resolved (:func:`~groupmood.images.path_key`).
+    """
+    inputs = {path_key(p): p for p in paths}
+    for option, target in files.items():
+        if target is None or str(target) == "-":
+            continue
+        hit = inputs.get(path_key(output_target(target)[0]))
+        if hit is not None:
+            raise OutputError(f"{option} {display_path(target)} is one of the input photos ({display_path(hit)}); "
+                              "writing it would replace the photo: choose another output file")
+    for option, made in (per_photo or {}).items():
+        for photo, out in made.items():
+            hit = inputs.get(path_key(out))
+            if hit is not None:
+                raise OutputError(f"{option} would write {display_path(out)} (for {display_path(photo)}) over the "
+                                  f"input photo {display_path(hit)}; choose a folder that holds no input photos")
+
+
 class PartialFileSink:
     """An output file written through FILE.partial and renamed to FILE when the run completes.
 
@@ -162,13 +186,19 @@ class PartialFileSink:
     are dropped so those photos are tried again. The kept records go into a new FILE.partial that
     replaces the old one only once it is on disk, so a kill at any moment loses nothing.
     Subclasses give the header, read records back and write them.
+
+    One run at a time writes FILE: a second run on the same file (with or without ``resume``) is
+    refused, naming the process that writes it (a lock beside FILE, :class:`~groupmood.io.RunLock`).
+    ``settings`` (what makes the records, e.g. the bundle and the fusion weights) are kept beside
+    FILE in ``FILE.settings.json``; a resume with other settings is refused.
     """
 
-    def __init__(self, path: str | None, resume: bool = False) -> None:
+    def __init__(self, path: str | None, resume: bool = False, settings: Mapping[str, Any] | None = None) -> None:
         self.done: set[str] = set()
         self.retried = 0
         self.path: Path | None = None
         self.partial: Path | None = None
+        self._lock: RunLock | None = None
         self._fh: IO[str] = sys.stdout
         if path is None or path == "-":
             if resume:
@@ -188,17 +218,55 @@ class PartialFileSink:
                 self._write_header()
                 return
             real.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(real.with_name(f".{real.name}.lock"))
+            if not self._lock.acquire():
+                holder, self._lock = self._lock.holder(), None
+                raise OutputError(f"-o {display_path(path)} is being written by another run ({holder}); wait for "
+                                  "it to finish (--resume then continues it) or write to another file")
             self.path = real
             self.partial = real.with_name(real.name + ".partial")
             src = self.previous() if resume else None
+            if settings is not None:
+                self._check_settings(real, dict(settings), src)
             text = src.read_bytes().decode("utf-8", "replace") if src is not None else ""
             kept = self._read_back(text, src) if src is not None else self.header()
             with atomic_write(self.partial, "w", durable=True) as fh:
                 fh.write(kept)
             self._fh = open(self.partial, "a", encoding="utf-8", newline="")
         except OSError as exc:
+            self._release()
+            if is_disk_full(exc):
+                raise DiskFullError(f"cannot write -o {display_path(path)}: {exc.strerror}; free some space and "
+                                    "run the command again") from None
             raise OutputError(f"cannot write -o {display_path(path)}: {exc.strerror or exc}; choose another "
                               "output file or folder") from None
+        except BaseException:
+            self._release()
+            raise
+
+    @staticmethod
+    def _check_settings(real: Path, settings: dict[str, Any], src: Path | None) -> None:
+        """Refuse to resume ``src`` when it was written with other settings; record this run's beside ``real``."""
+        sidecar = real.with_name(real.name + ".settings.json")
+        now = json.loads(json.dumps(settings))  # tuples as lists, as they come back from the file
+        if src is not None:
+            try:
+                before = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                before = None  # an output of an older version, or one whose settings file was removed
+            if isinstance(before, dict) and before != now:
+                keys = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+                shown = "; ".join(f"{k}: {json.dumps(before.get(k))} then, {json.dumps(now.get(k))} now"
+                                  for k in keys)
+                raise ConfigError(f"{display_path(src)} was written with other settings ({shown}); resume with the "
+                                  "options of that run (--bundle, --weights, --preset, --pooling, detector "
+                                  "options) or write to a new file")
+        atomic_write_text(sidecar, json.dumps(now, indent=1, sort_keys=True) + "\n")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _write_header(self) -> None:
         self._fh.write(self.header())
@@ -227,13 +295,24 @@ class PartialFileSink:
         raise NotImplementedError
 
     def close(self, complete: bool = True) -> None:
-        """Close; when the run completed, move the partial file into place."""
-        if self._fh is sys.stdout:
-            self._fh.flush()
-            return
-        self._fh.close()
-        if complete and self.partial is not None and self.path is not None:
-            os.replace(self.partial, self.path)
+        """Close; when the run completed, move the partial file into place. The lock goes in any case.
+
+        A run that did not complete closes quietly: a full disk that made it stop cannot also make
+        the close fail (the records already flushed are in the partial file).
+        """
+        try:
+            if self._fh is sys.stdout:
+                self._fh.flush()
+                return
+            try:
+                self._fh.close()
+            except OSError:
+                if complete:
+                    raise
+            if complete and self.partial is not None and self.path is not None:
+                os.replace(self.partial, self.path)
+        finally:
+            self._release()
 
 
 def complete_lines(text: str) -> list[str]:
@@ -243,22 +322,39 @@ def complete_lines(text: str) -> list[str]:
 
 
 class JsonlSink(PartialFileSink):
-    """JSON Lines output; with ``resume``, records already written are kept and their files skipped."""
+    """JSON Lines output; with ``resume``, records already written are kept and their files skipped.
+
+    A resume refuses a file that holds CSV (or nothing that reads as JSON Lines), and a record whose
+    ``file`` is not a name: it never drops another run's rows.
+    """
 
     def _read_back(self, text: str, src: Path) -> str:
         kept = []
-        for ln in complete_lines(text):
+        lines = complete_lines(text)
+        if lines and lines[0].startswith("file,"):
+            raise ConfigError(f"{display_path(src)} holds CSV (its first line is the CSV header); resume it with "
+                              "--format csv, or write JSON Lines to a new file")
+        parsed = 0
+        for n, ln in enumerate(lines, 1):
             try:
                 rec = json.loads(ln)
             except json.JSONDecodeError:
                 continue  # a line damaged by a crash: its file is done again
+            parsed += 1
             if not isinstance(rec, dict) or "file" not in rec:
                 continue
+            if not isinstance(rec["file"], str):
+                raise ConfigError(f"{display_path(src)} line {n}: \"file\" is {json.dumps(rec['file'])}, not a "
+                                  "file name; this is not an output of this command: fix or remove the line, "
+                                  "or write to a new file")
             if "error" in rec:
                 self.retried += 1  # failed before: tried again
                 continue
             kept.append(ln + "\n")
             self.done.add(path_key(rec["file"]))
+        if lines and not parsed:
+            raise ConfigError(f"{display_path(src)} holds no JSON Lines (its first line: {lines[0][:60]!r}); resume "
+                              "only an output of this command (with its --format), or write to a new file")
         return "".join(kept)
 
     def write(self, record: dict) -> None:
@@ -288,6 +384,17 @@ def resume_note(sink: PartialFileSink, n_paths: int, n_todo: int) -> str:
     return note
 
 
+#: What labelling one photo may fail with that concerns that photo alone (``MemoryError``: an image
+#: too large for this machine's memory); :func:`run_photos` reports the photo and goes on.
+PHOTO_FAILURES: tuple[type[BaseException], ...] = (MemoryError, ValueError)
+
+
+def _failed(path: Path, exc: BaseException) -> ImageLoadError:
+    """The error record of a photo that could not be labelled."""
+    what = "not enough memory" if isinstance(exc, MemoryError) else f"{type(exc).__name__}: {exc}"
+    return ImageLoadError(path, f"could not be labelled ({what}); the other photos went on")
+
+
 def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: PartialFileSink, progress: bool,
                handle: Callable[[list[tuple[Path, Any]]], list[dict]], min_short_side: int | None = None,
                workers: int = 1) -> PhotoRun:
@@ -302,8 +409,11 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
     objects decoded at a reduced size that keeps that many pixels.
 
     ``handle`` returns one record per photo it was given; records are written in input order, each
-    unreadable file's error record in its place. The sink is completed when every photo was seen and
-    left partial (resumable) on any exception.
+    unreadable file's error record in its place. A photo that ``handle`` fails on with one of
+    :data:`PHOTO_FAILURES` (a batch that fails is handled again photo by photo to find it) gets an
+    error record too: one photo never stops the run. The sink is completed when every photo was
+    seen and left partial (resumable) on any exception; a full disk is a :class:`DiskFullError`
+    that says where the finished records are.
     """
     run = PhotoRun()
     start = time.perf_counter()
@@ -327,13 +437,34 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
         except ImageLoadError as exc:
             return [(path, exc)], []
         item = (path, photo if min_short_side else photo.pixels)
-        return [item], handle([item])
+        try:
+            return [item], handle([item])
+        except PHOTO_FAILURES as exc:
+            return [(path, _failed(path, exc))], []
+
+    def handled(batch: list[tuple[Path, Any]]) -> tuple[list[tuple[Path, Any]], list[dict]]:
+        good = [(p, x) for p, x in batch if not isinstance(x, ImageLoadError)]
+        if not good:
+            return batch, []
+        try:
+            return batch, handle(good)
+        except PHOTO_FAILURES as exc:
+            if len(good) == 1:
+                return [(p, _failed(p, exc) if x is good[0][1] else x) for p, x in batch], []
+        out, records = [], []  # find the photo: each on its own
+        for p, x in batch:
+            if not isinstance(x, ImageLoadError):
+                try:
+                    records.extend(handle([(p, x)]))
+                except PHOTO_FAILURES as exc:
+                    x = _failed(p, exc)
+            out.append((p, x))
+        return out, records
 
     try:
         if workers <= 1:
             for batch in load_in_order(paths, batch_size, max_pixels, min_short_side):
-                good = [(p, x) for p, x in batch if not isinstance(x, ImageLoadError)]
-                write(batch, handle(good) if good else [])
+                write(*handled(batch))
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="groupmood-photo")
             try:
@@ -346,8 +477,17 @@ def run_photos(paths: Sequence[Path], batch_size: int, max_pixels: int, sink: Pa
                     write(*queued.popleft().result())
             finally:  # on an error or Ctrl-C: photos not started are dropped, the ones in work finish
                 pool.shutdown(wait=True, cancel_futures=True)
-    except BaseException:
+    except BaseException as exc:
         sink.close(complete=False)
+        if is_disk_full(exc):
+            name = getattr(exc, "filename", None) or sink.path
+            where = display_path(name) if name else "the output"
+            if sink.partial is None:
+                raise DiskFullError(f"no space left on device writing {where}; free some space and run the command "
+                                    "again") from None
+            raise DiskFullError(f"no space left on device writing {where}; the records finished so far ("
+                                f"{run.ok + len(run.failed)} in this run) are kept in {display_path(sink.partial)}: "
+                                "free some space and run the same command with --resume to continue") from None
         raise
     finally:
         bar.close()

@@ -1,6 +1,8 @@
 """``groupmood detect``: MTCNN faces, landmarks and crops for files, folders and globs."""
 from __future__ import annotations
 
+import os
+import re
 import threading
 from pathlib import Path
 
@@ -12,8 +14,14 @@ from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
 from ..errors import display_path
+from ..images import path_key
 from ..runtime.session import photo_workers
-from .common import JsonlSink, build_detector, collect_paths, detector_options, output_stems, resume_note, run_photos
+from .common import (JsonlSink, build_detector, collect_paths, detector_options, output_stems,
+                     refuse_outputs_over_inputs, resume_note, run_photos)
+
+
+#: The names ``--crops`` gives each face's crops.
+_CROP_NAME = re.compile(r"face\d{3,}_(aligned|48)\.png")
 
 
 @click.command("detect")
@@ -42,6 +50,14 @@ def detect_cmd(inputs: tuple[str, ...], output: str, annotate_dir: str | None, c
     """
     paths = collect_paths(inputs)
     stems = output_stems(paths)
+    made: dict[str, dict[Path, Path]] = {}
+    if annotate_dir:
+        made["--annotate"] = {p: Path(annotate_dir) / s.with_name(s.name + ".jpg") for p, s in stems.items()}
+    if crops_dir:  # an input named like a crop, in the folder of a photo's crops, would be written over
+        folders = {path_key(Path(crops_dir) / s): p for p, s in stems.items()}
+        made["--crops"] = {folders[os.path.dirname(path_key(q))]: q for q in paths
+                           if os.path.dirname(path_key(q)) in folders and _CROP_NAME.fullmatch(q.name)}
+    refuse_outputs_over_inputs(paths, {"-o": output}, made)
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights,
                               use_bundle=False, backend=backend)
     sink = JsonlSink(output, resume=resume)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import threading
 from collections import Counter
@@ -13,15 +15,15 @@ import click
 
 from ..errors import ConfigError, display_path
 from ..images import path_key
-from ..fusion import ABSTAIN, parse_weights, preset_weights
-from ..io import write_image
+from ..fusion import ABSTAIN, parse_weights, pooling_name, preset_weights
+from ..io import csv_text_cell, csv_text_value, write_image
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, default_bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
 from ..runtime.session import resolve_backend
 from ..shard import PredictShards, shard_option
 from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, complete_lines, detector_options,
-                     output_names, output_stems, resume_note, run_photos)
+                     output_names, output_stems, refuse_outputs_over_inputs, resume_note, run_photos)
 
 
 def fusion_options(fn: Any) -> Any:
@@ -62,14 +64,20 @@ def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text
 
 
 class CsvSink(PartialFileSink):
-    """CSV output with one row per photo, to stdout or FILE (through FILE.partial, like JSON Lines)."""
+    """CSV output with one row per photo, to stdout or FILE (through FILE.partial, like JSON Lines).
 
-    def __init__(self, path: str | None, branches: Sequence[str], resume: bool = False) -> None:
+    The text cells (``file``, ``error``) never start a formula when the file is opened in a
+    spreadsheet: one that would (a photo named ``=HYPERLINK(...).jpg``) gets a leading ``'``
+    (:func:`~groupmood.io.csv_text_cell`), which a resume reads back as the name.
+    """
+
+    def __init__(self, path: str | None, branches: Sequence[str], resume: bool = False,
+                 settings: Mapping[str, Any] | None = None) -> None:
         self.columns = ["file", "label", *GROUP_CLASSES, "n_faces", "no_face"]
         for b in branches:
             self.columns += [f"{b}_spoke", *(f"{b}_{c}" for c in GROUP_CLASSES)]
         self.columns.append("error")
-        super().__init__(path, resume)
+        super().__init__(path, resume, settings)
         self._writer = csv.writer(self._fh, lineterminator="\n")
 
     def _rows_text(self, rows: Sequence[Sequence[str]]) -> str:
@@ -94,11 +102,11 @@ class CsvSink(PartialFileSink):
                 self.retried += 1  # failed before: tried again
                 continue
             kept.append(r)
-            self.done.add(path_key(r[0]))
+            self.done.add(path_key(csv_text_value(r[0])))
         return self._rows_text([self.columns, *kept])
 
     def write(self, record: Mapping[str, Any]) -> None:
-        row: dict[str, Any] = {"file": record["file"], "error": record.get("error", "")}
+        row: dict[str, Any] = {"file": csv_text_cell(record["file"]), "error": csv_text_cell(record.get("error", ""))}
         if "label" in record:
             row.update(label=record["label"], n_faces=record["n_faces"], no_face=int(record["no_face"]))
             row.update(record["probs"])
@@ -107,6 +115,22 @@ class CsvSink(PartialFileSink):
                 row.update({f"{b}_{c}": v for c, v in br["probs"].items()})
         self._writer.writerow([row.get(c, "") for c in self.columns])
         self._fh.flush()
+
+
+def run_settings(rec: GroupEmotionRecognizer, bundle: str | Path | None, all_branches: bool) -> dict[str, Any]:
+    """What makes a run's records, kept beside its output so that a resume with other settings is refused:
+    the bundle (path and sha256 of its YAML), fusion weights, pooling, fallback and detector settings."""
+    path = Path(bundle) if bundle else default_bundle_path()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    return {"bundle": display_path(path.resolve()), "bundle_sha256": digest,
+            "weights": {n: float(w) for n, w in rec.weights.items()},
+            "pooling": {n: pooling_name(b.top_k) for n, b in rec.branches.items() if b.is_face},
+            "fallback": list(rec.fallback), "min_faces": int(rec.min_faces),
+            "detector": {k: v for k, v in dataclasses.asdict(rec.detector.settings).items() if k != "chunk_size"},
+            "all_branches": bool(all_branches)}
 
 
 def build_recognizer(bundle: str | Path | None, device: str, backend: str = "auto") -> GroupEmotionRecognizer:
@@ -166,11 +190,14 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     shards = PredictShards.from_context(paths, output, fmt)  # --shard I/N or torchrun: this job's photos
     paths, output, device = shards.paths, shards.output, shards.device(device)
     report_path = shards.suffixed(report_path)
+    refuse_outputs_over_inputs(paths, {"-o": output, "--report": report_path}, {"--annotate": {
+        p: Path(annotate_dir) / s.with_name(s.name + ".jpg") for p, s in stems.items()} if annotate_dir else {}})
     detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle,
                               backend=backend)
     rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling, backend)
-    sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume) if fmt == "csv"
-                                 else JsonlSink(output, resume=resume))
+    settings = run_settings(rec, bundle, all_branches)
+    sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume, settings)
+                                 if fmt == "csv" else JsonlSink(output, resume=resume, settings=settings))
     todo = [p for p in paths if not sink.is_done(p)]
     counts: Counter[str] = Counter()
     n_faces = 0

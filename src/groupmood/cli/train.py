@@ -59,8 +59,8 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
                f"(epoch {summary['best_epoch']})")
     if overfit is not None:
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        click.echo(f"overfit check on {overfit} items: training loss {rows[0]['train_loss']:.4f} (first epoch) -> "
-                   f"{rows[-1]['train_loss']:.4f} (last), accuracy {rows[-1]['train_acc']:.3f}, "
+        click.echo(f"overfit check on {overfit} items: training loss {rows[0]['train_loss']:.4g} (first epoch) -> "
+                   f"{rows[-1]['train_loss']:.4g} (last), accuracy {rows[-1]['train_acc']:.3f}, "
                    f"{summary['step']} steps")
     if "export" in summary:
         click.echo(f"exported {summary['export']}")

@@ -11,6 +11,11 @@ torchrun) takes images I, I + N, ... of the input list and writes its own files
 (``part-I-of-N-XXXXX.npz``, ``index.part-I-of-N.jsonl``), so jobs never write the same file;
 readers read every index. The job that completes last (each leaves ``part-I-of-N.done``) merges
 the part indexes into ``index.jsonl`` in input order, under a lock, and removes them.
+
+Two builds that would write the same files (two unsharded builds of one folder: two trainings at
+once on the shared default cache; or two jobs of one shard) never run together: the second waits
+for the first (a lock per writer, ``.build-shard.lock`` or ``.build-part-I-of-N.lock``), then reads
+the index again and computes only what is still missing.
 """
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +40,7 @@ from ..align import align_faces, square_crops
 from ..detect import CascadeSettings, Face, FaceDetector
 from ..errors import ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, check_image_file, load_image
-from ..io import atomic_write_bytes
+from ..io import RunLock, atomic_write_bytes
 from ..weights import sha256_file
 
 if TYPE_CHECKING:
@@ -221,9 +228,26 @@ class FaceCache:
 
         A path that is not a non-empty regular file (a FIFO, a device, a folder) is reported, never
         opened: hashing a FIFO would wait for ever. With ``shard`` (I of N) only images I, I + N, ...
-        of ``paths`` are built, into this shard's own files; the last shard to complete merges.
+        of ``paths`` are built, into this shard's own files; the last shard to complete merges. Another
+        build writing the same files makes this one wait for it (see the module's notes).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
+        prefix = "shard" if shard is None else f"part-{shard.index}-of-{shard.count}"
+        lock = RunLock(self.dir / f".build-{prefix}.lock", remove=False)
+        if not lock.acquire():
+            print(f"note: another cache build ({lock.holder()}) is writing {self.dir}; waiting for it to finish",
+                  file=sys.stderr, flush=True)
+            lock.acquire(wait=True)
+        try:
+            self._load_index()  # what the other build added
+            return self._build(paths, prefix, detector, shard_size, workers, weights_dir, progress, max_pixels, shard)
+        finally:
+            lock.release()
+
+    def _build(self, paths: Sequence[str | Path], prefix: str, detector: FaceDetector | None, shard_size: int,
+               workers: int, weights_dir: str | None, progress: bool, max_pixels: int | None,
+               shard: Shard | None) -> BuildReport:
+        """:meth:`build` under the writer's lock."""
         self._remove_stale_temp_files()
         meta = self.dir / "settings.json"
         if not meta.exists():
@@ -250,7 +274,6 @@ class FaceCache:
                 todo.setdefault(key, str(p))
                 position.setdefault(key, pos)
         items = list(todo.items())
-        prefix = "shard" if shard is None else f"part-{shard.index}-of-{shard.count}"
         index_path = self.index_path if shard is None else self.dir / f"index.{prefix}.jsonl"
         first = self._next_shard(prefix)
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
@@ -258,7 +281,7 @@ class FaceCache:
         bar = tqdm(total=len(items), unit="img", desc="face cache", disable=not progress)
         for chunk, (rows, errors) in zip(chunks, self._run(chunks, outs, detector, workers, weights_dir,
                                                            max_pixels)):
-            with open(index_path, "a", encoding="utf-8") as f:
+            with self._index_lock(), open(index_path, "a", encoding="utf-8") as f:  # a merge may rewrite it
                 for row in rows:
                     if shard is not None:
                         row = {**row, "pos": position[row["key"]]}  # input position, for the merge's order
@@ -283,31 +306,37 @@ class FaceCache:
         indexes and done markers are then removed. Runs under a lock, so that two jobs completing
         together merge once. Returns whether it merged.
         """
+        with self._index_lock():
+            parts = sorted(self.dir.glob("index.part-*.jsonl"))
+            done = sorted(self.dir.glob("part-*-of-*.done"))
+            counts = {int(d.stem.rsplit("-", 1)[1]) for d in done}
+            complete = {n for n in counts if sum(d.stem.endswith(f"-of-{n}") for d in done) >= n}
+            if count is not None and count not in complete:
+                return False
+            if not parts and not complete:
+                return False
+            # a by-hand merge of unfinished shards keeps their markers: the last shard still merges
+            done = [d for d in done if int(d.stem.rsplit("-", 1)[1]) in complete]
+            kept = self._read_rows(self.index_path)
+            seen = {r["key"] for r in kept}
+            new = sorted((r for path in parts for r in self._read_rows(path)), key=lambda r: r.get("pos", 0))
+            for row in new:
+                if row["key"] not in seen:
+                    seen.add(row["key"])
+                    kept.append({k: v for k, v in row.items() if k != "pos"})
+            atomic_write_bytes(self.index_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            for path in (*parts, *done):
+                path.unlink(missing_ok=True)
+            self._load_index()
+            return True
+
+    @contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """The lock under which index files are appended to or rewritten (by a merge)."""
         with open(self.dir / ".merge.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                parts = sorted(self.dir.glob("index.part-*.jsonl"))
-                done = sorted(self.dir.glob("part-*-of-*.done"))
-                counts = {int(d.stem.rsplit("-", 1)[1]) for d in done}
-                complete = {n for n in counts if sum(d.stem.endswith(f"-of-{n}") for d in done) >= n}
-                if count is not None and count not in complete:
-                    return False
-                if not parts and not complete:
-                    return False
-                # a by-hand merge of unfinished shards keeps their markers: the last shard still merges
-                done = [d for d in done if int(d.stem.rsplit("-", 1)[1]) in complete]
-                kept = self._read_rows(self.index_path)
-                seen = {r["key"] for r in kept}
-                new = sorted((r for path in parts for r in self._read_rows(path)), key=lambda r: r.get("pos", 0))
-                for row in new:
-                    if row["key"] not in seen:
-                        seen.add(row["key"])
-                        kept.append({k: v for k, v in row.items() if k != "pos"})
-                atomic_write_bytes(self.index_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-                for path in (*parts, *done):
-                    path.unlink(missing_ok=True)
-                self._load_index()
-                return True
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

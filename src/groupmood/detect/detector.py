@@ -68,18 +68,27 @@ Images = ImageLike | Photo | str | os.PathLike | Sequence[ImageLike | Photo | st
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from a PIL image or an array (grey, RGB or RGBA)."""
+    """An (H, W, 3) uint8 RGB array from a PIL image or an array (grey, RGB or RGBA).
+
+    A PIL image is decoded as a file is (:func:`groupmood.images.photo_from_pil`: 16-bit and float
+    images scaled, not clipped).
+    """
+    from ..images import photo_from_pil
+
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        return photo_from_pil(image).pixels
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image array, got dtype {arr.dtype}")
+        raise TypeError(f"expected a uint8 image array, got dtype {arr.dtype}; convert it to 0..255 uint8 "
+                        "(or pass a PIL image or a path)")
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[:, :, :3]
     elif arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"expected an image with at least one pixel, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
@@ -97,28 +106,40 @@ def as_rgb_list(images: Images) -> list[np.ndarray]:
 def as_photo_list(images: Images, min_short_side: int | None = None) -> list[Photo]:
     """:class:`~groupmood.images.Photo` objects from one image or many (as :func:`as_rgb_list` reads them).
 
-    Paths are decoded at a reduced size keeping ``min_short_side`` pixels on the shorter side
-    (:func:`groupmood.images.load_photo`); arrays and PIL images are taken at their size.
+    Paths and PIL images are decoded at a reduced size keeping ``min_short_side`` pixels on the
+    shorter side (:func:`groupmood.images.load_photo`, :func:`groupmood.images.photo_from_pil`);
+    arrays are taken at their size. A bad element of a list is named by its position in the error.
     """
-    from ..images import load_photo
-
     if isinstance(images, np.ndarray):
         if images.ndim in (2, 3):
-            images = [images]
-        elif images.ndim != 4:
+            return [_as_photo(images, min_short_side)]
+        if images.ndim != 4:
             raise ValueError(f"expected one image (H, W) or (H, W, C), or a stack (N, H, W, C); got an array "
                              f"of shape {images.shape}")
     elif isinstance(images, (str, os.PathLike, Image.Image, Photo)):
-        images = [images]
+        return [_as_photo(images, min_short_side)]
     out = []
-    for im in images:
-        if isinstance(im, (str, os.PathLike)):
-            out.append(load_photo(im, min_short_side=min_short_side))
-        elif isinstance(im, Photo):
-            out.append(Photo(as_rgb_array(im.pixels), im.width, im.height))
-        else:
-            out.append(Photo.of(as_rgb_array(im)))
+    for k, im in enumerate(images):
+        try:
+            out.append(_as_photo(im, min_short_side))
+        except TypeError as exc:
+            raise TypeError(f"images[{k}]: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"images[{k}]: {exc}") from None
     return out
+
+
+def _as_photo(im: Any, min_short_side: int | None) -> Photo:
+    """One element of :func:`as_photo_list`'s input as a :class:`~groupmood.images.Photo`."""
+    from ..images import load_photo, photo_from_pil
+
+    if isinstance(im, (str, os.PathLike)):
+        return load_photo(im, min_short_side=min_short_side)
+    if isinstance(im, Photo):
+        return Photo(as_rgb_array(im.pixels), im.width, im.height)
+    if isinstance(im, Image.Image):
+        return photo_from_pil(im, min_short_side)
+    return Photo.of(as_rgb_array(im))
 
 
 class FaceDetector:

@@ -5,26 +5,35 @@ shared by every request. Inference runs in worker threads, never on the event lo
 keeps answering (health, the page, refusals) while photos are labelled. At most ``workers``
 requests are labelled at a time and at most ``queue`` more wait; a request beyond that gets 503
 with ``Retry-After`` at once, so memory stays bounded: a waiting request holds at most
-``max_upload_bytes`` of body, a running one also one decoded photo at a time.
+``max_upload_bytes`` of body, a running one also one decoded photo at a time. Only requests whose
+body has arrived count: a body still coming in takes no place in the queue, and one that has not
+arrived within ``body_timeout_s`` is answered 408, so stalled clients cannot lock others out.
 
-Uploads are read into memory (never spooled to a shared temporary folder) up to the upload
-limit. The image loader of the command line (:func:`groupmood.images.load_image`: content
-sniffing, EXIF, the pixel-count guard read from the header) reads files, so each photo is written
-for the length of one request into a private temporary folder (mode 0700) that is removed before
-the answer goes out. Each record is the one ``predict --format jsonl`` writes for the photo:
-``{"file": NAME, **GroupResult.to_dict()}``, with the uploaded file's base name as ``NAME``.
+Uploads are read into memory (never spooled to a temporary file) up to the upload limit and
+decoded from memory (:func:`groupmood.images.load_photo_bytes`: the command line's decoding, with
+content sniffing, EXIF, the pixel-count guard read from the header, and the reduced decoding
+``predict`` uses, :meth:`~groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`), so
+nothing of a photo is ever on disk, whatever way the server stops. Each record is the one
+``predict --format jsonl`` writes for the photo: ``{"file": NAME, **GroupResult.to_dict()}``,
+with the uploaded file's base name as ``NAME``.
+
+A local server must not be driven by the pages of other sites: a request whose ``Host`` is not
+this machine's (``localhost``, a loopback address, or a name given in ``allowed_hosts``; DNS
+rebinding) is refused 400, and a POST from a page of another origin (its ``Origin`` header) 403.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
-import tempfile
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -37,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import ImageLoadError
-from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..images import DEFAULT_MAX_PIXELS, Photo, load_photo_bytes
 from ..labels import GROUP_CLASSES
 from ..pipeline import GroupEmotionRecognizer, GroupResult, read_bundle
 from ..report import LABEL_COLOURS, REPORT_CSS
@@ -51,7 +60,7 @@ FILES_FIELD = "files"
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
         "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
-Labeller = Callable[[np.ndarray], GroupResult]
+Labeller = Callable[[Photo | np.ndarray], GroupResult]
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,8 @@ class ServeLimits:
     """What one server accepts: body size, pixels per photo, photos per request, concurrency.
 
     ``workers`` requests are labelled at a time, ``queue`` more may wait; ``retry_after_s`` is the
-    ``Retry-After`` of a 503 answer when both are full.
+    ``Retry-After`` of a 503 answer when both are full. A request body must arrive within
+    ``body_timeout_s`` seconds (408 otherwise).
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -68,6 +78,7 @@ class ServeLimits:
     workers: int = 1
     queue: int = 8
     retry_after_s: int = 5
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_files", "workers", "retry_after_s"):
@@ -75,6 +86,8 @@ class ServeLimits:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if int(self.queue) < 0:
             raise ValueError(f"queue must be 0 or more, got {self.queue}")
+        if not (math.isfinite(self.body_timeout_s) and self.body_timeout_s > 0):
+            raise ValueError(f"body_timeout_s must be a number of seconds above 0, got {self.body_timeout_s}")
 
 
 class ApiError(Exception):
@@ -154,8 +167,9 @@ async def read_uploads(request: Request, limits: ServeLimits) -> list[tuple[str,
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise ApiError(400, f"malformed multipart body: {exc.message} (at most {limits.max_files} files per "
-                            "request)") from None
+        too_many = exc.message.startswith("Too many")
+        raise ApiError(400, f"malformed multipart body: {exc.message}"
+                            + (f" (at most {limits.max_files} files per request)" if too_many else "")) from None
     try:
         parts = form.getlist(FILES_FIELD)
         if not parts:
@@ -172,36 +186,30 @@ async def read_uploads(request: Request, limits: ServeLimits) -> list[tuple[str,
         await form.close()
 
 
-def label_uploads(uploads: Sequence[tuple[str, bytes]], labeller: Labeller, max_pixels: int) -> list[dict]:
+def label_uploads(uploads: Sequence[tuple[str, bytes]], labeller: Labeller, max_pixels: int,
+                  min_short_side: int | None = None) -> list[dict]:
     """The ``predict`` record of each upload, or an :class:`ApiError` naming every file refused.
 
-    Runs in a worker thread. Every photo is checked (read and decoded) before any is labelled, so
-    a refusal costs no inference; then each is decoded again and labelled one at a time, so one
-    request holds one decoded photo at a time. The private temporary folder is gone on return.
+    Runs in a worker thread. Photos are decoded from memory as ``predict`` decodes files (at the
+    reduced size that keeps ``min_short_side`` pixels, the recognizer's
+    :meth:`~groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`). Every photo is checked
+    (decoded) before any is labelled, so a refusal costs no inference; then each is decoded again
+    and labelled one at a time, so one request holds one decoded photo at a time.
     """
-    with tempfile.TemporaryDirectory(prefix="groupmood-serve-") as tmp:
-        paths = []
-        refused = []
-        for k, (name, data) in enumerate(uploads):
-            path = Path(tmp) / f"upload-{k}"
-            path.write_bytes(data)
-            paths.append(path)
-            try:
-                load_image(path, max_pixels=max_pixels)
-            except ImageLoadError as exc:
-                refused.append({"file": name, "error": exc.reason, "status": refusal_status(exc.reason)})
-        if refused:
-            first = refused[0]
-            message = (f"{first['file']}: {first['error']}" if len(refused) == 1 else
-                       f"{len(refused)} of {len(uploads)} photos refused, none labelled; first: "
-                       f"{first['file']}: {first['error']}")
-            raise ApiError(first["status"], message, refused)
-        records = []
-        for (name, _), path in zip(uploads, paths):
-            image = load_image(path, max_pixels=max_pixels)
-            path.unlink()
-            records.append({"file": name, **labeller(image).to_dict()})
-        return records
+    refused = []
+    for name, data in uploads:
+        try:
+            load_photo_bytes(data, name, max_pixels, min_short_side)
+        except ImageLoadError as exc:
+            refused.append({"file": name, "error": exc.reason, "status": refusal_status(exc.reason)})
+    if refused:
+        first = refused[0]
+        message = (f"{first['file']}: {first['error']}" if len(refused) == 1 else
+                   f"{len(refused)} of {len(uploads)} photos refused, none labelled; first: "
+                   f"{first['file']}: {first['error']}")
+        raise ApiError(first["status"], message, refused)
+    return [{"file": name, **labeller(load_photo_bytes(data, name, max_pixels, min_short_side)).to_dict()}
+            for name, data in uploads]
 
 
 def get_labeller(request: Request) -> Labeller:
@@ -245,12 +253,71 @@ def _bundle_summary(spec: dict[str, Any]) -> dict[str, Any]:
                              "path": spec["path"]})
 
 
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header or an origin's network location, without the port, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_local_host(name: str) -> bool:
+    """Whether ``name`` (a host name without port) is this machine: ``localhost`` or a loopback address."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class HostGuard:
+    """ASGI middleware: refuse requests for other host names (DNS rebinding) and POSTs from other origins.
+
+    ``allowed`` adds host names to this machine's own (``localhost``, loopback addresses); ``"*"``
+    accepts any Host (a deliberate public server). A request without an ``Origin`` header (curl,
+    scripts) is not cross-origin; a browser sends one with every POST.
+    """
+
+    def __init__(self, app: Any, allowed: Sequence[str] = ()) -> None:
+        self.app = app
+        self.allowed = {host_name(h) for h in allowed}
+
+    def _host_ok(self, host: str) -> bool:
+        name = host_name(host)
+        return bool(name) and ("*" in self.allowed or name in self.allowed or is_local_host(name))
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        refusal = None
+        if not self._host_ok(host):
+            refusal = ApiError(400, f"Host {host!r} is not this server: it answers requests for localhost and "
+                                    "loopback addresses only, so that pages of other sites cannot use it; to serve "
+                                    "under another name, start it with --allow-host NAME")
+        elif scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            cross = headers.get("sec-fetch-site") == "cross-site"
+            if cross or (origin is not None and urlsplit(origin).netloc.lower() != host.strip().lower()):
+                refusal = ApiError(403, f"cross-origin request refused (Origin {origin or 'of another site'}): "
+                                        "only this server's own page, or a client that sends no Origin (curl, "
+                                        "scripts), may send photos")
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
-               limits: ServeLimits | None = None) -> FastAPI:
+               limits: ServeLimits | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:
     """The application; ``load()`` builds the recognizer of ``bundle`` once, when the application starts.
 
     ``load`` runs in a worker thread at start-up (a server with a bad bundle fails to start, it
     does not answer errors later); ``bundle`` is the YAML it loads, shown by health and bundle.
+    ``allowed_hosts`` are the host names accepted beside this machine's own (:class:`HostGuard`).
     """
     limits = limits or ServeLimits()
     bundle_path = Path(bundle)
@@ -261,6 +328,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
         app.state.bundle = _bundle_summary(read_bundle(bundle_path))
         app.state.limiter = anyio.CapacityLimiter(limits.workers)
         app.state.in_flight = 0
+        app.state.receiving = 0
         try:
             yield
         finally:
@@ -271,6 +339,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
                   docs_url=None, redoc_url=None)  # their pages load scripts from a CDN; /openapi.json stays
     app.state.recognizer = None
     app.state.limits = limits
+    app.add_middleware(HostGuard, allowed=tuple(allowed_hosts))
     page = page_html(limits)
 
     @app.exception_handler(ApiError)
@@ -304,7 +373,8 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
                 "device": str(rec.device) if rec is not None else None,
                 "branches": list(rec.branches) if rec is not None else [],
                 "bundle": str(bundle_path.resolve()), "versions": _versions(), "limits": asdict(limits),
-                "in_flight": getattr(request.app.state, "in_flight", 0)}
+                "in_flight": getattr(request.app.state, "in_flight", 0),
+                "receiving": getattr(request.app.state, "receiving", 0)}
 
     @app.get("/v1/bundle")
     async def bundle_info(request: Request) -> dict[str, Any]:
@@ -315,16 +385,29 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
     async def predict(request: Request, labeller: Labeller = Depends(get_labeller)) -> dict[str, Any]:
         """Label each photo sent as multipart ``files``: ``{"records": [one predict record per photo]}``."""
         state = request.app.state
-        if state.in_flight >= limits.workers + limits.queue:
-            raise ApiError(503, f"busy: {state.in_flight} requests are being labelled or waiting; try again in "
-                                f"{limits.retry_after_s} s", headers={"Retry-After": str(limits.retry_after_s)})
+        refuse_if_busy(state)  # before the body comes: a full queue costs the client no upload
+        state.receiving += 1
+        try:
+            with anyio.fail_after(limits.body_timeout_s):
+                uploads = await read_uploads(request, limits)
+        except TimeoutError:
+            raise ApiError(408, f"upload timed out: the request body did not arrive within "
+                                f"{limits.body_timeout_s:g} s (groupmood serve --body-timeout); send it again "
+                                "over a faster connection, or fewer photos at a time") from None
+        finally:
+            state.receiving -= 1
+        refuse_if_busy(state)  # only requests whose body has arrived wait in the queue
         state.in_flight += 1
         try:
-            uploads = await read_uploads(request, limits)
             records = await anyio.to_thread.run_sync(label_uploads, uploads, labeller, limits.max_pixels,
-                                                     limiter=state.limiter)
+                                                     state.recognizer.decode_short_side(), limiter=state.limiter)
         finally:
             state.in_flight -= 1
         return {"records": records}
+
+    def refuse_if_busy(state: Any) -> None:
+        if state.in_flight >= limits.workers + limits.queue:
+            raise ApiError(503, f"busy: {state.in_flight} requests are being labelled or waiting; try again in "
+                                f"{limits.retry_after_s} s", headers={"Retry-After": str(limits.retry_after_s)})
 
     return app
