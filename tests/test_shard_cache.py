@@ -78,3 +78,18 @@ def test_cli_shard_option_and_merge_command(tmp_path, astronaut, coffee, detecto
     cache = FaceCache(root)
     assert len(_index_keys(cache)) == 5 and all(cache.get(p) for p in paths)
     assert main([*argv, "--shard", "2/2"]) == 2
+
+
+def test_no_lock_file_is_left_after_a_build(tmp_path, astronaut):
+    """Index appends and merges lock a file beside the index; it goes when the lock is let go."""
+    from PIL import Image
+
+    from groupmood.cli import main
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "a.png")
+    for shard in ("0/2", "1/2"):
+        assert main(["cache", "build", str(src), "--cache-dir", str(tmp_path / "c"), "--shard", shard,
+                     "--no-progress"]) == 0
+    assert not [p.name for p in (tmp_path / "c").rglob("*.lock")]

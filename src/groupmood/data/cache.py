@@ -19,7 +19,6 @@ the index again and computes only what is still missing.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -233,7 +232,7 @@ class FaceCache:
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         prefix = "shard" if shard is None else f"part-{shard.index}-of-{shard.count}"
-        lock = RunLock(self.dir / f".build-{prefix}.lock", remove=False)
+        lock = RunLock(self.dir / f".build-{prefix}.lock")
         if not lock.acquire():
             print(f"note: another cache build ({lock.holder()}) is writing {self.dir}; waiting for it to finish",
                   file=sys.stderr, flush=True)
@@ -332,13 +331,9 @@ class FaceCache:
 
     @contextmanager
     def _index_lock(self) -> Iterator[None]:
-        """The lock under which index files are appended to or rewritten (by a merge)."""
-        with open(self.dir / ".merge.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        """The lock under which index files are appended to or rewritten (by a merge); its file goes with it."""
+        with RunLock(self.dir / ".merge.lock", remove=True):
+            yield
 
     def _run(self, chunks: list, outs: list[str], detector: FaceDetector | None, workers: int,
              weights_dir: str | None, max_pixels: int | None = DEFAULT_MAX_PIXELS
