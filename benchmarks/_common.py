@@ -123,14 +123,11 @@ def write_result_section(name: str, markdown: str, command: str, machine: str, p
 
     Returns the section's text. A lock file keeps two benchmarks finishing together from losing one.
     """
-    import fcntl
-
-    from groupmood.io import atomic_write_text
+    from groupmood.io import RunLock, atomic_write_text
 
     new = render_result_section(name, markdown, command, machine, when, commit)
     path = Path(path)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with RunLock(path.with_name(path.name + ".lock")):
         chunks = split_result_sections(path.read_text() if path.exists() else RESULTS_HEADER)
         names = [n for n, _ in chunks]
         if name in names:
