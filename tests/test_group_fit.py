@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from groupmood.calibration import (Calibration, expected_calibration_error, fit_calibration,
                                    negative_log_likelihood)
 from groupmood.data.folds import fold_indices, read_folds, stratified_folds, write_folds
-from groupmood.engine.group_cv import (GROUP_BRANCH, Evidence, StackOptions, apply_stack, collect_evidence,
+from groupmood.engine.group_cv import (GROUP_BRANCH, SCENE_BRANCH, Evidence, StackOptions, apply_stack, collect_evidence,
                                        cross_validate, select_and_fit, write_group_bundle)
 from groupmood.engine.group_head import fit_group_head, fit_softmax_regression
 from groupmood.engine.group_eval import read_group_items
@@ -203,6 +203,52 @@ def test_cross_validation_is_nested_and_reports_every_branch():
     assert stack.weights[GROUP_BRANCH] > 0.5
     probs, spoke, fused = apply_stack(stack, ev)
     assert fused.shape == (len(y), 3) and spoke[GROUP_BRANCH].all()
+
+
+def _scene_evidence(n: int, seed: int, set_name: str) -> Evidence:
+    """Photos whose whole-image features lean towards their class (the scene tells) and whose faces do not."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    centres = np.random.default_rng(7).normal(0, 1, (3, 12))
+    images = (centres[y] + rng.normal(0, 0.8, (n, 12))).astype(np.float32)
+    faces = [rng.normal(0, 1, (2, 8)) for _ in range(n)]
+    noise = rng.dirichlet(np.ones(3), n)
+    return Evidence([f"{set_name}/p{i}" for i in range(n)], y, {"global": noise}, {"global": np.ones(n, bool)}, (),
+                    faces, [np.full(2, 0.01) for _ in range(n)], images, np.full(n, set_name))
+
+
+def test_scene_head_is_chosen_and_fitted_inside_the_folds(tmp_path):
+    """Whole-image features carry the class here, faces do not: the scene branch is fitted in every outer fold
+    (its c from the inner folds), carries the fusion, and survives save / load / subset / concat."""
+    ev = Evidence.concat([_scene_evidence(60, 0, "groups"), _scene_evidence(30, 1, "crowds")])
+    assert len(ev) == 90 and ev.images.shape == (90, 12) and list(np.unique(ev.sets)) == ["crowds", "groups"]
+    ev.save(tmp_path / "ev.npz")
+    again = Evidence.load(tmp_path / "ev.npz")
+    assert np.array_equal(again.images, ev.images) and np.array_equal(again.sets, ev.sets)
+    part = ev.subset([0, 5, 89])
+    assert part.images.shape == (3, 12) and list(part.sets) == ["groups", "groups", "crowds"]
+    folds = stratified_folds(ev.labels, 3, 0)
+    opts = StackOptions(head_cs=(1.0,), scene_cs=(0.01, 1.0), fusion_cs=(1.0,))
+    cv = cross_validate(ev, folds, opts, progress=False)
+    assert cv["tables"][SCENE_BRANCH]["accuracy"] > 0.8 and cv["tables"]["fused"]["accuracy"] > 0.8
+    assert all(f["scene_c"] in (0.01, 1.0) for f in cv["folds"])
+    stack = select_and_fit(ev, folds, opts)
+    assert stack.scene_head is not None and stack.weights[SCENE_BRANCH] > 0.5
+    _, spoke, fused = apply_stack(stack, ev)
+    assert spoke[SCENE_BRANCH].all() and (fused.argmax(1) == ev.labels).mean() > 0.8
+    no_images = Evidence(ev.names, ev.labels, ev.probs, ev.spoke, (), ev.embeddings, ev.face_fracs)
+    with pytest.raises(DatasetError, match="whole-image features"):
+        Evidence.concat([ev, no_images])
+
+
+def test_per_set_scoring_weighs_each_set_alike():
+    from groupmood.engine.group_cv import _accuracy
+
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 0])
+    pred = np.array([0, 1, 2, 0, 1, 2, 1, 1])  # the small set (last two photos) all wrong
+    sets = np.array(["big"] * 6 + ["small"] * 2)
+    assert _accuracy(pred, y) == pytest.approx(0.75)
+    assert _accuracy(pred, y, sets=sets) == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- the whole path on real photos
@@ -412,3 +458,21 @@ def test_extra_evidence_only_ever_trains_the_head(monkeypatch):
     assert "head_extra_weight" in stack.scores and len(stack.scores["head_cv"]) == 4
     with pytest.raises(ValueError, match="extra_weights"):
         select_and_fit(ev, folds, StackOptions(extra_weights=(-1.0,)), extra)
+
+
+def test_collect_evidence_keeps_the_whole_image_features_of_the_scene_trunk(tmp_path, detector, astronaut, coffee):
+    torch.manual_seed(0)
+    rec = GroupEmotionRecognizer.from_bundle(_bundle(tmp_path / "b"), detector=detector)
+    data = tmp_path / "photos"
+    data.mkdir()
+    Image.fromarray(astronaut).save(data / "a.png")
+    Image.fromarray(coffee).save(data / "c.png")
+    (data / "labels.csv").write_text("path,label\na.png,Positive\nc.png,Neutral\n")
+    items = read_group_items(data)
+    ev = collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="global")
+    g = rec.branches["global"]
+    assert ev.images.shape == (2, g.num_features)
+    want = g.features(g.crops(np.asarray(Image.open(data / "c.png").convert("RGB")), []))[0]
+    assert np.array_equal(ev.images[1], want)  # the same computation on the same machine
+    with pytest.raises(DatasetError, match="not a whole-image branch"):
+        collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="nonaligned")

@@ -22,6 +22,12 @@ fold. The accuracy of those held-out labels is the figure to report: no choice s
 is scored on. :class:`Evidence` holds what the photos give once (each branch's pooled
 probabilities, the faces' trunk embeddings, face sizes), so the whole procedure costs seconds.
 
+Scene head: where the evidence holds whole-image trunk features (``Evidence.images``, e.g. the
+global branch's ImageNet trunk), a group-class head on them (:data:`SCENE_BRANCH`, class-balanced
+logistic regression, ``c`` from :attr:`StackOptions.scene_cs`) is chosen and fitted like the group
+head, its out-of-fold probabilities standing for it in calibration and fusion. Evidence of several
+data sets is joined with :meth:`Evidence.concat`; ``Evidence.sets`` keeps each photo's set.
+
 Extra head data: an ``extra`` Evidence (other labelled photos, e.g. image-sentiment photos with
 several faces) can be given to :func:`select_and_fit` and :func:`cross_validate`. It joins the
 training side of every group-head fit (each inner fold's, the final fit on the photos given, so
@@ -49,17 +55,19 @@ from ..fusion import fuse_rows, search_weights
 from ..fusion_model import FusionModel, fusion_features
 from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..labels import GROUP_CLASSES
-from .group_head import LinearHead, fit_group_head
+from .group_head import LinearHead, fit_group_head, fit_softmax_regression
 from ..metrics import accuracy_table
 
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
 
-__all__ = ["GROUP_BRANCH", "Evidence", "Stack", "StackOptions", "apply_stack", "collect_evidence", "cross_validate",
-           "select_and_fit"]
+__all__ = ["GROUP_BRANCH", "SCENE_BRANCH", "Evidence", "Stack", "StackOptions", "apply_stack", "collect_evidence",
+           "cross_validate", "select_and_fit"]
 
 #: The name of the group-face head's branch in the bundle and in the tables.
 GROUP_BRANCH = "group"
+#: The name of the scene head's branch: a group-class head on a whole-image trunk, fitted on the group photos.
+SCENE_BRANCH = "scene"
 
 
 @dataclass
@@ -73,6 +81,8 @@ class Evidence:
     face_branches: tuple[str, ...]
     embeddings: list[np.ndarray]
     face_fracs: list[np.ndarray]
+    images: np.ndarray | None = None  # (N, D) whole-image trunk features, for the scene head
+    sets: np.ndarray | None = None  # (N,) the data set of each photo: choices weigh every set alike
 
     def __len__(self) -> int:
         return len(self.names)
@@ -81,7 +91,25 @@ class Evidence:
         idx = np.asarray(idx, dtype=np.int64)
         return Evidence([self.names[i] for i in idx], self.labels[idx], {b: p[idx] for b, p in self.probs.items()},
                         {b: s[idx] for b, s in self.spoke.items()}, self.face_branches,
-                        [self.embeddings[i] for i in idx], [self.face_fracs[i] for i in idx])
+                        [self.embeddings[i] for i in idx], [self.face_fracs[i] for i in idx],
+                        None if self.images is None else self.images[idx],
+                        None if self.sets is None else self.sets[idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Evidence]) -> Evidence:
+        """The photos of several evidence sets in one (same branches; image features in all or none)."""
+        first = parts[0]
+        if any(set(p.probs) != set(first.probs) or p.face_branches != first.face_branches for p in parts):
+            raise DatasetError("evidence sets with other branches cannot be joined; collect them with one bundle")
+        has_images = [p.images is not None for p in parts]
+        if any(has_images) and not all(has_images):
+            raise DatasetError("some evidence sets have whole-image features and some do not")
+        return cls([n for p in parts for n in p.names], np.concatenate([p.labels for p in parts]),
+                   {b: np.concatenate([p.probs[b] for p in parts]) for b in first.probs},
+                   {b: np.concatenate([p.spoke[b] for p in parts]) for b in first.spoke}, first.face_branches,
+                   [e for p in parts for e in p.embeddings], [f for p in parts for f in p.face_fracs],
+                   np.concatenate([p.images for p in parts]) if all(has_images) else None,
+                   np.concatenate([p.sets if p.sets is not None else np.full(len(p), "") for p in parts]))
 
     def without(self, branches: Sequence[str]) -> Evidence:
         """The same photos without some branches' probabilities (branches kept out of calibration and fusion)."""
@@ -91,7 +119,8 @@ class Evidence:
             raise DatasetError(f"no branch {', '.join(unknown)} in the evidence ({', '.join(self.probs)})")
         return Evidence(self.names, self.labels, {b: p for b, p in self.probs.items() if b not in drop},
                         {b: s for b, s in self.spoke.items() if b not in drop},
-                        tuple(b for b in self.face_branches if b not in drop), self.embeddings, self.face_fracs)
+                        tuple(b for b in self.face_branches if b not in drop), self.embeddings, self.face_fracs,
+                        self.images, self.sets)
 
     def save(self, path: str | Path) -> None:
         """One compressed .npz (embeddings concatenated with per-photo counts)."""
@@ -103,6 +132,10 @@ class Evidence:
         arrays = {"names": np.array(self.names), "labels": self.labels, "counts": counts, "embeddings": emb,
                   "fracs": np.concatenate([f.reshape(-1) for f in self.face_fracs]) if self.face_fracs else np.zeros(0),
                   "face_branches": np.array(self.face_branches)}
+        if self.images is not None:
+            arrays["images"] = self.images
+        if self.sets is not None:
+            arrays["sets"] = np.asarray(self.sets, dtype=str)
         for b in self.probs:
             arrays[f"probs::{b}"] = self.probs[b]
             arrays[f"spoke::{b}"] = self.spoke[b]
@@ -119,19 +152,27 @@ class Evidence:
             probs = {k.split("::", 1)[1]: z[k] for k in z.files if k.startswith("probs::")}
             spoke = {k.split("::", 1)[1]: z[k].astype(bool) for k in z.files if k.startswith("spoke::")}
             return cls([str(n) for n in z["names"]], z["labels"].astype(np.int64), probs, spoke,
-                       tuple(str(b) for b in z["face_branches"]), list(emb), list(fracs))
+                       tuple(str(b) for b in z["face_branches"]), list(emb), list(fracs),
+                       z["images"] if "images" in z.files else None, z["sets"] if "sets" in z.files else None)
 
 
 def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Path, int, str]], trunk: str,
                      batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> Evidence:
+                     log: Callable[[str], None] | None = None, scene_trunk: str | None = None) -> Evidence:
     """Run the recognizer over labelled (path, class, name) photos once; keep what :func:`select_and_fit` needs.
 
-    ``trunk`` names the face branch whose embeddings (flip-averaged) a group head will read.
+    ``trunk`` names the face branch whose embeddings (flip-averaged) a group head will read;
+    ``scene_trunk`` a whole-image branch whose trunk features (its own crop and flip) a scene head will read.
     Branch probabilities are the pooled, uncalibrated ones. Unreadable photos are skipped (logged).
     """
     if trunk not in recognizer.branches or not recognizer.branches[trunk].is_face:
         raise DatasetError(f"trunk {trunk!r} is not a face branch of the recognizer ({', '.join(recognizer.branches)})")
+    if scene_trunk is not None and (scene_trunk not in recognizer.branches
+                                    or recognizer.branches[scene_trunk].is_face):
+        raise DatasetError(f"scene trunk {scene_trunk!r} is not a whole-image branch of the recognizer "
+                           f"({', '.join(recognizer.branches)})")
+    scene = recognizer.branches[scene_trunk] if scene_trunk is not None else None
+    images: list[np.ndarray] = []
     label_of = {p: (y, n) for p, y, n in items}
     names, ys, emb, fracs = [], [], [], []
     probs: dict[str, list[np.ndarray]] = {b: [] for b in recognizer.branches}
@@ -152,6 +193,8 @@ def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[P
                 spoke[b].append(r.spoke)
             emb.append(trunk_branch.embed(trunk_branch.crops(img, res.faces)) if res.faces
                        else np.zeros((0, trunk_branch.num_features)))
+            if scene is not None:
+                images.append(scene.features(scene.crops(img, []))[0])
             fracs.append(np.array([f.area for f in res.faces]) / float(res.width * res.height))
         bar.update(len(good) + len(bad))
     bar.close()
@@ -159,7 +202,8 @@ def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[P
         raise DatasetError("no photo could be read; see the errors above")
     face_branches = tuple(b for b, br in recognizer.branches.items() if br.is_face)
     return Evidence(names, np.asarray(ys, dtype=np.int64), {b: np.stack(v) for b, v in probs.items()},
-                    {b: np.asarray(v, dtype=bool) for b, v in spoke.items()}, face_branches, emb, fracs)
+                    {b: np.asarray(v, dtype=bool) for b, v in spoke.items()}, face_branches, emb, fracs,
+                    np.stack(images).astype(np.float32) if scene is not None else None)
 
 
 # --------------------------------------------------------------------------- selection
@@ -173,10 +217,13 @@ class StackOptions:
     ``weight_objective`` is what the weighted average's grid search optimises on the photos it is
     fitted on (:func:`groupmood.fusion.search_weights`): ``log_loss`` (class-balanced when
     ``balanced``), smooth where accuracy on a hundred photos is a step function with many ties, or
-    the authors' ``accuracy``.
+    the authors' ``accuracy``. ``scene_cs``: the scene head's grid, used where the evidence has
+    whole-image features. ``per_set``: with evidence of several data sets (:attr:`Evidence.sets`), a
+    choice scores the mean of each set's figure, so a small set counts as much as a large one.
     """
 
     head_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    scene_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     extra_weights: tuple[float, ...] = (0.0,)
     fusion_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     step: float = 0.1
@@ -185,6 +232,7 @@ class StackOptions:
     head: bool = True
     balanced: bool = True
     weight_objective: str = "log_loss"
+    per_set: bool = False
 
 
 @dataclass
@@ -200,14 +248,25 @@ class Stack:
     scores: dict[str, Any] = field(default_factory=dict)
     head_extra_weight: float | None = None
     fallback: tuple[str, ...] = ()
+    scene_head: LinearHead | None = None
+    scene_c: float | None = None
 
 
-def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False) -> float:
+def _accuracy(pred: np.ndarray, y: np.ndarray, balanced: bool = False, sets: np.ndarray | None = None) -> float:
+    """Accuracy, or the mean of the per-class accuracies (``balanced``); with ``sets`` (a data set name per
+    photo) the mean over the sets of each set's figure, so that a small set counts as much as a large one."""
     if not len(y):
         return 0.0
+    if sets is not None and len(np.unique(sets)) > 1:
+        return float(np.mean([_accuracy(pred[sets == s], y[sets == s], balanced) for s in np.unique(sets)]))
     if balanced:
         return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
     return float((pred == y).mean())
+
+
+def _sets(ev: Evidence, opts: StackOptions) -> np.ndarray | None:
+    """The data set of each photo where choices weigh the sets alike (``opts.per_set``), else None."""
+    return ev.sets if opts.per_set else None
 
 
 def _fit_head(ev: Evidence, idx: np.ndarray | None, c: float, extra: Evidence | None,
@@ -232,13 +291,35 @@ def _head_oof(ev: Evidence, folds: np.ndarray, c: float, extra: Evidence | None 
     return out
 
 
-def _branch_table(ev: Evidence, group: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _fit_scene(ev: Evidence, idx: np.ndarray | None, c: float) -> LinearHead:
+    """The scene head on the whole-image features of the photos ``idx`` (all when None), classes balanced."""
+    x = ev.images if idx is None else ev.images[idx]
+    y = ev.labels if idx is None else ev.labels[idx]
+    count = np.bincount(y, minlength=len(GROUP_CLASSES)).astype(np.float64)
+    weight = np.divide(len(y), len(GROUP_CLASSES) * count, out=np.zeros_like(count), where=count > 0)[y]
+    return fit_softmax_regression(x, y, c, len(GROUP_CLASSES), weight)
+
+
+def _scene_oof(ev: Evidence, folds: np.ndarray, c: float) -> np.ndarray:
+    """Out-of-fold scene-head probabilities."""
+    out = np.zeros((len(ev), len(GROUP_CLASSES)))
+    for f in np.unique(folds):
+        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        out[te] = _fit_scene(ev, tr, c).probs(ev.images[te])
+    return out
+
+
+def _branch_table(ev: Evidence, group: np.ndarray | None,
+                  scene: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     probs = dict(ev.probs)
     spoke = dict(ev.spoke)
     if group is not None:
         ok = ~np.isnan(group[:, 0])
         probs[GROUP_BRANCH] = np.where(ok[:, None], group, 1.0 / len(GROUP_CLASSES))
         spoke[GROUP_BRANCH] = ok
+    if scene is not None:
+        probs[SCENE_BRANCH] = scene
+        spoke[SCENE_BRANCH] = np.ones(len(scene), dtype=bool)
     return probs, spoke
 
 
@@ -276,7 +357,7 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
     if "single" in opts.fusion_kinds:
         for b in branches:
             cv[f"single {b}"] = _accuracy(_weighted_predict(cprobs, spoke, {o: float(o == b) for o in branches},
-                                                            fallback), y, opts.balanced)
+                                                            fallback), y, opts.balanced, _sets(ev, opts))
     pred_w = np.empty(len(y), dtype=np.int64)
     feats = _features(ev, cprobs, spoke, branches, face_branches) if "model" in opts.fusion_kinds else None
     pred_m = {c: np.empty(len(y), dtype=np.int64) for c in opts.fusion_cs}
@@ -292,10 +373,10 @@ def _fusion_cv(ev: Evidence, cprobs: Mapping[str, np.ndarray], spoke: Mapping[st
                 m = FusionModel.fit(feats[tr], y[tr], branches, face_branches, c)
                 pred_m[c][te] = m.predict_proba(feats[te]).argmax(axis=1)
     if "weighted" in opts.fusion_kinds:
-        cv["weighted"] = _accuracy(pred_w, y, opts.balanced)
+        cv["weighted"] = _accuracy(pred_w, y, opts.balanced, _sets(ev, opts))
     if feats is not None:
         for c in opts.fusion_cs:
-            cv[f"model c={c}"] = _accuracy(pred_m[c], y, opts.balanced)
+            cv[f"model c={c}"] = _accuracy(pred_m[c], y, opts.balanced, _sets(ev, opts))
     return cv
 
 
@@ -322,7 +403,7 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
                 oof[ew, c] = _head_oof(ev, folds, c, extra, ew)
                 ok = ~np.isnan(oof[ew, c][:, 0])
                 by_c[ew, c] = _accuracy(np.nanargmax(np.where(ok[:, None], oof[ew, c], 0), axis=1)[ok], y[ok],
-                                        opts.balanced)
+                                        opts.balanced, None if _sets(ev, opts) is None else ev.sets[ok])
         head_ew, head_c = max(by_c, key=lambda k: (by_c[k], -k[0], -k[1]))
         if extra_weights == (0.0,):
             scores["head_cv"] = {str(c): round(by_c[0.0, c], 4) for c in opts.head_cs}
@@ -331,7 +412,15 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
             scores["head_extra_weight"] = head_ew
         group = oof[head_ew, head_c]
         head = _fit_head(ev, None, head_c, extra, head_ew)
-    probs, spoke = _branch_table(ev, group)
+    scene_head, scene_c, scene = None, None, None
+    if ev.images is not None and opts.scene_cs:
+        scene_oof = {c: _scene_oof(ev, folds, c) for c in opts.scene_cs}
+        by_c = {c: _accuracy(p.argmax(1), y, opts.balanced, _sets(ev, opts)) for c, p in scene_oof.items()}
+        scene_c = max(by_c, key=lambda c: (by_c[c], -c))
+        scores["scene_cv"] = {str(c): round(a, 4) for c, a in by_c.items()}
+        scene = scene_oof[scene_c]
+        scene_head = _fit_scene(ev, None, scene_c)
+    probs, spoke = _branch_table(ev, group, scene)
     best: tuple[float, int, str, bool] = (-1.0, -99, "", False)
     fitted = {}
     for bias in opts.bias:
@@ -360,13 +449,14 @@ def select_and_fit(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
         model = FusionModel.fit(_features(ev, cprobs, spoke, branches, face_branches), y, branches, face_branches,
                                 float(choice.split("=", 1)[1]))
     return Stack(head, head_c, cal, scores["fusion_choice"], weights, model, scores, head_ew,
-                 _fallback(ev, branches))
+                 _fallback(ev, branches), scene_head, scene_c)
 
 
 def apply_stack(stack: Stack, ev: Evidence) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Calibrated branch probabilities, spoke flags and fused probabilities of new photos."""
     group = stack.head.photo_probs(ev.embeddings) if stack.head is not None else None
-    probs, spoke = _branch_table(ev, group)
+    scene = stack.scene_head.probs(ev.images) if stack.scene_head is not None else None
+    probs, spoke = _branch_table(ev, group, scene)
     cprobs = calibrate_rows(probs, spoke, stack.calibration)
     if stack.model is not None:
         feats = _features(ev, cprobs, spoke, stack.model.branches, stack.model.face_branches)
@@ -401,6 +491,7 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
             spoke_all.setdefault(b, np.zeros(n, dtype=bool))[te] = spoke[b]
         fused[te] = fz
         chosen.append({"fold": int(f), "head_c": stack.head_c, "head_extra_weight": stack.head_extra_weight,
+                       "scene_c": stack.scene_c,
                        "fusion": stack.fusion,
                        "weights": {b: round(w, 3) for b, w in stack.weights.items()},
                        "temperature": {b: round(c.temperature, 3) for b, c in stack.calibration.items()},
