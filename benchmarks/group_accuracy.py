@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"photo sentiment, a proxy), training side only, extra_weight from {opts.extra_weights} "
                       "chosen in the CV")
     cv = cross_validate(ev, folds, opts, extra=extra)
-    report: dict = {"cv": {k: v for k, v in cv.items() if k != "oof_fused"}}
+    report: dict = {"cv": {k: v for k, v in cv.items() if not k.startswith("oof_")}}
     rel_folds = args.folds.relative_to(REPO) if args.folds.is_relative_to(REPO) else args.folds
     rows = [f"**multiemova-dev, {cv['k']}-fold cross-validation** ({cv['n']} photos; folds `{rel_folds}`; every "
             f"choice made on the other folds alone{extra_note})", "", *HEADER]

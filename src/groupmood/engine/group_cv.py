@@ -509,7 +509,8 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
     calib["fused"] = {"photos": n, "nll": round(negative_log_likelihood(fused, y), 4),
                       "ece": round(expected_calibration_error(fused, y), 4)}
     return {"n": n, "k": int(len(np.unique(folds))), "tables": tables, "calibration": calib, "folds": chosen,
-            "oof_fused": fused.tolist()}
+            "oof_fused": fused.tolist(), "oof_raw": {b: p.tolist() for b, p in raw.items()},
+            "oof_spoke": {b: s.tolist() for b, s in spoke_all.items()}}
 
 
 # --------------------------------------------------------------------------- shipping

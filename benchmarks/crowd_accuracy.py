@@ -1,0 +1,158 @@
+"""Group accuracy on crowds and on group photos together: one nested CV over crowd-dev and multiemova-dev.
+
+The procedure of ``benchmarks/group_accuracy.py`` (group head, temperatures, fusion, every choice made
+on the other folds alone: :func:`groupmood.engine.group_cv.cross_validate`) on the union of the two
+group sets, with one more candidate branch: a scene head, a group-class logistic regression on the
+whole-image branch's frozen ImageNet trunk features (``scene``), chosen and fitted inside the folds.
+Outer fold k holds out fold k of both sets (``configs/splits/multiemova_dev_folds.json`` and
+``configs/splits/crowd_dev_folds.json``, stratified by label, seed 0, committed). Each detector setting
+of ``--min-face-frac`` gets its own evidence and CV; the figures are reported per set, per class, per
+number of faces found, with 95% Wilson intervals, beside the shipped bundle on the same crowd photos.
+
+This measures candidates; it writes no bundle (the shipped one is fitted by group_accuracy.py).
+
+    .venv/bin/python benchmarks/crowd_accuracy.py --min-face-frac 0.05,0.03   # about 20 min on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from _common import REPO, loadavg, publish_result
+from group_accuracy import (BUNDLE, EXCLUDED, FOLDS, HEADER, TRUNK, evaluate_bundle, evidence_key, intervals,
+                            multiemova_items, row)
+
+CROWD_FOLDS = REPO / "configs" / "splits" / "crowd_dev_folds.json"
+SETS = ("multiemova-dev", "crowd-dev")
+BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 5, "2-5"), (6, 10**9, "6+"))
+
+
+def crowd_items(shared: Path) -> list[tuple[Path, int, str]]:
+    from groupmood.engine.group_eval import read_group_items
+
+    return read_group_items(shared / "crowd-dev")
+
+
+def set_evidence(bundle: Path, items: list, frac: float, cache: Path, set_name: str):
+    """The set's evidence under the bundle's base branches and a detector with ``frac``, whole-image trunk features
+    included; collected once into ``cache``."""
+    from groupmood.detect import FaceDetector
+    from groupmood.engine.group_cv import Evidence, collect_evidence
+    from group_accuracy import base_recognizer
+
+    if cache.is_file():
+        ev = Evidence.load(cache)
+    else:
+        rec = base_recognizer(bundle)
+        rec.detector = FaceDetector.from_pretrained(auto_fetch=True, **{**rec.detector.settings.__dict__,
+                                                                          "min_face_frac": frac})
+        ev = collect_evidence(rec, items, TRUNK, log=lambda m: print(m, file=sys.stderr), scene_trunk="global")
+        ev.save(cache)
+    ev.sets = np.full(len(ev), set_name)
+    return ev
+
+
+def folds_of(names: list[str], labels: np.ndarray, path: Path, source: str) -> np.ndarray:
+    from groupmood.data.folds import fold_indices, stratified_folds, write_folds
+
+    if not path.is_file():
+        write_folds(path, names, stratified_folds(labels, 5, 0), 5, 0, source)
+        print(f"wrote the folds {path}", flush=True)
+    return fold_indices(path, names)[0]
+
+
+def buckets(pred: np.ndarray, y: np.ndarray, n_faces: np.ndarray) -> list[str]:
+    out = []
+    for lo, hi, name in BUCKETS:
+        m = (n_faces >= lo) & (n_faces <= hi)
+        if m.any():
+            out.append(f"{name} faces: {(pred[m] == y[m]).mean():.1%} of {m.sum()}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, default=BUNDLE)
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "crowd_accuracy")
+    ap.add_argument("--min-face-frac", default="0.05", help="detector settings to compare, comma-separated")
+    ap.add_argument("--per-set", action="store_true", help="choices score the mean of each set's figure")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baseline", action="store_true", help="skip the shipped bundle on crowd-dev")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
+    args = ap.parse_args(argv)
+    import torch
+
+    from groupmood.engine.group_cv import Evidence, StackOptions, cross_validate
+    from groupmood.io import atomic_write_text
+    from groupmood.labels import GROUP_CLASSES
+    from groupmood.metrics import accuracy_table
+    from groupmood.pipeline import GroupEmotionRecognizer
+
+    torch.set_num_threads(args.threads)
+    load_start = loadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    items = {"multiemova-dev": multiemova_items(args.shared), "crowd-dev": crowd_items(args.shared)}
+    key = evidence_key(args.bundle)
+    opts = StackOptions(per_set=args.per_set)
+    rows: list[str] = []
+    report: dict = {}
+    for frac in (float(f) for f in args.min_face_frac.split(",")):
+        parts, folds = [], []
+        for name in SETS:
+            ev = set_evidence(args.bundle, items[name], frac, args.out / f"evidence_{name}-{key}-frac{frac}.npz",
+                              name).without(list(EXCLUDED))
+            path = FOLDS if name == "multiemova-dev" else CROWD_FOLDS
+            folds.append(folds_of(ev.names, ev.labels, path, f"{name} labels.csv; stratified by label, seed 0 "
+                                  "(groupmood.data.folds.stratified_folds)"))
+            parts.append(ev)
+        ev = Evidence.concat(parts)
+        cv = cross_validate(ev, np.concatenate(folds), opts, progress=False)
+        fused = np.asarray(cv["oof_fused"]).argmax(1)
+        n_faces = np.array([len(e) for e in ev.embeddings])
+        rows += [f"**min_face_frac {frac}: nested 5-fold CV over both sets** ({len(ev)} photos; scene head among the "
+                 f"candidates; choices {'scored per set' if args.per_set else 'scored on the union'})", "", *HEADER]
+        report[str(frac)] = {}
+        for name in SETS:
+            m = ev.sets == name
+            t = accuracy_table(fused[m], ev.labels[m])
+            report[str(frac)][name] = t
+            rows.append(row(f"**fused, {name} (held-out)**", t))
+            for b in cv["tables"]:
+                if b != "fused":
+                    rows.append(row(f"{b}, {name} (held-out)", accuracy_table(
+                        np.asarray([-1 if not s else int(np.argmax(p)) for p, s in
+                                    zip(np.asarray(cv["oof_raw"][b])[m], np.asarray(cv["oof_spoke"][b])[m])]),
+                        ev.labels[m])))
+        rows.append("")
+        for name in SETS:
+            m = ev.sets == name
+            per = np.bincount(ev.labels[m], minlength=3)
+            rows.append(f"- {name} ({', '.join(f'{c} {n}' for c, n in zip(GROUP_CLASSES, per))}): "
+                        f"{intervals(report[str(frac)][name])}; balanced "
+                        f"{report[str(frac)][name]['mean_class_accuracy']:.1%}; by faces found: "
+                        f"{', '.join(buckets(fused[m], ev.labels[m], n_faces[m]))}.")
+        rows += ["", "Choices per outer fold: " + "; ".join(
+            f"fold {f['fold']}: head c={f['head_c']}, scene c={f['scene_c']}, {f['fusion']}, weights {f['weights']}"
+            for f in cv["folds"]), ""]
+    if not args.no_baseline:
+        rec = GroupEmotionRecognizer.from_bundle(args.bundle)
+        tables, _ = evaluate_bundle(rec, items["crowd-dev"])
+        report["shipped bundle on crowd-dev"] = tables
+        rows += [f"**crowd-dev ({len(items['crowd-dev'])} photos), the shipped bundle as it is** (nothing fitted on "
+                 "crowd-dev)", "", *HEADER, *[row(b, t) for b, t in tables.items()], "",
+                 f"Majority class (Neutral): {np.mean([y == 1 for _, y, _ in items['crowd-dev']]):.1%}.", ""]
+    print("\n".join(rows))
+    publish_result("Group accuracy on crowds and group photos (two-set CV, scene head; not shipped)", args.threads,
+                   load_start, ["Abstentions count as wrong. The scene head and every choice are fitted inside the "
+                                "folds; no bundle is written."], rows, not args.no_write)
+    atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
