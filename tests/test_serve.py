@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import struct
 import sys
 import tempfile
@@ -18,20 +17,19 @@ import threading
 import time
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from groupmood.cli import main
 from groupmood.cli.predict import build_recognizer
 from groupmood.cli.serve import serve_cmd
 from groupmood.labels import GROUP_CLASSES
-from groupmood.pipeline import GroupEmotionRecognizer, default_bundle_path
+from groupmood.pipeline import default_bundle_path
 from groupmood.serve import ServeLimits, create_app
 from groupmood.serve.app import get_labeller
+from serving import LOCAL, files, tiny  # noqa: F401 (tiny: a fixture)
 from test_pipeline import _bundle
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs its test client on httpx
@@ -39,7 +37,6 @@ with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs 
     from fastapi.testclient import TestClient
 
 LIMITS = ServeLimits(max_upload_bytes=1024 * 1024, max_pixels=4_000_000, max_files=4)
-LOCAL = "http://127.0.0.1:8000"  # the server answers its own host names only (not the test client's "testserver")
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -62,15 +59,6 @@ def _png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
-def _files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "application/octet-stream")) for name, data in items]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, detector, one_thread) -> tuple[Path, GroupEmotionRecognizer]:
-    torch.manual_seed(0)
-    bundle = _bundle(tmp_path_factory.mktemp("serve_bundle") / "b")
-    return bundle, GroupEmotionRecognizer.from_bundle(bundle, detector=detector)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +85,7 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
     expected = json.loads((tmp_path / "pred.jsonl").read_text(encoding="utf-8"))
     app = create_app(lambda: build_recognizer(None, "cpu"), default_bundle_path())
     with TestClient(app, base_url=LOCAL) as c:
-        answer = c.post("/v1/predict", files=_files(("group.jpg", (tmp_path / "group.jpg").read_bytes())))
+        answer = c.post("/v1/predict", files=files(("group.jpg", (tmp_path / "group.jpg").read_bytes())))
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"records": [expected]}  # same keys, same numbers
         assert expected["n_faces"] == 5 and len(expected["faces"]) == 5
@@ -111,7 +99,7 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
 
 
 def test_photo_without_a_face_and_several_photos_in_one_request(client, photos):
-    answer = client.post("/v1/predict", files=_files(*photos.items()))
+    answer = client.post("/v1/predict", files=files(*photos.items()))
     assert answer.status_code == 200, answer.text
     astro, cof = answer.json()["records"]
     assert astro["file"] == "astronaut.jpg" and astro["n_faces"] == 1 and not astro["no_face"]
@@ -123,7 +111,7 @@ def test_photo_without_a_face_and_several_photos_in_one_request(client, photos):
 
 
 def test_upload_name_is_the_base_name_only(client, photos):
-    answer = client.post("/v1/predict", files=_files(("../../etc/x\\y/face.jpg", photos["astronaut.jpg"])))
+    answer = client.post("/v1/predict", files=files(("../../etc/x\\y/face.jpg", photos["astronaut.jpg"])))
     assert answer.status_code == 200 and answer.json()["records"][0]["file"] == "face.jpg"
 
 
@@ -154,7 +142,7 @@ def test_each_bad_file_is_refused_with_its_status_and_reason(client, astronaut, 
     data = {"oversized body": os.urandom(1200 * 1024), "pixel bomb": _png_claiming(100_000, 100_000),
             "text named .jpg": b"this is a text file, not a photo\n", "truncated JPEG": _jpeg(astronaut)[:20_000],
             "empty upload": b""}[case]
-    answer = client.post("/v1/predict", files=_files(("photo.jpg", data)))
+    answer = client.post("/v1/predict", files=files(("photo.jpg", data)))
     assert answer.status_code == status, answer.text
     body = answer.json()
     assert body["status"] == status and words in body["error"]
@@ -173,7 +161,7 @@ def test_oversized_body_without_a_length_is_cut_off_while_streaming(client):
 
 
 def test_one_bad_photo_refuses_the_request_and_names_it(client, photos):
-    answer = client.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]), ("notes.jpg", b"hello"),
+    answer = client.post("/v1/predict", files=files(("a.jpg", photos["astronaut.jpg"]), ("notes.jpg", b"hello"),
                                                      ("b.png", photos["coffee.png"])))
     assert answer.status_code == 415
     assert answer.json()["files"] == [{"file": "notes.jpg", "status": 415,
@@ -184,7 +172,7 @@ def test_one_bad_photo_refuses_the_request_and_names_it(client, photos):
     ({"data": {"other": "x"}, "files": [("other", ("a.jpg", b"x"))]}, 400, "no photo in the request"),
     ({"json": {"files": "a.jpg"}}, 415, "send the photos as multipart/form-data"),
     ({"data": {"files": "just text"}, "files": [("x", ("a.jpg", b"x"))]}, 400, "is text, not a file"),
-    ({"files": _files(*[(f"{k}.jpg", b"x") for k in range(5)])}, 400, "at most 4 files per request"),
+    ({"files": files(*[(f"{k}.jpg", b"x") for k in range(5)])}, 400, "at most 4 files per request"),
     ({"content": b"junk", "headers": {"content-type": "multipart/form-data"}}, 400, "malformed multipart body"),
 ])
 def test_malformed_requests_are_refused(client, kwargs, status, words):
@@ -225,8 +213,8 @@ def test_nothing_of_an_upload_is_written_to_disk(tiny, photos, tmp_path, monkeyp
     with TestClient(app, base_url=LOCAL) as c:
         _AUDIT.append(hook)
         try:
-            assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]))).status_code == 200
-            assert c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"]), ("t.jpg", b"x"))
+            assert c.post("/v1/predict", files=files(("a.jpg", photos["astronaut.jpg"]))).status_code == 200
+            assert c.post("/v1/predict", files=files(("a.jpg", photos["astronaut.jpg"]), ("t.jpg", b"x"))
                           ).status_code == 415
         finally:
             _AUDIT.remove(hook)
@@ -247,7 +235,7 @@ def test_an_unexpected_failure_is_a_json_500(tiny, photos):
     app = create_app(lambda: rec, bundle, LIMITS)
     app.dependency_overrides[get_labeller] = lambda: broken
     with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as c:
-        answer = c.post("/v1/predict", files=_files(("a.jpg", photos["astronaut.jpg"])))
+        answer = c.post("/v1/predict", files=files(("a.jpg", photos["astronaut.jpg"])))
         assert answer.status_code == 500
         assert answer.json()["error"].startswith("internal error (RuntimeError: out of cheese)")
         assert c.get("/v1/health").json()["in_flight"] == 0
@@ -268,12 +256,12 @@ def test_full_queue_answers_503_with_retry_after_while_health_still_answers(tiny
     app.dependency_overrides[get_labeller] = lambda: slow
     first: dict = {}
     with TestClient(app, base_url=LOCAL) as c:
-        t = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", files=_files(
+        t = threading.Thread(target=lambda: first.update(r=c.post("/v1/predict", files=files(
             ("a.jpg", photos["astronaut.jpg"])))))
         t.start()
         try:
             assert entered.wait(30)
-            busy = c.post("/v1/predict", files=_files(("b.jpg", photos["astronaut.jpg"])))
+            busy = c.post("/v1/predict", files=files(("b.jpg", photos["astronaut.jpg"])))
             assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
             assert busy.json()["error"] == "busy: 1 requests are being labelled or waiting; try again in 3 s"
             health = c.get("/v1/health")  # inference is off the event loop: the server still answers
@@ -291,7 +279,7 @@ def test_concurrent_requests_get_their_own_records(tiny, photos):
     answers: dict[str, dict] = {}
     with TestClient(app, base_url=LOCAL) as c:
         def ask(name: str) -> None:
-            answers[name] = c.post("/v1/predict", files=_files((name, photos[name]))).json()
+            answers[name] = c.post("/v1/predict", files=files((name, photos[name]))).json()
         threads = [threading.Thread(target=ask, args=(n,)) for n in [*photos, *photos]]
         for t in threads:
             t.start()

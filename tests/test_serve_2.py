@@ -9,31 +9,27 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from groupmood.cli import main
 from groupmood.cli.predict import build_recognizer
 from groupmood.images import load_photo
-from groupmood.pipeline import GroupEmotionRecognizer
 from groupmood.serve import ServeLimits, create_app
 from groupmood.serve.app import get_labeller
+from serving import LOCAL, files, running_server, tiny  # noqa: F401 (tiny: a fixture)
 from test_pipeline import _bundle
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs its test client on httpx
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-LOCAL = "http://127.0.0.1:8000"
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -48,15 +44,6 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "application/octet-stream")) for name, data in items]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, detector, one_thread) -> tuple[Path, GroupEmotionRecognizer]:
-    torch.manual_seed(0)
-    bundle = _bundle(tmp_path_factory.mktemp("serve_bundle") / "b")
-    return bundle, GroupEmotionRecognizer.from_bundle(bundle, detector=detector)
 
 
 @pytest.fixture(scope="module")
@@ -71,23 +58,9 @@ def client(tiny) -> Iterator[TestClient]:
 @pytest.fixture
 def real_server(tiny) -> Iterator[tuple[str, int]]:
     """The real server (tiny bundle, a body timeout of 1.5 s, one worker and a queue of 2) on a loopback port."""
-    import uvicorn
-
     bundle, rec = tiny
-    app = create_app(lambda: rec, bundle, ServeLimits(workers=1, queue=2, body_timeout_s=1.5))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield "127.0.0.1", sock.getsockname()[1]
-    srv.should_exit = True
-    thread.join(30)
-    sock.close()
+    with running_server(create_app(lambda: rec, bundle, ServeLimits(workers=1, queue=2, body_timeout_s=1.5))) as hp:
+        yield hp
 
 
 def _stalled_upload(host: str, port: int) -> socket.socket:
@@ -117,7 +90,7 @@ def test_stalled_uploads_neither_block_others_nor_stay_for_ever(real_server, ast
     try:
         time.sleep(0.3)
         start = time.monotonic()
-        answer = httpx.post(f"http://{host}:{port}/v1/predict", files=_files(("a.jpg", _jpeg(astronaut))),
+        answer = httpx.post(f"http://{host}:{port}/v1/predict", files=files(("a.jpg", _jpeg(astronaut))),
                             timeout=30)
         assert answer.status_code == 200, answer.text  # the nine stalled bodies take no place in the queue
         assert answer.json()["records"][0]["file"] == "a.jpg" and time.monotonic() - start < 10
@@ -144,7 +117,7 @@ def test_a_one_pixel_strip_is_labelled(client, monkeypatch):
         return resize(self, size, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "resize", guarded)
-    answer = client.post("/v1/predict", files=_files(("strip.png", _png(np.full((1, 80000, 3), 120, np.uint8)))))
+    answer = client.post("/v1/predict", files=files(("strip.png", _png(np.full((1, 80000, 3), 120, np.uint8)))))
     assert answer.status_code == 200, answer.text
     record = answer.json()["records"][0]
     assert (record["width"], record["height"]) == (80000, 1) and record["no_face"]
@@ -169,7 +142,7 @@ def test_serve_decodes_a_large_photo_as_predict_does(tmp_path, astronaut, one_th
     app = create_app(lambda: rec, bundle)
     app.dependency_overrides[get_labeller] = lambda: watching
     with TestClient(app, base_url=LOCAL) as c:
-        answer = c.post("/v1/predict", files=_files(("big.jpg", photo.read_bytes())))
+        answer = c.post("/v1/predict", files=files(("big.jpg", photo.read_bytes())))
     assert answer.status_code == 200, answer.text
     assert shapes == [load_photo(photo, min_short_side=rec.decode_short_side()).pixels.shape] == [(450, 450, 3)]
     assert answer.json() == {"records": [{**expected, "file": "big.jpg"}]}
@@ -185,7 +158,7 @@ def test_other_host_names_and_cross_origin_posts_are_refused(tiny, client, astro
         assert "bundle" not in answer.json()
     for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "127.0.0.2:9"):
         assert client.get("/v1/health", headers={"host": host}).status_code == 200, host
-    photo = _files(("a.jpg", _jpeg(astronaut)))
+    photo = files(("a.jpg", _jpeg(astronaut)))
     evil = client.post("/v1/predict", files=photo, headers={"origin": "http://attacker.example"})
     assert evil.status_code == 403 and "cross-origin request refused" in evil.json()["error"]
     other_port = client.post("/v1/predict", files=photo, headers={"origin": "http://127.0.0.1:3000"})
@@ -220,5 +193,5 @@ def test_multipart_refusals_say_their_own_reason(client):
     missing = client.post("/v1/predict", content=b"junk", headers={"content-type": "multipart/form-data"})
     assert missing.status_code == 400
     assert missing.json()["error"] == "malformed multipart body: Missing boundary in multipart."
-    many = client.post("/v1/predict", files=_files(*[(f"{k}.jpg", b"x") for k in range(5)]))
+    many = client.post("/v1/predict", files=files(*[(f"{k}.jpg", b"x") for k in range(5)]))
     assert many.status_code == 400 and many.json()["error"].endswith("(at most 4 files per request)")

@@ -16,9 +16,6 @@ takes the README's screenshot with the same driver.
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +23,7 @@ import numpy as np
 import pytest
 from _chromium import Chromium, assert_fits
 from conftest import shared_path
+from serving import running_server
 
 from groupmood.cli.predict import build_recognizer
 from groupmood.pipeline import default_bundle_path
@@ -41,22 +39,9 @@ READY = "!!document.querySelector('#pick')"
 @pytest.fixture(scope="module")
 def server(browser: str) -> str:
     """The real server with the default bundle on a free loopback port, in a thread; its base URL."""
-    import uvicorn
-
     app = create_app(lambda: build_recognizer(None, "cpu"), default_bundle_path())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(30)
-    sock.close()
+    with running_server(app, start_timeout=120) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")
