@@ -169,11 +169,12 @@ def fetch_photos(photos: list[dict], cache: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------- models
 
-def run_groupmood(paths: dict[str, Path], out: Path) -> tuple[dict[str, dict], list[str]]:
-    """One ``groupmood predict`` process with default options on every photo: each photo's record, and the command."""
+def run_groupmood(paths: dict[str, Path], out: Path, bundle: str = "default") -> tuple[dict[str, dict], list[str]]:
+    """One ``groupmood predict`` process with default options (and ``--bundle``) on every photo: each photo's
+    record, and the command."""
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "groupmood.cli", "predict", *map(str, paths.values()), "-o", str(out),
-           "--no-progress"]
+           "--no-progress", "--bundle", bundle]
     print("groupmood predict ...", flush=True)
     r = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True)
     records = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fetch-only", action="store_true", help="fetch and verify the photos, run nothing")
     ap.add_argument("--no-peer", action="store_true", help="skip fer")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
+    ap.add_argument("--bundle", default="default", help="a shipped bundle's name or a bundle YAML (default: %(default)s); "
+                    "another bundle than the default gets its own RESULTS.md section")
     args = ap.parse_args(argv)
 
     from groupmood.labels import GROUP_CLASSES
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch_only:
         return 0
     load_start = loadavg()
-    records, _ = run_groupmood(paths, args.cache / "groupmood.jsonl")
+    records, _ = run_groupmood(paths, args.cache / "groupmood.jsonl", args.bundle)
     fer, fer_versions = ({}, {}) if args.no_peer else run_fer(paths, args.threads)
 
     branches: list[str] = []  # the branches that ran, in the records' order
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         branches += [b for b in rec["branches"] if b not in branches]
     truth = {p["name"]: p["label"] for p in photos}
     models: dict[str, dict[str, str | None]] = {
-        "**groupmood** (default bundle, fused)": {n: r["label"] if r["label"] in GROUP_CLASSES else None
+        f"**groupmood** ({args.bundle} bundle, fused)": {n: r["label"] if r["label"] in GROUP_CLASSES else None
                                                   for n, r in records.items()}}
     if not args.no_peer:
         models[f"fer {FER_RELEASE} face average (peer)"] = {n: f["label"] for n, f in fer.items()}
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
          f"on it; not annotators' labels. {counts}. **Small sample**: {len(photos)} photos, one photo = "
          f"{100 / len(photos):.0f} points of accuracy; read it as a sanity check, not a measurement."),
         (f"groupmood: one `groupmood predict PHOTOS -o FILE.jsonl --no-progress` process with the default options "
-         f"(shipped default bundle) on the cached photos (`{repo_path(args.cache / 'photos')}`); branch columns: "
+         f"(`--bundle {args.bundle}`) on the cached photos (`{repo_path(args.cache / 'photos')}`); branch columns: "
          "each branch's own argmax where it spoke (`-`: it did not speak; the face branches need the bundle's "
          "`min_faces`, the bundle's fallback runs only where no weighted branch speaks), from the same records."
          + (f" Spoke on no photo, so no accuracy row: {', '.join(silent)}." if silent else "")),
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                                             if not args.no_peer else ""),
     ]
     print("\n".join(table))
-    publish_result(SECTION, args.threads, load_start, notes, table, not args.no_write)
+    section = SECTION if args.bundle == "default" else f"{SECTION}, bundle {args.bundle}"
+    publish_result(section, args.threads, load_start, notes, table, not args.no_write)
     from groupmood.io import atomic_write_text
 
     atomic_write_text(args.cache / "report.json", json.dumps(

@@ -4,6 +4,7 @@ system runs offline on real photos (a group, a portrait, a photo without a face)
 The default bundle has three face branches (one with the group head fitted on multiemova-dev) and the
 global branch: on a photo without a face the
 face branches abstain, and the global branch alone gives the label."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +12,30 @@ import pytest
 import yaml
 
 from groupmood.labels import GROUP_CLASSES
-from groupmood.pipeline import GroupEmotionRecognizer, default_bundle_path
+from groupmood.pipeline import SHIPPED_BUNDLES, GroupEmotionRecognizer, bundle_path, default_bundle_path
 from groupmood.weights import sha256_file
 
 ASSETS = Path(default_bundle_path()).parent
 
 
 def test_every_shipped_weight_file_has_card_and_hash():
-    bundle = yaml.safe_load(default_bundle_path().read_text())
+    """Every weight file in the assets belongs to a shipped bundle, which pins its sha256, and has a model card
+    that states it; every shipped bundle says what it was chosen on."""
+    listed: dict[str, str] = {}
+    for name in SHIPPED_BUNDLES:
+        bundle = yaml.safe_load(bundle_path(name).read_text())
+        assert bundle["chosen_on"], f"the {name} bundle must say what its fusion weights were chosen on"
+        listed.update({b["model"]: b["sha256"] for b in bundle["branches"]})
+        if bundle.get("fusion", {}).get("kind") == "model":
+            listed[bundle["fusion"]["model"]] = bundle["fusion"]["sha256"]
     files = sorted(ASSETS.glob("*.safetensors"))
     assert files, "no shipped weights"
-    listed = {b["model"]: b for b in bundle["branches"]}
     for f in files:
         card = f.with_suffix(".md")
         assert card.is_file(), f"{f.name} has no model card"
         assert sha256_file(f) in card.read_text(), f"{card.name} does not state the file's sha256"
-        assert f.name in listed and listed[f.name]["sha256"] == sha256_file(f)
+        assert listed.get(f.name) == sha256_file(f), f"{f.name} is in no shipped bundle with its sha256"
         assert f.stat().st_size <= 10 * 2**20
-    assert bundle["chosen_on"], "the bundle must say what its fusion weights were chosen on"
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +80,39 @@ def test_folded_branches_score_as_the_shipped_files(recognizer, astronaut):
         assert plain.folded == 0
         crops = branch.crops(astronaut, faces)
         np.testing.assert_allclose(branch.scores(crops), plain.scores(crops), atol=1e-4)
+
+
+def test_crowd_bundle_end_to_end(detector, astronaut, coffee):
+    """``--bundle crowd``: the scene branch (the whole-image trunk with a head fitted on crowds and group photos)
+    votes on every photo, the group head on photos with two or more faces; a photo without a face is labelled by
+    the scene alone. It lists its fitting photos (crowd-dev and multiemova-dev for the heads)."""
+    from groupmood.images import load_image
+    from groupmood.pipeline import read_bundle
+    from groupmood.samples import sample_path
+
+    rec = GroupEmotionRecognizer.from_bundle("crowd", detector=detector, backend="torch")
+    assert rec.weights["scene"] > 0 and rec.branches["scene"].family == "global"
+    g, c = rec.predict([load_image(sample_path("group")), coffee])
+    assert len(g.faces) == 5 and g.branches["group"].spoke and g.branches["scene"].spoke
+    assert c.no_face and [n for n, b in c.branches.items() if b.spoke] == ["scene"] and c.label in GROUP_CLASSES
+    np.testing.assert_allclose(c.probs, c.branches["scene"].probs, atol=1e-6)
+    listed = read_bundle("crowd")["chosen_on"]["fit_photos"]
+    lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
+    assert sum(ln.endswith("\tgroup") for ln in lines) == 127 + 926
+
+
+def test_shipped_bundles_by_name_on_the_command_line(tmp_path, coffee, capsys):
+    from PIL import Image
+
+    from groupmood.cli import main
+    from groupmood.pipeline import read_bundle
+
+    assert bundle_path("crowd") == ASSETS / "bundle_crowd.yaml" and bundle_path(None) == default_bundle_path()
+    assert bundle_path("default") == default_bundle_path() and bundle_path("my.yaml").name == "my.yaml"
+    Image.fromarray(coffee).save(tmp_path / "cup.png")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(tmp_path / "cup.png"), "--bundle", "crowd", "-o", str(out), "--backend", "torch",
+                 "--no-progress"]) == 0
+    assert "scene" in json.loads(out.read_text())["branches"]
+    with pytest.raises(Exception, match="default, crowd"):
+        read_bundle("crowds")

@@ -108,9 +108,23 @@ _FUSION_KEYS = {"kind", "model", "sha256"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
 
+#: The bundles shipped in the package, by the name ``--bundle`` takes: ``default`` (group photos of a few people)
+#: and ``crowd`` (fitted on crowds and group photos together; see its ``chosen_on``).
+SHIPPED_BUNDLES: dict[str, str] = {"default": "bundle.yaml", "crowd": "bundle_crowd.yaml"}
+
+
 def default_bundle_path() -> Path:
     """Where the shipped default bundle lives: ``groupmood/assets/bundle.yaml``."""
-    return Path(__file__).resolve().parent / "assets" / "bundle.yaml"
+    return bundle_path(None)
+
+
+def bundle_path(bundle: str | Path | None) -> Path:
+    """The YAML of a bundle given as a path, as the name of a shipped bundle (:data:`SHIPPED_BUNDLES`), or None
+    (the default)."""
+    name = "default" if bundle is None else str(bundle)
+    if name in SHIPPED_BUNDLES:
+        return Path(__file__).resolve().parent / "assets" / SHIPPED_BUNDLES[name]
+    return Path(bundle)
 
 
 # --------------------------------------------------------------------------- branches
@@ -619,10 +633,10 @@ class GroupResult:
 def read_bundle(path: str | Path) -> dict[str, Any]:
     """Read and check a bundle YAML; model paths are made absolute (relative to the YAML), the
     ``detector`` section is ready for :meth:`FaceDetector.from_pretrained` (thresholds a tuple)."""
-    p = Path(path)
+    p = bundle_path(path)
     if not p.is_file():
-        raise WeightsError(f"bundle file {p} does not exist; pass --bundle with a bundle YAML "
-                           "(see groupmood.pipeline for the format)")
+        raise WeightsError(f"bundle file {p} does not exist; pass --bundle with a bundle YAML or the name of a "
+                           f"shipped one ({', '.join(SHIPPED_BUNDLES)}) (see groupmood.pipeline for the format)")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

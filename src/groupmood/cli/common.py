@@ -78,11 +78,11 @@ def detector_settings(min_face_frac: float | None, min_face_px: float | None, th
     ``bundle`` None means the shipped bundle (where it exists); ``use_bundle=False`` (``detect``, which
     has no bundle) skips that layer.
     """
-    from ..pipeline import default_bundle_path, read_bundle
+    from ..pipeline import bundle_path, read_bundle
 
     out: dict[str, Any] = {}
     if use_bundle:
-        path = Path(bundle) if bundle else default_bundle_path()
+        path = bundle_path(bundle)
         if path.is_file():
             out.update(read_bundle(path)["detector"])
     given = {"min_face_frac": min_face_frac, "min_face_px": min_face_px,

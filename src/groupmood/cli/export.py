@@ -15,8 +15,9 @@ from ..errors import ConfigError
                    "CHECKPOINT alone) exported for ONNX Runtime into the cache, each checked against PyTorch.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .safetensors (default: beside the checkpoint); safetensors only.")
-@click.option("--bundle", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Bundle YAML whose models --format onnx exports (default: the shipped bundle).")
+@click.option("--bundle", type=click.Path(dir_okay=False), default=None,
+              help="Bundle YAML (or a shipped bundle's name) whose models --format onnx exports (default: the shipped "
+                   "default bundle).")
 def export_cmd(checkpoint: Path | None, fmt: str, out: Path | None, bundle: str | None) -> int:
     """Export CHECKPOINT as fp16 safetensors with its config embedded, or models as ONNX (``--format onnx``).
 

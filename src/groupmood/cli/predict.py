@@ -18,7 +18,7 @@ from ..images import path_key
 from ..fusion import ABSTAIN, parse_weights, pooling_name, preset_weights
 from ..io import csv_text_cell, csv_text_value, write_image
 from ..labels import GROUP_CLASSES
-from ..pipeline import GroupEmotionRecognizer, default_bundle_path
+from ..pipeline import GroupEmotionRecognizer, bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
 from ..runtime.session import resolve_backend
 from ..shard import PredictShards, shard_option
@@ -120,7 +120,7 @@ class CsvSink(PartialFileSink):
 def run_settings(rec: GroupEmotionRecognizer, bundle: str | Path | None, all_branches: bool) -> dict[str, Any]:
     """What makes a run's records, kept beside its output so that a resume with other settings is refused:
     the bundle (path and sha256 of its YAML), fusion weights, pooling, fallback and detector settings."""
-    path = Path(bundle) if bundle else default_bundle_path()
+    path = bundle_path(bundle)
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
@@ -151,7 +151,8 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--bundle", default=None, type=click.Path(dir_okay=False),
-              help="Bundle YAML (models + fusion weights). Default: the shipped groupmood/assets/bundle.yaml.")
+              help="Bundle YAML (models + fusion weights), or a shipped bundle by name: default (group photos of a "
+                   "few people; groupmood/assets/bundle.yaml) or crowd (fitted on crowds and group photos together).")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file (written atomically when complete), or - for stdout.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
@@ -229,7 +230,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (resume_note(sink, len(paths), len(todo)) if resume else ""))
     if report is not None:
-        report.write(report_path, summary, describe_fusion(rec, bundle or default_bundle_path()), run.failed)
+        report.write(report_path, summary, describe_fusion(rec, bundle_path(bundle)), run.failed)
     click.echo(summary, err=True)
     shards.finish()
     return 1 if run.failed else 0

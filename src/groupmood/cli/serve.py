@@ -5,12 +5,11 @@ import ipaddress
 import math
 import socket
 import time
-from pathlib import Path
 
 import click
 
 from ..images import DEFAULT_MAX_PIXELS
-from ..pipeline import default_bundle_path
+from ..pipeline import bundle_path
 from .common import check_device
 from .predict import build_recognizer
 
@@ -111,7 +110,7 @@ def serve_cmd(host: str, port: int, bundle: str | None, workers: int, queue: int
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
                          max_files=max_files, workers=workers, queue=queue, body_timeout_s=body_timeout)
     allowed = _allowed_hosts(host, allow_hosts)
-    bundle_path = Path(bundle) if bundle else default_bundle_path()
+    bundle_file = bundle_path(bundle)
     start = time.perf_counter()
     # one photo per request: every CPU in each ONNX Runtime session (predict's default is one photo per CPU)
     set_intra_op_threads(cpu_count())
@@ -127,7 +126,7 @@ def serve_cmd(host: str, port: int, bundle: str | None, workers: int, queue: int
             click.echo(f"note: requests are answered for the host names localhost, loopback addresses"
                        f"{', ' + ', '.join(allowed) if allowed else ''}; add --allow-host NAME for the name others "
                        "use to reach this machine", err=True)
-    app = create_app(lambda: recognizer, bundle_path, limits, allowed)
+    app = create_app(lambda: recognizer, bundle_file, limits, allowed)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
     try:
         server.run(sockets=[sock])

@@ -577,12 +577,13 @@ def export_head_model(head: LinearHead, trunk_model: str | Path, out: str | Path
 def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
                        group_model: str = "face_group.safetensors",
                        fusion_file: str = "fusion.safetensors", scene_trunk: str = "global",
-                       scene_model: str = "global_scene.safetensors") -> Path:
+                       scene_model: str = "global_scene.safetensors",
+                       detector: Mapping[str, Any] | None = None) -> Path:
     """A bundle YAML beside ``out``: the base bundle's branches (calibrated) plus the group branch (and the scene
     branch, on the whole-image branch ``scene_trunk``, when the stack has one), the fusion.
 
     The group and scene models (and a fusion model, when chosen) are written next to the YAML; paths in
-    it are relative to it, with their sha256.
+    it are relative to it, with their sha256. ``detector``: detector settings over the base bundle's.
     """
     import yaml
 
@@ -631,7 +632,7 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
     doc: dict[str, Any] = {"format": "groupmood-bundle-1", "branches": entries,
                            "weights": {**{b: round(float(w), 4) for b, w in stack.weights.items()},
                                        **{e["name"]: 0.0 for e in entries if e["name"] not in stack.weights}},
-                           "detector": spec["detector"]}
+                           "detector": {**spec["detector"], **(detector or {})}}
     if spec["min_faces"] != 1:
         doc["min_faces"] = spec["min_faces"]
     if stack.fallback:

@@ -60,12 +60,14 @@ def _photo_digest(path: str | Path) -> str:
     return sha256_file(path)[:_DIGEST_CHARS]
 
 
-def write_fit_photos(path: str | Path, photos: Sequence[tuple[Path, str]]) -> Path:
-    """Write the list of a bundle's fitting photos: one ``digest<TAB>role`` line per photo file, sorted."""
-    unknown = sorted({role for _, role in photos} - set(FIT_ROLES))
+def write_fit_photos(path: str | Path, photos: Sequence[tuple[Path, str]],
+                     digests: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write the list of a bundle's fitting photos: one ``digest<TAB>role`` line per photo file, sorted;
+    ``digests``: (digest, role) lines carried over from another list."""
+    unknown = sorted({role for _, role in (*photos, *digests)} - set(FIT_ROLES))
     if unknown:
         raise ValueError(f"unknown fitting role(s) {unknown}; known: {', '.join(FIT_ROLES)}")
-    lines = sorted({f"{_photo_digest(p)}\t{role}\n" for p, role in photos})
+    lines = sorted({f"{_photo_digest(p)}\t{role}\n" for p, role in photos} | {f"{d}\t{r}\n" for d, r in digests})
     head = "".join(f"# {role}: {what}\n" for role, what in FIT_ROLES.items())
     atomic_write_text(path, "# sha256[:16] of each photo file a bundle was fitted on, and what it fitted\n" + head
                       + "".join(lines))
