@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from _common import REPO, command_line, loadavg, publish_result
-from group_accuracy import (BUNDLE, EXCLUDED, FOLDS, HEADER, TRUNK, evaluate_bundle, evidence_key, gaf_sample_items,
-                            intervals, multiemova_items, row, sentiment_items)
+from group_accuracy import (BUNDLE, EXCLUDED, FOLDS, HEADER, TRUNK, evaluate_bundle, evidence_key, fer_peer,
+                            gaf_sample_items, intervals, multiemova_items, row, sentiment_items)
 
 CROWD_FOLDS = REPO / "configs" / "splits" / "crowd_dev_folds.json"
 #: Kept out of the fit: the aligned branch (group_accuracy.EXCLUDED) and the sentiment-trained whole-image branch,
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-set", action="store_true", help="choices score the mean of each set's figure")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baseline", action="store_true", help="skip the shipped bundle on crowd-dev")
+    ap.add_argument("--no-peer", action="store_true", help="skip fer's face average on both sets")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
     ap.add_argument("--no-tests", action="store_true",
                     help="skip the crowd bundle on the test sets (gaf-samples, sentiment test photos)")
@@ -202,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         rows += [f"**crowd-dev ({len(items['crowd-dev'])} photos), the shipped bundle as it is** (nothing fitted on "
                  "crowd-dev)", "", *HEADER, *[row(b, t) for b, t in tables.items()], "",
                  f"Majority class (Neutral): {np.mean([y == 1 for _, y, _ in items['crowd-dev']]):.1%}.", ""]
+    if not args.no_peer:
+        rows += ["**fer 25.10.3 face average on the same photos** (peer, nothing fitted; each face's emotions read as "
+                 "valence and summed per photo; no face found: counted wrong)", "", *HEADER]
+        for name in SETS:
+            peer = fer_peer(items[name], args.threads)
+            report[f"fer {name}"] = peer
+            rows.append(row(f"fer 25.10.3, {name}", peer))
+        rows += ["", *[f"- fer, {name}: {intervals(report[f'fer {name}'])}." for name in SETS], ""]
     if bundle_path("crowd").is_file() and not args.no_tests:
         rec = GroupEmotionRecognizer.from_bundle("crowd")
         tests = {"gaf-samples (16 GAF 3.0 photos, 8 Positive, 8 Negative; test only)": gaf_sample_items(args.shared),
