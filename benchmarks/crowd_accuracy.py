@@ -29,7 +29,7 @@ import numpy as np
 
 from _common import REPO, command_line, loadavg, publish_result
 from group_accuracy import (BUNDLE, EXCLUDED, FOLDS, HEADER, TRUNK, evaluate_bundle, evidence_key, fer_peer,
-                            gaf_sample_items, intervals, multiemova_items, row, sentiment_items)
+                            folds_for, gaf_sample_items, intervals, multiemova_items, row, sentiment_items)
 
 CROWD_FOLDS = REPO / "configs" / "splits" / "crowd_dev_folds.json"
 #: Kept out of the fit: the aligned branch (group_accuracy.EXCLUDED) and the sentiment-trained whole-image branch,
@@ -49,7 +49,6 @@ def crowd_items(shared: Path) -> list[tuple[Path, int, str]]:
 def set_evidence(bundle: Path, items: list, frac: float, cache: Path, set_name: str):
     """The set's evidence under the bundle's base branches and a detector with ``frac``, whole-image trunk features
     included; collected once into ``cache``."""
-    from groupmood.detect import FaceDetector
     from groupmood.engine.group_cv import Evidence, collect_evidence
     from group_accuracy import base_recognizer
 
@@ -57,21 +56,11 @@ def set_evidence(bundle: Path, items: list, frac: float, cache: Path, set_name: 
         ev = Evidence.load(cache)
     else:
         rec = base_recognizer(bundle)
-        rec.detector = FaceDetector.from_pretrained(auto_fetch=True, **{**rec.detector.settings.__dict__,
-                                                                          "min_face_frac": frac})
+        rec.detector = rec.detector.with_settings(min_face_frac=frac)
         ev = collect_evidence(rec, items, TRUNK, log=lambda m: print(m, file=sys.stderr), scene_trunk="global")
         ev.save(cache)
     ev.sets = np.full(len(ev), set_name)
     return ev
-
-
-def folds_of(names: list[str], labels: np.ndarray, path: Path, source: str) -> np.ndarray:
-    from groupmood.data.folds import fold_indices, stratified_folds, write_folds
-
-    if not path.is_file():
-        write_folds(path, names, stratified_folds(labels, 5, 0), 5, 0, source)
-        print(f"wrote the folds {path}", flush=True)
-    return fold_indices(path, names)[0]
 
 
 def buckets(pred: np.ndarray, y: np.ndarray, n_faces: np.ndarray) -> list[str]:
@@ -86,13 +75,15 @@ def buckets(pred: np.ndarray, y: np.ndarray, n_faces: np.ndarray) -> list[str]:
 def write_crowd_bundle(args, ev, folds: np.ndarray, opts, frac: float, cv_tables: dict, items: dict) -> list[str]:
     """Fit on every photo of both sets and write the shipped crowd bundle beside the default one."""
     from groupmood.engine.group_cv import select_and_fit, write_group_bundle
-    from groupmood.engine.group_eval import write_fit_photos
+    from groupmood.engine.group_eval import read_fit_photos, write_fit_photos
     from groupmood.pipeline import bundle_path
 
     out = bundle_path("crowd")
     stack = select_and_fit(ev, folds, opts)
     fitted = [(p, "group") for name in SETS for p, _, _ in items[name]]
-    write_fit_photos(out.parent / "fit_photos_crowd.tsv", fitted, _global_fit_photos(out.parent / "fit_photos.tsv"))
+    # the whole-image branch stays as the default bundle fitted it: its fitting photos carry over
+    carried = [(d, role) for d, role in read_fit_photos(out.parent / "fit_photos.tsv") if role != "group"]
+    write_fit_photos(out.parent / "fit_photos_crowd.tsv", fitted, carried)
     chosen_on = {
         "data": "crowd-dev (926 WIDER crowd photos, group mood) and multiemova-dev (127 group photos, group valence), "
                 "../shared/data",
@@ -113,13 +104,6 @@ def write_crowd_bundle(args, ev, folds: np.ndarray, opts, frac: float, cv_tables
                        fusion_file="fusion_crowd.safetensors", detector={"min_face_frac": frac})
     return [f"Crowd bundle written (`{out.name}`): head c={stack.head_c}, scene c={stack.scene_c}, fusion "
             f"{stack.fusion}, weights { {b: round(w, 2) for b, w in stack.weights.items()} }.", ""]
-
-
-def _global_fit_photos(listing: Path) -> list[tuple[str, str]]:
-    """The default bundle's whole-image fitting photos (digest, role), carried over: the crowd bundle keeps its
-    whole-image branch."""
-    return [tuple(line.split("\t")) for line in listing.read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#") and not line.endswith("\tgroup")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             ev = set_evidence(args.bundle, items[name], frac, args.out / f"evidence_{name}-{key}-frac{frac}.npz",
                               name).without([b for b in args.exclude.split(",") if b])
             path = FOLDS if name == "multiemova-dev" else CROWD_FOLDS
-            folds.append(folds_of(ev.names, ev.labels, path, f"{name} labels.csv; stratified by label, seed 0 "
-                                  "(groupmood.data.folds.stratified_folds)"))
+            folds.append(folds_for(ev.names, ev.labels, path, name))
             parts.append(ev)
         ev = Evidence.concat(parts)
         cv = cross_validate(ev, np.concatenate(folds), opts, progress=False)
@@ -179,10 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row(f"**fused, {name} (held-out)**", t))
             for b in cv["tables"]:
                 if b != "fused":
-                    rows.append(row(f"{b}, {name} (held-out)", accuracy_table(
-                        np.asarray([-1 if not s else int(np.argmax(p)) for p, s in
-                                    zip(np.asarray(cv["oof_raw"][b])[m], np.asarray(cv["oof_spoke"][b])[m])]),
-                        ev.labels[m])))
+                    pred = np.where(cv["oof_spoke"][b], np.argmax(cv["oof_raw"][b], axis=1), -1)
+                    rows.append(row(f"{b}, {name} (held-out)", accuracy_table(pred[m], ev.labels[m])))
         rows.append("")
         for name in SETS:
             m = ev.sets == name

@@ -207,12 +207,13 @@ def kept_choices(bundle: Path) -> dict:
     return kept
 
 
-def folds_for(names: list[str], labels: np.ndarray, path: Path) -> np.ndarray:
+def folds_for(names: list[str], labels: np.ndarray, path: Path, set_name: str = "multiemova-dev") -> np.ndarray:
+    """The committed 5 folds of a labelled set (written once, stratified by label, seed 0, where missing)."""
     from groupmood.data.folds import fold_indices, stratified_folds, write_folds
 
     if not path.is_file():
         write_folds(path, names, stratified_folds(labels, 5, 0), 5, 0,
-                    "multiemova-dev labels.csv; stratified by label, seed 0 (groupmood.data.folds.stratified_folds)")
+                    f"{set_name} labels.csv; stratified by label, seed 0 (groupmood.data.folds.stratified_folds)")
         print(f"wrote the folds {path}", flush=True)
     return fold_indices(path, names)[0]
 

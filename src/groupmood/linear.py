@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LinearHead", "fit_softmax_regression"]
+__all__ = ["LinearHead", "class_balanced_weights", "fit_softmax_regression"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ class LinearHead:
             if len(f):
                 out[i] = self.probs(f).mean(axis=0)
         return out
+
+
+def class_balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, ``n / (num_classes * count)``: every present class weighs the same in total (0 for an absent one)."""
+    count = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    return np.divide(len(labels), num_classes * count, out=np.zeros(num_classes), where=count > 0)
 
 
 def fit_softmax_regression(x: np.ndarray, y: np.ndarray, c: float, num_classes: int,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import threading
 from collections import Counter
@@ -22,6 +21,7 @@ from ..pipeline import GroupEmotionRecognizer, bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
 from ..runtime.session import resolve_backend
 from ..shard import PredictShards, shard_option
+from ..weights import sha256_file
 from .common import (JsonlSink, PartialFileSink, build_detector, collect_paths, complete_lines, detector_options,
                      output_names, output_stems, refuse_outputs_over_inputs, resume_note, run_photos)
 
@@ -122,7 +122,7 @@ def run_settings(rec: GroupEmotionRecognizer, bundle: str | Path | None, all_bra
     the bundle (path and sha256 of its YAML), fusion weights, pooling, fallback and detector settings."""
     path = bundle_path(bundle)
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
     except OSError:
         digest = None
     return {"bundle": display_path(path.resolve()), "bundle_sha256": digest,

@@ -55,6 +55,7 @@ from ..fusion import fuse_rows, search_weights
 from ..fusion_model import FusionModel, fusion_features
 from ..images import DEFAULT_MAX_PIXELS, load_batches
 from ..labels import GROUP_CLASSES
+from ..linear import class_balanced_weights
 from .group_head import LinearHead, fit_group_head, fit_softmax_regression
 from ..metrics import accuracy_table
 
@@ -109,7 +110,8 @@ class Evidence:
                    {b: np.concatenate([p.spoke[b] for p in parts]) for b in first.spoke}, first.face_branches,
                    [e for p in parts for e in p.embeddings], [f for p in parts for f in p.face_fracs],
                    np.concatenate([p.images for p in parts]) if all(has_images) else None,
-                   np.concatenate([p.sets if p.sets is not None else np.full(len(p), "") for p in parts]))
+                   None if all(p.sets is None for p in parts)
+                   else np.concatenate([p.sets if p.sets is not None else np.full(len(p), "") for p in parts]))
 
     def without(self, branches: Sequence[str]) -> Evidence:
         """The same photos without some branches' probabilities (branches kept out of calibration and fusion)."""
@@ -295,9 +297,7 @@ def _fit_scene(ev: Evidence, idx: np.ndarray | None, c: float) -> LinearHead:
     """The scene head on the whole-image features of the photos ``idx`` (all when None), classes balanced."""
     x = ev.images if idx is None else ev.images[idx]
     y = ev.labels if idx is None else ev.labels[idx]
-    count = np.bincount(y, minlength=len(GROUP_CLASSES)).astype(np.float64)
-    weight = np.divide(len(y), len(GROUP_CLASSES) * count, out=np.zeros_like(count), where=count > 0)[y]
-    return fit_softmax_regression(x, y, c, len(GROUP_CLASSES), weight)
+    return fit_softmax_regression(x, y, c, len(GROUP_CLASSES), class_balanced_weights(y, len(GROUP_CLASSES))[y])
 
 
 def _scene_oof(ev: Evidence, folds: np.ndarray, c: float) -> np.ndarray:

@@ -42,8 +42,8 @@ from .evaluate import plot_confusion
 if TYPE_CHECKING:
     from ..pipeline import GroupEmotionRecognizer
 
-__all__ = ["EVAL_SET_KINDS", "FIT_ROLES", "evaluate_groups", "format_tables", "in_sample", "read_group_items",
-           "write_fit_photos"]
+__all__ = ["EVAL_SET_KINDS", "FIT_ROLES", "evaluate_groups", "format_tables", "in_sample", "read_fit_photos",
+           "read_group_items", "write_fit_photos"]
 
 #: What a bundle fitted on each kind of photo listed in its ``chosen_on.fit_photos`` file.
 FIT_ROLES: dict[str, str] = {
@@ -74,13 +74,17 @@ def write_fit_photos(path: str | Path, photos: Sequence[tuple[Path, str]],
     return Path(path)
 
 
+def read_fit_photos(path: str | Path) -> list[tuple[str, str]]:
+    """The (digest, role) lines of a list written by :func:`write_fit_photos`."""
+    return [tuple(line.split("\t", 1)) for line in Path(path).read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
+
+
 def in_sample(paths: Sequence[Path], fit_photos: str | Path) -> dict[str, list[Path]]:
     """The photos among ``paths`` that a bundle was fitted on, by role (from its ``chosen_on.fit_photos`` file)."""
     roles: dict[str, str] = {}
-    for line in Path(fit_photos).read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#"):
-            digest, _, role = line.partition("\t")
-            roles.setdefault(digest, role)
+    for digest, role in read_fit_photos(fit_photos):
+        roles.setdefault(digest, role)
     out: dict[str, list[Path]] = {}
     for p in paths:
         role = roles.get(_photo_digest(p))

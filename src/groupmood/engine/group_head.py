@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import DatasetError
-from ..linear import LinearHead, fit_softmax_regression
+from ..linear import LinearHead, class_balanced_weights, fit_softmax_regression
 
 __all__ = ["LinearHead", "fit_group_head", "fit_softmax_regression"]
 
@@ -54,9 +54,7 @@ def fit_group_head(faces: Sequence[np.ndarray], labels: Sequence[int] | np.ndarr
     keep = [i for i, f in enumerate(faces) if len(f)]
     if not keep:
         raise DatasetError("no photo of the training set has a face; a group-face head needs faces")
-    photo_y = y[keep]
-    per_class = np.bincount(photo_y, minlength=num_classes).astype(np.float64)
-    class_w = np.divide(len(keep), num_classes * per_class, out=np.zeros(num_classes), where=per_class > 0)
+    class_w = class_balanced_weights(y[keep], num_classes)
     xs, ys, ws = [], [], []
     for i in keep:
         f = np.asarray(faces[i], dtype=np.float64)
