@@ -19,19 +19,22 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s "model name"), or "unknown CPU"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def machine_line(threads: int) -> str:
     """CPU model, cores, Python and torch versions, torch threads."""
     import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"torch threads {threads}")
 
 
@@ -118,10 +121,12 @@ def split_result_sections(text: str) -> list[tuple[str | None, list[str]]]:
 
 
 def write_result_section(name: str, markdown: str, command: str, machine: str, path: Path = RESULTS,
-                         when: str | None = None, commit: str | None = None) -> str:
+                         when: str | None = None, commit: str | None = None, supersedes: tuple[str, ...] = ()) -> str:
     """Replace section ``name`` of RESULTS.md with this run's (added after the others if new); atomic write.
 
-    Returns the section's text. A lock file keeps two benchmarks finishing together from losing one.
+    ``supersedes`` names sections this one replaces (a measurement renamed): they are removed, and a new
+    ``name`` takes the place of the first of them. Returns the section's text. A lock file keeps two
+    benchmarks finishing together from losing one.
     """
     from groupmood.io import RunLock, atomic_write_text
 
@@ -129,6 +134,11 @@ def write_result_section(name: str, markdown: str, command: str, machine: str, p
     path = Path(path)
     with RunLock(path.with_name(path.name + ".lock")):
         chunks = split_result_sections(path.read_text() if path.exists() else RESULTS_HEADER)
+        names = [n for n, _ in chunks]
+        old = [i for i, n in enumerate(names) if n in supersedes and n != name]
+        if old and name not in names:
+            chunks[old.pop(0)] = (name, new.splitlines())
+        chunks = [c for i, c in enumerate(chunks) if i not in old]
         names = [n for n, _ in chunks]
         if name in names:
             chunks[names.index(name)] = (name, new.splitlines())
@@ -157,11 +167,12 @@ def result_body(load_start: str, notes: list[str], table: list[str]) -> str:
 
 
 def publish_result(name: str, threads: int, load_start: str, notes: list[str], table: list[str],
-                   write: bool) -> None:
-    """Print this run's section and, unless told not to, make it the current one of ``name`` in RESULTS.md."""
+                   write: bool, supersedes: tuple[str, ...] = ()) -> None:
+    """Print this run's section and, unless told not to, make it the current one of ``name`` in RESULTS.md
+    (removing the sections it ``supersedes``)."""
     body, command, machine = result_body(load_start, notes, table), command_line(), machine_line(threads)
     if write:
-        text = write_result_section(name, body, command, machine)
+        text = write_result_section(name, body, command, machine, supersedes=supersedes)
         print("\n" + text + f"\n(section {name!r} of {RESULTS} replaced)")
     else:
         print("\n" + render_result_section(name, body, command, machine))

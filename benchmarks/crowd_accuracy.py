@@ -106,6 +106,84 @@ def write_crowd_bundle(args, ev, folds: np.ndarray, opts, frac: float, cv_tables
             f"{stack.fusion}, weights { {b: round(w, 2) for b, w in stack.weights.items()} }.", ""]
 
 
+def gate_extra(args, key: str) -> np.ndarray | None:
+    """The whole-image trunk features of the global recipe's sentiment training photos (``--gate-extra``), which join
+    the gate's photo side: photos without a group, where the photo regime's whole-image fallback belongs."""
+    if not args.gate_extra:
+        return None
+    from group_accuracy import base_recognizer, sentiment_items
+    from groupmood.engine.regime_cv import image_features
+
+    cache = args.out / f"gate_extra-{key}.npy"
+    if not cache.is_file():
+        items = sentiment_items(args.shared, "train")
+        feats = image_features(base_recognizer(args.bundle).branches["global"], [p for p, _, _ in items],
+                               log=lambda m: print(m, file=sys.stderr))
+        np.save(cache, feats)
+    return np.load(cache)
+
+
+def regime_rows(ev, folds: np.ndarray, n_faces: np.ndarray, report: dict, extra: np.ndarray | None) -> list[str]:
+    """Nested CV of the regime bundle's procedure (:mod:`groupmood.engine.regime_cv`): rows per set and class."""
+    from groupmood.engine.regime_cv import cross_validate_regimes
+    from groupmood.metrics import accuracy_table
+
+    cv = cross_validate_regimes(ev, folds, gate_extra=extra)
+    fused = cv["oof_fused"].argmax(1)
+    rows = ["**Regimes: the photo fusion (fitted on multiemova-dev) and the crowd fusion (fitted on both sets) mixed "
+            "by the whole-image gate; nested 5-fold CV over both sets** (the default bundle's procedure; "
+            f"{0 if extra is None else len(extra)} sentiment training photos on the gate's photo side)", "",
+            *HEADER]
+    report["regimes"] = {}
+    for name in SETS:
+        m = ev.sets == name
+        t = accuracy_table(fused[m], ev.labels[m])
+        report["regimes"][name] = t
+        rows.append(row(f"**regimes, {name} (held-out)**", t))
+    rows.append("")
+    for name in SETS:
+        m = ev.sets == name
+        t = report["regimes"][name]
+        rows.append(f"- {name}: {intervals(t)}; balanced {t['mean_class_accuracy']:.1%}; gate says crowd on "
+                    f"{(cv['oof_gate'][m] > 0.5).mean():.1%}; by faces found: "
+                    f"{', '.join(buckets(fused[m], ev.labels[m], n_faces[m]))}.")
+    rows += ["", "Choices per outer fold: " + "; ".join(
+        f"fold {f['fold']}: gate c={f['gate_c']}, photo {f['photo']['fusion']} {f['photo']['weights']}, crowd "
+        f"{f['crowd']['fusion']} {f['crowd']['weights']}" for f in cv["folds"]), ""]
+    return rows
+
+
+def write_default_bundle(args, ev, folds: np.ndarray, frac: float, tables: dict, extra: np.ndarray | None) -> list[str]:
+    """Fit the regimes on every photo of both sets and write the shipped default bundle."""
+    from groupmood.engine.regime_cv import select_and_fit_regimes, write_regime_bundle
+    from groupmood.pipeline import bundle_path
+
+    rs = select_and_fit_regimes(ev, folds, gate_extra=extra)
+    chosen_on = {
+        "data": "crowd-dev (926 WIDER crowd photos, group mood) and multiemova-dev (127 group photos, group valence), "
+                "../shared/data",
+        "folds": "configs/splits/crowd_dev_folds.json, configs/splits/multiemova_dev_folds.json",
+        "fit_photos": "fit_photos_crowd.tsv",
+        "method": "photo regime: group head c, temperatures, fusion (single branch or weighted average) by balanced "
+                  "accuracy in 5-fold CV on multiemova-dev; crowd regime: the same with the scene head on both sets; "
+                  "gate: class-balanced logistic regression on the whole-image trunk telling crowd-dev from "
+                  "multiemova-dev (the global recipe's sentiment training photos, "
+                  f"{0 if extra is None else len(extra)}, on its photo side in every fit), c by balanced accuracy "
+                  "in the same folds; all fitted on every photo; "
+                  "label = argmax((1 - p) photo + p crowd)",
+        "min_face_frac": frac,
+        "cv_accuracy": {name: round(t["accuracy"], 4) for name, t in tables.items()},
+        "cv_per_class": {name: {c: round(v["accuracy"], 4) for c, v in t["per_class"].items()}
+                         for name, t in tables.items()},
+        "photo_head_c": rs.photo.head_c, "crowd_head_c": rs.crowd.head_c, "scene_c": rs.crowd.scene_c,
+        "gate_c": rs.gate_c, "photo_fusion": rs.photo.fusion, "crowd_fusion": rs.crowd.fusion,
+        "command": command_line()}
+    out = write_regime_bundle(rs, args.bundle, bundle_path("default"), TRUNK, chosen_on)
+    return [f"Default bundle written (`{out.name}`): photo {rs.photo.fusion} "
+            f"{ {b: round(w, 2) for b, w in rs.photo.weights.items()} }, crowd {rs.crowd.fusion} "
+            f"{ {b: round(w, 2) for b, w in rs.crowd.weights.items()} }, gate c={rs.gate_c}.", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=BUNDLE)
@@ -121,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the crowd bundle on the test sets (gaf-samples, sentiment test photos)")
     ap.add_argument("--exclude", default=",".join(CROWD_EXCLUDED),
                     help="branches kept out of calibration and fusion (default %(default)s: see CROWD_EXCLUDED)")
+    ap.add_argument("--regimes", action="store_true",
+                    help="also the nested CV of the default bundle's procedure (two regimes and a gate)")
+    ap.add_argument("--no-gate-extra", dest="gate_extra", action="store_false",
+                    help="fit the gate on the two group sets alone (default: the sentiment training photos join its "
+                         "photo side)")
+    ap.add_argument("--write-default", action="store_true",
+                    help="with --regimes: fit the regimes on both sets (the first --min-face-frac) and write the "
+                         "shipped default bundle")
     ap.add_argument("--write-bundle", action="store_true",
                     help="fit on both sets (the first --min-face-frac) and write the shipped crowd bundle")
     args = ap.parse_args(argv)
@@ -130,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from groupmood.io import atomic_write_text
     from groupmood.labels import GROUP_CLASSES
     from groupmood.metrics import accuracy_table
-    from groupmood.pipeline import GroupEmotionRecognizer, bundle_path
+    from groupmood.pipeline import GroupEmotionRecognizer
 
     torch.set_num_threads(args.threads)
     load_start = loadavg()
@@ -175,7 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         rows += ["", "Choices per outer fold: " + "; ".join(
             f"fold {f['fold']}: head c={f['head_c']}, scene c={f['scene_c']}, {f['fusion']}, weights {f['weights']}"
             for f in cv["folds"]), ""]
-        if args.write_bundle and frac == float(args.min_face_frac.split(",")[0]):
+        first = frac == float(args.min_face_frac.split(",")[0])
+        if args.regimes:
+            full = Evidence.concat([set_evidence(args.bundle, items[name], frac,
+                                                 args.out / f"evidence_{name}-{key}-frac{frac}.npz", name)
+                                    for name in SETS])
+            extra = gate_extra(args, key)
+            rows += regime_rows(full, np.concatenate(folds), n_faces, report.setdefault(str(frac), {}), extra)
+            if args.write_default and first:
+                rows += write_default_bundle(args, full, np.concatenate(folds), frac, report[str(frac)]["regimes"],
+                                             extra)
+        if args.write_bundle and first:
             rows += write_crowd_bundle(args, ev, np.concatenate(folds), opts, frac, report[str(frac)], items)
     if not args.no_baseline:
         rec = GroupEmotionRecognizer.from_bundle(args.bundle)
@@ -192,15 +288,15 @@ def main(argv: list[str] | None = None) -> int:
             report[f"fer {name}"] = peer
             rows.append(row(f"fer 25.10.3, {name}", peer))
         rows += ["", *[f"- fer, {name}: {intervals(report[f'fer {name}'])}." for name in SETS], ""]
-    if bundle_path("crowd").is_file() and not args.no_tests:
-        rec = GroupEmotionRecognizer.from_bundle("crowd")
-        tests = {"gaf-samples (16 GAF 3.0 photos, 8 Positive, 8 Negative; test only)": gaf_sample_items(args.shared),
-                 "sentiment test photos (you2015 5-agree, sentibank603, emotion6; photo sentiment, test only)":
-                     sentiment_items(args.shared, "test")}
+    tests = {"gaf-samples (16 GAF 3.0 photos, 8 Positive, 8 Negative; test only)": gaf_sample_items(args.shared),
+             "sentiment test photos (you2015 5-agree, sentibank603, emotion6; photo sentiment, test only)":
+                 sentiment_items(args.shared, "test")}
+    for shipped in ([] if args.no_tests else ["default", "crowd"]):
+        rec = GroupEmotionRecognizer.from_bundle(shipped)
         for title, its in tests.items():
             tables, _ = evaluate_bundle(rec, its)
-            report[f"crowd bundle on {title}"] = tables
-            rows += [f"**{title}, the crowd bundle**", "", *HEADER, *[row(b, t) for b, t in tables.items()], ""]
+            report[f"{shipped} bundle on {title}"] = tables
+            rows += [f"**{title}, the {shipped} bundle**", "", *HEADER, *[row(b, t) for b, t in tables.items()], ""]
     print("\n".join(rows))
     publish_result("Group accuracy on crowds and group photos (two-set CV, scene head; the crowd bundle)", args.threads,
                    load_start, ["Abstentions count as wrong. The scene head and every choice are fitted inside the "

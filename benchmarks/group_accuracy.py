@@ -43,7 +43,7 @@ import numpy as np
 
 from _common import REPO, loadavg, publish_result
 
-BUNDLE = REPO / "src" / "groupmood" / "assets" / "bundle.yaml"
+BUNDLE = REPO / "src" / "groupmood" / "assets" / "bundle_photo.yaml"
 FOLDS = REPO / "configs" / "splits" / "multiemova_dev_folds.json"
 TRUNK = "nonaligned"
 #: fer's emotions -> group class (the mapping the issue's peer figure used).

@@ -6,15 +6,28 @@ process per backend (``--backend onnxruntime``, ``--backend torch``; default opt
 timed from start to exit (imports, model load, decoding and every photo), with the process's own peak
 RSS (``os.wait4``'s ``ru_maxrss``), faces found, photos per second, and whether the two backends give
 every photo the same label. Photo sets: the 228 benchmark photos below; ``multiemova-dev`` (127 group
-photos up to 1024 px); and 8 photos of about 24 MP made once by upscaling real multiemova-dev photos
-(every 16th; bicubic, JPEG quality 90) into the git-ignored ``runs/bench-24mp`` (named ``upscaled-24mp-*.jpg``).
-Files are read once before timing (page cache warm for everyone), and the ONNX files are exported
-once before timing (``groupmood export --format onnx``, as ``scripts/setup.sh`` does). Targets:
-groupmood (ONNX Runtime) >= 2x fer 25.10.3's photos/s on the 228 photos and >= 1.5x on the large
-sets, peak RSS <= 1 GB on every set. ONNX Runtime's settings (threads, spinning) are printed with
-the table; torch keeps its default threads. ``--repeat N`` measures N rounds per set, the tools
+photos up to 1024 px); ``crowd-dev`` (926 crowd photos up to 512 px); and 8 photos of about 24 MP made
+once by upscaling real multiemova-dev photos (every 16th; bicubic, JPEG quality 90) into the git-ignored
+``runs/bench-24mp`` (named ``upscaled-24mp-*.jpg``). Files are read once before timing (page cache warm
+for everyone), and the ONNX files are exported once before timing (``groupmood export --format onnx``,
+as ``scripts/setup.sh`` does). ONNX Runtime's settings (threads, spinning) are printed with the table;
+torch keeps its default threads. ``--repeat N`` measures N rounds per set, the tools
 taking turns within each round (a slow spell of a shared machine then hits every tool), and reports
 each tool's median time with the per-round ratios.
+
+**Steady state** (beside the whole-process table, on the 228 benchmark photos, ``multiemova-dev`` and
+``crowd-dev``): each tool's own per-photo loop, timed after its models have loaded and one warm-up
+photo (``--warmup N``: the first N) has gone through it untimed. groupmood: ``groupmood predict PATHS
+-o FILE`` run as it is in a worker process (its default options and backend, photo threads and draft
+decoding), only its loop over the photos timed (``run_photos``: decoding, ``GroupEmotionRecognizer.predict``,
+writing each record); fer: ``cv2.imread`` and ``detect_emotions`` on each photo in its worker, the two timed there.
+Reported as photos/s per tool and groupmood / fer, with faces found, each worker's peak RSS and the
+load average before and after each set. The CPU model (``/proc/cpuinfo``) heads the section.
+
+Targets (printed yes / no): steady state >= 2x fer 25.10.3's photos/s on the 228 photos and on
+crowd-dev, with >= 616 faces found on the 228 photos; whole process >= 2.5x fer 25.10.3 on the 228
+photos and on crowd-dev (>= 1.5x on the larger photos of the other sets); groupmood's peak RSS <= 1 GB
+in every process of either measure.
 
 **In loop** (``--in-loop``, the earlier table): on the photos of ``benchmarks/detect.py`` (``../shared/data``: voc-faces, gaf-samples, wider-val-200,
 misc-group; 228 in all), in one run it measures, per photo set and overall:
@@ -60,7 +73,8 @@ fer subprocesses put those folders on ``sys.path``, so groupmood is measured wit
 own OpenCV; they import torch and torchvision.ops before fer (tensorflow imported first crashes
 the process).
 
-    .venv/bin/python benchmarks/predict.py --fer 25.10.3 --no-write # whole-process table, all sets
+    .venv/bin/python benchmarks/predict.py --fer 25.10.3 --repeat 3 # whole process and steady state, RESULTS.md
+    .venv/bin/python benchmarks/predict.py --fer 25.10.3 --no-write # the same, prints only
     .venv/bin/python benchmarks/predict.py --fer 25.10.3 --limit 4 --no-write --large 2   # smoke test
     .venv/bin/python benchmarks/predict.py --in-loop                # also the in-loop table, all fer releases
     .venv/bin/python benchmarks/predict.py --limit 3 --no-write     # quick check, prints only
@@ -81,7 +95,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, loadavg, photo_benchmark_parser, publish_result, run_memory_workers
+from _common import REPO, cpu_model, loadavg, photo_benchmark_parser, publish_result, run_memory_workers
 from detect import FOLDERS, photo_paths
 
 FER_PEERS = REPO / "benchmarks" / ".peers-fer"
@@ -204,13 +218,47 @@ def ours_worker(kind: str, shared: Path, threads: int, limit: int | None) -> int
     return 0
 
 
+def ours_steady_worker(paths_file: Path, out: Path, warmup: int = 1) -> int:
+    """Run ``groupmood predict`` on the photos listed in ``paths_file`` in this process, its loop timed alone.
+
+    The command runs as it is (options, recognizer, decoding, photo threads); only its loop over the
+    photos (``run_photos``) is timed, after the models have loaded and the first ``warmup`` photos have
+    gone through the command's own handler untimed (their records are not written). Prints the seconds
+    as JSON.
+    """
+    import groupmood.cli.predict as cli
+    from groupmood.errors import ImageLoadError
+    from groupmood.images import load_photo
+
+    paths = [line for line in paths_file.read_text().splitlines() if line]
+    loop = cli.run_photos
+    timed: dict = {}
+
+    def run_photos(todo, batch_size, max_pixels, sink, progress, handle, draft=None, workers=1):
+        for path in todo[:warmup]:
+            try:
+                photo = load_photo(path, max_pixels, draft)
+            except ImageLoadError:
+                continue
+            handle([(path, photo if draft else photo.pixels)])
+        t0 = time.perf_counter()
+        run = loop(todo, batch_size, max_pixels, sink, progress, handle, draft, workers)
+        timed.update(s=time.perf_counter() - t0, workers=workers, draft=draft)
+        return run
+
+    cli.run_photos = run_photos
+    code = cli.predict_cmd.main([*paths, "-o", str(out), "--no-progress"], standalone_mode=False)
+    print(json.dumps({**timed, "exit": code}))
+    return 0
+
+
 def fer_worker(threads: int, peer: FerPeer) -> int:
     """Serve one fer release: one JSON request per stdin line ({"path"} or {"quit"}), one JSON answer per line.
 
     An answer names the faces found and each face's seven emotion scores (as fer returns them).
 
-    Each answer carries the seconds of ``detect_emotions`` alone (``cv2.imread`` is not timed);
-    the last one, after {"quit"}, the peak RSS of this process.
+    Each answer carries the seconds of ``detect_emotions`` (``seconds``) and of ``cv2.imread`` (``read_s``)
+    apart; the last one, after {"quit"}, the peak RSS of this process.
     """
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever tensorflow, keras, moviepy or fer print goes to stderr, not into the answers
@@ -248,13 +296,16 @@ def fer_worker(threads: int, peer: FerPeer) -> int:
         req = json.loads(line)
         if req.get("quit"):
             break
+        t0 = clock()
         img = cv2.imread(req["path"])  # BGR, as fer expects
+        read_s = clock() - t0
         if img is None:
-            send({"error": "OpenCV cannot read it"})
+            send({"error": "OpenCV cannot read it", "read_s": read_s})
             continue
         t0 = clock()
         out = detector.detect_emotions(img)
-        send({"seconds": clock() - t0, "faces": len(out), "emotions": [f["emotions"] for f in out]})
+        send({"seconds": clock() - t0, "read_s": read_s, "faces": len(out),
+              "emotions": [f["emotions"] for f in out]})
     send({"peak_mb": rss_mb(), "vmhwm_mb": vmhwm_mb()})
     return 0
 
@@ -436,9 +487,9 @@ def photo_sets(shared: Path, limit: int | None, n_large: int) -> dict[str, list[
     from groupmood.images import iter_image_paths
 
     sets = {"benchmark photos": [p for _, p in photo_paths(shared, limit)]}
-    emova = shared / "multiemova-dev"
-    if emova.is_dir():
-        sets["multiemova-dev"] = list(iter_image_paths([emova]))[:limit]
+    for name in ("multiemova-dev", "crowd-dev"):
+        if (shared / name).is_dir():
+            sets[name] = list(iter_image_paths([shared / name]))[:limit]
     if n_large:
         sets["24 MP (multiemova-dev upscaled)"] = make_24mp(shared, n_large)
     return sets
@@ -483,8 +534,9 @@ def median_run(runs: list[dict]) -> dict:
     return {**first, "s": statistics.median(r["s"] for r in runs), "rss": max(r["rss"] for r in runs)}
 
 
-def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
-    """The whole-process table and its notes."""
+def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str], dict[str, dict]]:
+    """The whole-process table, its notes, and per set what the targets read (speed-up over fer 25.10.3, peak
+    RSS, labels the same under both backends)."""
     from groupmood.runtime import settings
     from groupmood.runtime.session import cpu_count
 
@@ -498,7 +550,7 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
             + " | ".join(f"fer {n}: s (photos/s) | faces | peak RSS | onnxruntime vs fer {n}" for n in fer_names_)
             + " |")
     table = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (4 * len(peers))]
-    checks = []
+    checks: dict[str, dict] = {}
     rounds_note = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in sets.items():
@@ -535,13 +587,8 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
                 f = fers[peer.name]
                 row += [*cell(f), f"{f['s'] / ort['s']:.2f}x"]
             table.append("| " + " | ".join(row) + " |")
-            target = 2.0 if name == "benchmark photos" else 1.5
-            if "25.10.3" in fers:
-                speed = fers["25.10.3"]["s"] / ort["s"]
-                checks.append(f"{name}: onnxruntime {speed:.2f}x fer 25.10.3 (target {target:g}x): "
-                              f"{yes(speed >= target)}; peak RSS {ort['rss'] / 2**20:.0f} MiB <= 1 GB: "
-                              f"{yes(ort['rss'] <= RSS_WHOLE_TARGET)}; same labels as torch: "
-                              f"{yes(same == len(ort['labels']))}")
+            checks[name] = {"speed": fers["25.10.3"]["s"] / ort["s"] if "25.10.3" in fers else None,
+                            "rss": ort["rss"], "same": same == len(ort["labels"])}
     notes = [f"Whole process, each set in one process per backend / fer release: `groupmood predict PATHS "
              f"--backend B -o FILE` with the default options; fer {', '.join(fer_names_)} `FER(mtcnn=True)` "
              f"in one worker process per set (torch / tensorflow threads {args.threads})."
@@ -549,22 +596,179 @@ def whole_process(args, peers: list[FerPeer]) -> tuple[list[str], list[str]]:
                 f"(ratios are of medians) and its largest peak RSS. " + "; ".join(rounds_note) + "."
                 if args.repeat > 1 else ""),
              f"ONNX Runtime: {settings().describe()}; {cpu_count()} photos at once, one per CPU (predict's "
-             "default under ONNX Runtime); torch: one photo at a time, its default threads.",
-             "Targets: " + "; ".join(checks) if checks else "Targets: fer 25.10.3 not measured."]
-    return table, notes
+             "default under ONNX Runtime); torch: one photo at a time, its default threads."]
+    return table, notes, checks
+
+
+# ---------------------------------------------------------------------------------------- steady state
+
+STEADY_SETS = ("benchmark photos", "multiemova-dev", "crowd-dev")
+#: steady state: groupmood's photos/s over fer 25.10.3's, per set
+STEADY_TARGETS = {"benchmark photos": 2.0, "crowd-dev": 2.0}
+#: whole process: fer 25.10.3's seconds over groupmood's (onnxruntime), per set; the other sets WHOLE_OTHER
+WHOLE_TARGETS = {"benchmark photos": 2.5, "crowd-dev": 2.5}
+WHOLE_OTHER = 1.5
+FACES_TARGET = 616  # faces found on the 228 benchmark photos
+
+
+def run_ours_steady(paths: list[Path], out: Path, warmup: int = 1) -> dict:
+    """``groupmood predict`` on ``paths`` in a worker process, its per-photo loop timed after the models load:
+    loop seconds, the process's peak RSS, faces and labels."""
+    listing = out.with_suffix(".paths")
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours-steady", "--paths", str(listing),
+           "--out", str(out), "--warmup", str(warmup)]
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=so, stderr=se, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        so.seek(0)
+        se.seek(0)
+        lines, err = so.read().strip().splitlines(), se.read()
+    code = os.waitstatus_to_exitcode(status)
+    records = [json.loads(ln) for ln in out.read_text().splitlines()] if out.exists() else []
+    if code != 0 or not lines or not records:
+        raise SystemExit(f"the groupmood steady-state worker failed (exit {code}):\n{err[-3000:]}")
+    timed = json.loads(lines[-1])
+    return {"s": timed["s"], "rss": usage.ru_maxrss * 1024, "faces": sum(r.get("n_faces", 0) for r in records),
+            "labels": {r["file"]: r.get("label") for r in records}, "n": len(records), "workers": timed["workers"],
+            "draft": timed["draft"]}
+
+
+def run_fer_steady(paths: list[Path], threads: int, peer: FerPeer, warmup: int = 1) -> dict:
+    """fer's loop over ``paths`` in one worker (``cv2.imread`` and ``detect_emotions`` timed there), after its
+    model loads and the first ``warmup`` photos: loop seconds, the worker's peak RSS, faces."""
+    client = FerClient(threads, peer)
+    for p in paths[:warmup]:  # untimed
+        client.ask({"path": str(p)})
+    secs, faces = 0.0, 0
+    for p in paths:
+        answer = client.ask({"path": str(p)})
+        secs += answer.get("read_s", 0.0) + answer.get("seconds", 0.0)
+        faces += answer.get("faces", 0)
+    mem = client.close()
+    return {"s": secs, "rss": mem["peak_mb"] * 2**20, "faces": faces, "n": len(paths)}
+
+
+def steady_state(args, peers: list[FerPeer]) -> tuple[list[str], list[str], dict[str, dict]]:
+    """The steady-state table, its notes, and per set what the targets read (photos/s over fer 25.10.3's,
+    faces, peak RSS)."""
+    from groupmood.runtime.session import cpu_count, resolve_backend
+
+    shared = args.shared.resolve()
+    sets = {k: v for k, v in photo_sets(shared, args.limit, 0).items() if k in STEADY_SETS and v}
+    names = [p.name for p in peers]
+    table = ["| Photos | n | groupmood: loop s (photos/s) | faces | peak RSS | "
+             + " | ".join(f"fer {n}: loop s (photos/s) | faces | peak RSS | groupmood / fer {n}, photos/s"
+                          for n in names) + " | load average before / after |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (4 * len(peers)) + "---|"]
+    checks: dict[str, dict] = {}
+    rounds_note = []
+    workers = draft = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, paths in sets.items():
+            for p in paths:
+                p.read_bytes()
+            before = loadavg()
+            runs: dict[str, list[dict]] = {}
+            for r in range(args.repeat):  # the tools take turns within each round
+                print(f"steady state, {name}: {len(paths)} photos, round {r + 1} of {args.repeat}; load average "
+                      f"{loadavg()}", flush=True)
+                runs.setdefault("ours", []).append(run_ours_steady(paths, Path(tmp) / f"{name}-{r}.jsonl",
+                                                                   args.warmup))
+                print(f"  groupmood {runs['ours'][-1]['s']:.1f} s, {runs['ours'][-1]['faces']} faces", flush=True)
+                for peer in peers:
+                    runs.setdefault(peer.name, []).append(run_fer_steady(paths, args.threads, peer, args.warmup))
+                    print(f"  fer {peer.name} {runs[peer.name][-1]['s']:.1f} s, {runs[peer.name][-1]['faces']} "
+                          "faces", flush=True)
+            after = loadavg()
+            ours = median_run(runs["ours"])
+            workers, draft = ours["workers"], ours["draft"]
+            fers = {peer.name: median_run(runs[peer.name]) for peer in peers}
+            if args.repeat > 1 and "25.10.3" in runs:
+                per_round = [f["s"] / o["s"] for f, o in zip(runs["25.10.3"], runs["ours"])]
+                rounds_note.append(f"{name}: groupmood / fer 25.10.3 per round "
+                                   f"{', '.join(f'{x:.2f}x' for x in per_round)}")
+            n = len(paths)
+
+            def cell(r: dict) -> list[str]:
+                return [f"{r['s']:.1f} ({n / r['s']:.2f})", str(r["faces"]), f"{r['rss'] / 2**20:.0f} MiB"]
+
+            row = [name, str(n), *cell(ours)]
+            for peer in peers:
+                row += [*cell(fers[peer.name]), f"{fers[peer.name]['s'] / ours['s']:.2f}x"]
+            table.append("| " + " | ".join([*row, f"{before} / {after}"]) + " |")
+            checks[name] = {"ratio": fers["25.10.3"]["s"] / ours["s"] if "25.10.3" in fers else None,
+                            "faces": ours["faces"], "n": n, "rss": ours["rss"]}
+    d = cli_defaults()
+    backend = resolve_backend(d["backend"], d["device"])
+    notes = [f"Steady state: each tool's own per-photo loop, timed after its models load and {args.warmup} untimed "
+             "warm-up photo(s) (the set's first, timed again in the loop). groupmood: `groupmood predict PATHS -o "
+             f"FILE` with its default options in a worker process "
+             f"(backend {d['backend']}: {backend}; {workers} photo(s) at once; photos decoded to a shorter side of "
+             f"at least {draft} px), only its loop over the photos timed (decoding, `GroupEmotionRecognizer.predict`, "
+             f"writing each record); fer {', '.join(names)}: `cv2.imread` and `FER(mtcnn=True).detect_emotions` on "
+             f"each photo in its worker (torch / tensorflow threads {args.threads}; the pipe to the parent not "
+             "counted). Peak RSS: each worker process's own (`ru_maxrss`, model load included). CPU: "
+             f"{cpu_model()}, {cpu_count()} CPUs for this process."
+             + (f" {args.repeat} rounds, the tools taking turns in each; each tool's median time (ratios are of "
+                f"medians), largest peak RSS. " + "; ".join(rounds_note) + "." if args.repeat > 1 else "")]
+    return table, notes, checks
+
+
+def target_lines(whole: dict[str, dict], steady: dict[str, dict], limited: bool) -> list[str]:
+    """The targets, each with yes / no: steady-state and whole-process speed-ups over fer 25.10.3, faces found
+    on the benchmark photos, groupmood's peak RSS and the two backends' labels."""
+    out = []
+    for name, target in STEADY_TARGETS.items():
+        c = steady.get(name)
+        if c is None or c["ratio"] is None:
+            out.append(f"steady state, {name}: not measured (fer 25.10.3 and the set are needed)")
+        else:
+            out.append(f"steady state, {name}: groupmood {c['ratio']:.2f}x fer 25.10.3's photos/s (target "
+                       f">= {target:g}x): {yes(c['ratio'] >= target)}")
+    if "benchmark photos" in steady:
+        c = steady["benchmark photos"]
+        out.append(f"faces found on the benchmark photos: {c['faces']} on {c['n']} photos (target >= {FACES_TARGET} "
+                   f"on the 228): {yes(c['faces'] >= FACES_TARGET)}" + (" (--limit: not the whole set)" if limited
+                                                                        else ""))
+    for name, c in whole.items():
+        target = WHOLE_TARGETS.get(name, WHOLE_OTHER)
+        if c["speed"] is None:
+            out.append(f"whole process, {name}: fer 25.10.3 not measured")
+        else:
+            out.append(f"whole process, {name}: groupmood (onnxruntime) {c['speed']:.2f}x fer 25.10.3 (target "
+                       f">= {target:g}x): {yes(c['speed'] >= target)}")
+    peaks = [(c["rss"], f"whole process, {n}") for n, c in whole.items()]
+    peaks += [(c["rss"], f"steady state, {n}") for n, c in steady.items()]
+    if peaks:
+        rss, where = max(peaks)
+        out.append(f"groupmood's peak RSS <= 1 GB in every process: highest {rss / 2**20:.0f} MiB ({where}): "
+                   f"{yes(rss <= RSS_WHOLE_TARGET)}")
+    if whole:
+        same = all(c["same"] for c in whole.values())
+        out.append(f"same labels under onnxruntime and torch on every set: {yes(same)}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- main
+
+SECTION = "groupmood predict vs fer: whole process and steady state"
+
 
 def benchmark(args) -> int:
     peers = [PEERS[name] for name in args.fer]
     ensure_fer(peers)
     load_start = loadavg()
-    table, notes = whole_process(args, peers)
+    print(f"CPU: {cpu_model()}; load average {load_start}", flush=True)
+    table, notes, whole = whole_process(args, peers)
     print("\n".join(table))
-    print("\n".join(notes))
-    publish_result("groupmood predict vs fer, whole process", args.threads, load_start, notes, table,
-                   not args.no_write)
+    s_table, s_notes, steady = steady_state(args, peers)
+    print("\n".join(s_table))
+    targets = target_lines(whole, steady, args.limit is not None)
+    body = ["### Whole process", "", *table, "", "### Steady state", "", *(n + "  " for n in s_notes), "", *s_table,
+            "", "### Targets", "", *(f"- {t}" for t in targets)]
+    publish_result(SECTION, args.threads, load_start, notes, body, not args.no_write,
+                   supersedes=("groupmood predict vs fer, whole process",))
     return in_loop(args) if args.in_loop else 0
 
 
@@ -719,12 +923,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds per photo set, the tools taking turns; the table gives median times (default 1)")
     ap.add_argument("--in-loop", action="store_true",
                     help="also the in-loop table (models loaded first, calls timed alone)")
-    ap.add_argument("--worker", choices=("ours", "ours-batch", "fer"), help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="steady state: photos each tool runs untimed before its timed loop (default 1)")
+    ap.add_argument("--worker", choices=("ours", "ours-batch", "ours-steady", "fer"), help=argparse.SUPPRESS)
+    ap.add_argument("--paths", type=Path, help=argparse.SUPPRESS)  # ours-steady: the file listing its photos
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)    # ours-steady: its output records
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error(f"--repeat must be 1 or more, got {args.repeat}")
     if args.worker == "fer":
         return fer_worker(args.threads, PEERS[args.fer[0]])
+    if args.worker == "ours-steady":
+        return ours_steady_worker(args.paths, args.out, args.warmup)
     if args.worker:
         return ours_worker(args.worker, args.shared, args.threads, args.limit)
     return benchmark(args)

@@ -1,6 +1,6 @@
 """Draw the pictures in docs/ again from the code that makes them, so that none goes stale silently.
 
-``docs/serve.png`` (the README's picture of the web page): ``groupmood serve`` with the shipped
+``docs/serve.png`` (the picture of the web page in docs/serving.md): ``groupmood serve`` with the shipped
 bundle is started on a free loopback port, headless Chromium opens its page in a 1280 x 900 window
 and chooses the five-person sample photo (``groupmood samples group``, shown as ``group.jpg``) as a
 person would; once the page shows its answer the window is saved as a 256-colour PNG. The browser

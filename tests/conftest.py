@@ -1,14 +1,19 @@
-"""Shared fixtures: real photos from scikit-image's bundled data, the real MTCNN, ../shared paths."""
+"""Shared fixtures: real photos from scikit-image's bundled data, the real MTCNN, the serve tests' tiny bundle,
+../shared paths."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from groupmood.pipeline import GroupEmotionRecognizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GROUPMOOD_SHARED", REPO.parent / "shared")) / "data"
@@ -96,6 +101,18 @@ def detector():
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return FaceDetector.from_pretrained(auto_fetch=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, detector, one_thread) -> tuple[Path, GroupEmotionRecognizer]:
+    """A bundle of tiny random models (test_pipeline's) and its recognizer (the real MTCNN); the serve tests'."""
+    from test_pipeline import _bundle
+
+    from groupmood.pipeline import GroupEmotionRecognizer
+
+    torch.manual_seed(0)
+    bundle = _bundle(tmp_path_factory.mktemp("serve_bundle") / "b")
+    return bundle, GroupEmotionRecognizer.from_bundle(bundle, detector=detector)
 
 
 @pytest.fixture(scope="session")

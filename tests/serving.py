@@ -1,4 +1,5 @@
-"""What the serve tests share: multipart fields, the tiny bundle's recognizer, a real server on a loopback port."""
+"""What the serve tests share: multipart fields and a real server on a loopback port (the tiny bundle's recognizer
+is conftest's ``tiny`` fixture)."""
 from __future__ import annotations
 
 import socket
@@ -6,13 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-import pytest
-import torch
-
-from groupmood.pipeline import GroupEmotionRecognizer
-from test_pipeline import _bundle
 
 #: The server answers its own host names only (not the test client's "testserver").
 LOCAL = "http://127.0.0.1:8000"
@@ -21,14 +15,6 @@ LOCAL = "http://127.0.0.1:8000"
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart ``files`` fields of (name, bytes) pairs."""
     return [("files", (name, data, "application/octet-stream")) for name, data in items]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, detector, one_thread) -> tuple[Path, GroupEmotionRecognizer]:
-    """A bundle of tiny random models and its recognizer (the real MTCNN)."""
-    torch.manual_seed(0)
-    bundle = _bundle(tmp_path_factory.mktemp("serve_bundle") / "b")
-    return bundle, GroupEmotionRecognizer.from_bundle(bundle, detector=detector)
 
 
 @contextmanager

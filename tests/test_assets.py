@@ -1,9 +1,10 @@
-"""The shipped default bundle: every weight file has a model card and its sha256, and the whole
-system runs offline on real photos (a group, a portrait, a photo without a face).
+"""The shipped bundles: every weight file has a model card and its sha256, and the whole system runs
+offline on real photos (a group, a portrait, a photo without a face).
 
-The default bundle has three face branches (one with the group head fitted on multiemova-dev) and the
-global branch: on a photo without a face the
-face branches abstain, and the global branch alone gives the label."""
+The ``photo`` bundle (the default bundle's photo regime alone) has three face branches (one with the
+group head fitted on multiemova-dev) and the global branch: on a photo without a face the face
+branches abstain, and the global branch alone gives the label. The default bundle mixes it with the
+crowd regime (tests/test_regime.py)."""
 import json
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def test_every_shipped_weight_file_has_card_and_hash():
         listed.update({b["model"]: b["sha256"] for b in bundle["branches"]})
         if bundle.get("fusion", {}).get("kind") == "model":
             listed[bundle["fusion"]["model"]] = bundle["fusion"]["sha256"]
+        if bundle.get("fusion", {}).get("kind") == "regime":
+            listed[bundle["fusion"]["gate"]] = bundle["fusion"]["sha256"]
     files = sorted(ASSETS.glob("*.safetensors"))
     assert files, "no shipped weights"
     for f in files:
@@ -40,10 +43,10 @@ def test_every_shipped_weight_file_has_card_and_hash():
 
 @pytest.fixture(scope="module")
 def recognizer(detector):
-    return GroupEmotionRecognizer.default(detector=detector, backend="torch")
+    return GroupEmotionRecognizer.from_bundle("photo", detector=detector, backend="torch")
 
 
-def test_default_bundle_end_to_end(recognizer, astronaut, coffee):
+def test_photo_bundle_end_to_end(recognizer, astronaut, coffee):
     from groupmood.samples import sample_path
     from groupmood.images import load_image
 
@@ -114,5 +117,5 @@ def test_shipped_bundles_by_name_on_the_command_line(tmp_path, coffee, capsys):
     assert main(["predict", str(tmp_path / "cup.png"), "--bundle", "crowd", "-o", str(out), "--backend", "torch",
                  "--no-progress"]) == 0
     assert "scene" in json.loads(out.read_text())["branches"]
-    with pytest.raises(Exception, match="default, crowd"):
+    with pytest.raises(Exception, match="default, photo, crowd"):
         read_bundle("crowds")

@@ -39,6 +39,21 @@ def test_write_result_section_replaces_only_its_own_section(tmp_path, common):
     assert text.index("## Beta") < text.index("## Gamma") < text.index("## Old log entry")
 
 
+def test_a_renamed_section_takes_the_place_of_the_one_it_supersedes(tmp_path, common):
+    path = tmp_path / "RESULTS.md"
+    meta = {"command": "python a.py", "machine": "CPU", "path": path, "commit": "abc1234",
+            "when": "2026-01-01 10:00 UTC"}
+    for name in ("Alpha", "Old name", "Beta"):
+        common.write_result_section(name, f"{name} body", **meta)
+    common.write_result_section("New name", "new body", supersedes=("Old name",), **meta)
+    text = path.read_text()
+    assert "## Old name" not in text and "Old name body" not in text
+    assert text.index("## Alpha") < text.index("## New name") < text.index("## Beta")
+    common.write_result_section("New name", "newer body", supersedes=("Old name",), **meta)
+    text = path.read_text()
+    assert text.count("## New name") == 1 and "newer body" in text and "new body" not in text
+
+
 def test_shipped_results_have_one_section_per_measurement(common):
     chunks = common.split_result_sections(common.RESULTS.read_text())
     names = [n for n, _ in chunks if n is not None]
@@ -66,6 +81,35 @@ def test_predict_benchmark_rounds_give_the_median_time_and_largest_rss():
         predict.median_run([*rounds, {**rounds[0], "labels": {"a": "Negative"}}])
     with pytest.raises(SystemExit):
         predict.main(["--repeat", "0"])
+
+
+def test_profile_stage_times_are_each_stage_own_and_add_up():
+    """benchmarks/profile_predict.py: a timed stage called inside another is counted once, in its own stage."""
+    import time
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import profile_predict
+    finally:
+        sys.path.remove(str(BENCH))
+    timer = profile_predict.StageTimer()
+    inner = timer.wrap(lambda n: time.sleep(0.02 * n), "inner", lambda n: n)
+    skipped = timer.wrap(lambda: time.sleep(0.01), lambda: None)  # not timed: stays with its caller
+
+    def body() -> None:
+        time.sleep(0.01)
+        inner(1)
+        inner(2)
+        skipped()
+
+    outer = timer.wrap(body, "outer")
+    t0 = time.perf_counter()
+    outer()
+    wall = time.perf_counter() - t0
+    assert timer.order == ["inner", "outer"]
+    assert timer.calls == {"inner": 2, "outer": 1} and timer.inputs["inner"] == 3
+    assert 0.06 <= timer.seconds["inner"] < 0.06 + 0.05 and 0.02 <= timer.seconds["outer"] < 0.02 + 0.05
+    assert abs(sum(timer.seconds.values()) - wall) < 0.01
 
 
 def test_fallback_calibration_is_fitted_on_the_photos_the_fallback_labels(tmp_path):

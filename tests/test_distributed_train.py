@@ -194,7 +194,10 @@ def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path, two_processes)
     assert f"step {stopped['step']}" in proc.stdout
     wa, wb = _weights(whole / "last.pt"), _weights(run / "last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    drop = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}
+
+    def drop(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "images_per_s"}
+
     assert [drop(r) for r in _rows(whole)] == [drop(r) for r in _rows(run)]
     assert np.isfinite([r["train_loss"] for r in _rows(run)]).all()
 

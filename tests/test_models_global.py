@@ -10,9 +10,8 @@ from torch import nn
 from groupmood.data.transforms import eval_transform, global_eval_views, normalize
 from groupmood.errors import ConfigError, WeightsError
 from groupmood.models import create_model, list_models, model_info
-from groupmood.models.global_cnns import (
-    IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BNInception, _caffe_first_conv, load_pretrained,
-)
+from groupmood.models.converters import caffe_first_conv, load_pretrained, translate_state_dict, vgg19_caffe_names
+from groupmood.models.global_cnns import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, BNInception
 from groupmood.models.heads import ClassifierHead
 from groupmood.models.tta import average_view_logits, flip_averaged_logits
 
@@ -97,7 +96,7 @@ def test_imagenet_weights_load_and_classify(name: str, weights_name: str, fc: st
 def test_pretrained_choices() -> None:
     model = create_model("mobilenet_v2")
     with pytest.raises(ConfigError, match="model.pretrained is not set"):
-        model.load_pretrained(None)
+        load_pretrained(model, None)
     assert load_pretrained(model, "none", verbose=False).loaded == 0
     with pytest.raises(WeightsError, match="not obtainable"):
         load_pretrained(create_model("resnet101"), "imagenet", verbose=False)
@@ -127,7 +126,7 @@ def test_caffe_first_conv_adaptation() -> None:
     bgr_mean = (104.0, 117.0, 123.0)
     caffe_in = pixels.flip(1) - torch.tensor(bgr_mean).view(1, 3, 1, 1)
     ours_in = normalize(pixels, "global")
-    w2, b2 = _caffe_first_conv(w, b, bgr_mean, IMAGENET_MEAN, IMAGENET_STD)
+    w2, b2 = caffe_first_conv(w, b, bgr_mean, IMAGENET_MEAN, IMAGENET_STD)
     torch.testing.assert_close(F.conv2d(ours_in, w2, b2), F.conv2d(caffe_in, w, b), rtol=1e-4, atol=1e-3)
 
 
@@ -159,9 +158,10 @@ def test_bninception_loads_cadene_names(tmp_path) -> None:
 def test_vgg19_key_translation() -> None:
     model = create_model("vgg19")
     t = torch.zeros(1)
-    out, notes = model.translate_state_dict({"classifier.0.weight": t, "classifier.3.bias": t, "features.2.weight": t})
+    out, notes = translate_state_dict(model, {"classifier.0.weight": t, "classifier.3.bias": t,
+                                              "features.2.weight": t})
     assert set(out) == {"fc6.weight", "fc7.bias", "features.2.weight"} and notes == []
-    names = model._caffe_names()
+    names = vgg19_caffe_names(model)
     assert names["conv1_1"] == "features.0" and names["conv1_2"] == "features.2" and names["conv5_4"] == "features.34"
     assert len(names) == 16
 

@@ -17,7 +17,7 @@ from groupmood.config import DEFAULTS
 from groupmood.errors import ConfigError
 from groupmood.labels import FERPLUS_EMOTIONS, GROUP_CLASSES
 from groupmood.models import create_model
-from groupmood.models.registry import list_models, model_info
+from groupmood.models import list_models, model_info
 from groupmood.pipeline import Branch, GroupEmotionRecognizer
 from groupmood.runtime.export import export_onnx, weights_sha256
 from groupmood.runtime.session import PARITY_TOL, resolve_backend
@@ -266,7 +266,8 @@ def test_onnx_name_of_shipped_files_from_their_header():
 
     names = {b["name"]: _onnx_name(Path(b["model"])) for b in read_bundle(default_bundle_path())["branches"]}
     assert names == {"group": "face_nonaligned-resnet_compact_48", "aligned": "face_aligned-sphereface_compact",
-                     "nonaligned": "face_nonaligned-resnet_compact_48", "global": "global-efficientnet_lite0"}
+                     "nonaligned": "face_nonaligned-resnet_compact_48", "global": "global-efficientnet_lite0",
+                     "group_crowd": "face_nonaligned-resnet_compact_48", "scene": "global-efficientnet_lite0"}
 
 
 @pytest.fixture(scope="module")

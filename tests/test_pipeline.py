@@ -453,6 +453,7 @@ def test_evaluate_groups_names_its_in_sample_photos_and_writes_calibrated_scores
 def test_shipped_bundle_lists_its_fitting_photos():
     from groupmood.pipeline import default_bundle_path, read_bundle
 
-    listed = read_bundle(default_bundle_path())["chosen_on"]["fit_photos"]
-    lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
-    assert sum(ln.endswith("\tgroup") for ln in lines) == 127  # every multiemova-dev photo
+    for bundle, n in (("photo", 127), (default_bundle_path(), 127 + 926)):  # multiemova-dev (and crowd-dev)
+        listed = read_bundle(bundle)["chosen_on"]["fit_photos"]
+        lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
+        assert sum(ln.endswith("\tgroup") for ln in lines) == n

@@ -29,7 +29,7 @@ from groupmood.labels import GROUP_CLASSES
 from groupmood.pipeline import default_bundle_path
 from groupmood.serve import ServeLimits, create_app
 from groupmood.serve.app import get_labeller
-from serving import LOCAL, files, tiny  # noqa: F401 (tiny: a fixture)
+from serving import LOCAL, files
 from test_pipeline import _bundle
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs its test client on httpx
@@ -92,7 +92,10 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
         bundle = c.get("/v1/bundle").json()
         health = c.get("/v1/health").json()
     assert set(expected["branches"]) <= {b["name"] for b in bundle["branches"]}  # weight-0 branches may not run
-    assert all(bundle["weights"].get(b, 0.0) == r["weight"] for b, r in expected["branches"].items())
+    crowd, crowd_weights = expected["crowd"], bundle["fusion"]["crowd"]["weights"]  # the regimes, mixed by the gate
+    for b, r in expected["branches"].items():
+        mixed = (1 - crowd) * bundle["weights"].get(b, 0.0) + crowd * crowd_weights.get(b, 0.0)
+        assert r["weight"] == pytest.approx(mixed, abs=1e-4)  # the record's crowd is rounded to 4 digits
     assert bundle["chosen_on"] and bundle["path"] == str(default_bundle_path().resolve())
     assert bundle["fallback"] == ["global"]  # labels the photos with fewer than two faces
     assert health["models_loaded"] and health["bundle"] == str(default_bundle_path().resolve())

@@ -23,7 +23,7 @@ from groupmood.cli.predict import build_recognizer
 from groupmood.images import load_photo
 from groupmood.serve import ServeLimits, create_app
 from groupmood.serve.app import get_labeller
-from serving import LOCAL, files, running_server, tiny  # noqa: F401 (tiny: a fixture)
+from serving import LOCAL, files, running_server
 from test_pipeline import _bundle
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 but still runs its test client on httpx

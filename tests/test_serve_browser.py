@@ -11,7 +11,7 @@ refusal in words. At 500 and 400 px the page is no wider than the window (a fail
 elements sticking out), with a long file name, with a made-up crowd of 40 faces and, where
 ../shared/data is present, with the real 38-face photo. Skipped where no Chromium is installed
 (``.ci/run`` installs it; ``GROUPMOOD_BROWSER`` names another). ``scripts/make_docs_pictures.py``
-takes the README's screenshot with the same driver.
+takes docs/serving.md's screenshot with the same driver.
 """
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ _PROBE = """(() => {
           decoded: card.querySelector('.stage img').naturalWidth, rows: card.querySelectorAll('tr.face').length,
           numbers: [...card.querySelectorAll('tr.face')].map(r => r.cells[0].textContent),
           tags: [...card.querySelectorAll('.stage svg text')].map(t => t.textContent), branches: cells,
+          crowd: (card.querySelector('.crowd') || {}).textContent,
           record: window.groupmoodRecords[window.groupmoodRecords.length - 1]};
 })()"""
 
@@ -102,8 +103,10 @@ def test_page_labels_the_group_photo_with_a_box_per_face(server: str, chromium: 
     assert seen["label"] == record["label"] and not seen["scene"]  # a group's mood: the solid badge
     assert seen["background"] == _rgb(LABEL_COLOURS[record["label"]])
     assert [row[0] for row in seen["branches"]] == [  # each branch named with what it judges
-        "groupnon-aligned faces, all", "nonalignednon-aligned faces, 3 largest", "globalwhole photo"]
-    assert seen["branches"][2][1:4] == ["0", "0.00", "not run: the face branches decide (fallback)"]
+        "groupnon-aligned faces, all", "group_crowdnon-aligned faces, all", "scenewhole photo",
+        "nonalignednon-aligned faces, 3 largest", "globalwhole photo"]
+    assert seen["branches"][4][1:4] == ["0", "0.00", "not run: the face branches decide (fallback)"]
+    assert seen["crowd"] == f"crowd {record['crowd']:.2f}"  # the gate's mix of the photo and crowd regimes
     assert seen["decoded"] == record["width"] and seen["img"]["shown"] > 300
     scale = seen["img"]["shown"] / record["width"]
     for box, face in zip(seen["boxes"], record["faces"]):  # each box where the face is, in its label's colour
@@ -142,10 +145,12 @@ def test_page_shows_a_photo_without_faces_as_the_scene_alone(server: str, chromi
     # the whole-image branch's guess about the scene, not a group's mood: outlined, and said so
     assert seen["scene"] and seen["label"] == f"{record['label']} (scene only, no face found)"
     assert seen["background"] == "rgb(255, 255, 255)" and seen["border"] == _rgb(LABEL_COLOURS[record["label"]])
-    glob = seen["branches"][2]
-    assert glob[0] == "globalwhole photo" and glob[1] == "fallback" and glob[2] == "1.00"
-    assert glob[3].startswith(FALLBACK_NOTE)
-    assert [row[2] for row in seen["branches"][:2]] == ["0.00", "0.00"]
+    names = [row[0] for row in seen["branches"]]
+    glob, scene = seen["branches"][names.index("globalwhole photo")], seen["branches"][names.index("scenewhole photo")]
+    crowd = record["crowd"]  # the photo regime's fallback and the crowd regime's scene branch share the vote
+    assert glob[1] == "fallback" and glob[2] == f"{1 - crowd:.2f}" and glob[3].startswith(FALLBACK_NOTE)
+    assert scene[2] == f"{crowd:.2f}"
+    assert [row[2] for row in seen["branches"] if "faces" in row[0]] == ["0.00"] * 3
     for width in (500, 400):
         assert_fits(chromium, width)
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .mathops import softmax
+
 if TYPE_CHECKING:
     import torch
 
@@ -49,9 +51,7 @@ class Calibration:
             if len(self.bias) != p.shape[-1]:
                 raise ValueError(f"calibration bias has {len(self.bias)} classes, probabilities {p.shape[-1]}")
             z = z + np.asarray(self.bias)
-        z = z - z.max(axis=-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        return softmax(z)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": round(float(self.temperature), 6)}

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from . import weights
 from .errors import WeightsError
 from .io import atomic_write
-from .models.registry import ModelInfo, create_model, resolve_recipe
+from .models.catalog import create_model, resolve_recipe
+from .models.registry import ModelInfo
 
 __all__ = ["ARCH_KEYS", "MODEL_FORMAT", "Checkpoint", "build_model", "canonical_safetensors", "load_model", "read_checkpoint",
            "read_safetensors", "read_state_dict", "save_model"]

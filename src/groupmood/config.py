@@ -114,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
                                     # mean_class_accuracy (unbalanced validation sets, class-weighted losses)
         "batchnorm": "batch",       # under torchrun: batch (each process's own batch statistics) | sync
                                     # (SyncBatchNorm over the global batch, CUDA only) | frozen (running
-                                    # statistics fixed; any number of processes trains alike); see README
+                                    # statistics fixed; any number of processes trains alike); see docs/scaling.md
         "progress": True,           # tqdm bars
     },
 }

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .mathops import softmax
+
 if TYPE_CHECKING:
     import torch
 
@@ -29,10 +31,8 @@ class LinearHead:
         return np.asarray(x, dtype=np.float64) @ self.weight.T + self.bias
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        z = self.logits(x)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        """(N, C) float64 class probabilities of (N, D) features."""
+        return softmax(self.logits(x))
 
     def photo_probs(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         """(N, C) mean face probabilities per photo; NaN rows for photos without faces (abstention)."""

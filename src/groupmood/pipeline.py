@@ -40,6 +40,8 @@ how they were chosen::
         calibration: {temperature: 2.4}  # optional; see groupmood.calibration
     weights: {aligned: 3.0, global: 0.5, nonaligned: 0.5}
     fusion: {kind: weighted}            # optional; or {kind: model, model: fusion.safetensors, sha256: ...}
+                                        # or {kind: regime, gate: gate.safetensors, sha256: ..., reads: scene,
+                                        #     crowd: {weights: {...}, fallback: [...]}}: see groupmood.fusion.regime
     detector: {thresholds: [0.6, 0.7, 0.9], factor: 0.709, min_face_frac: 0.05}   # optional
     min_faces: 2    # optional (default 1): face branches vote only on photos with at least this many
                     # faces; on others the whole-image branches give the label (the faces are still scored)
@@ -86,9 +88,11 @@ from .detect.detector import ImageLike, Images, as_photo_list
 from .images import Photo
 from .errors import ConfigError, WeightsError
 from .fusion import ABSTAIN, Fused, Pooled, fuse, parse_pooling, pool, pooling_name
+from .fusion.regime import RegimeGate, mix
 from .fusion_model import FusionModel
 from .inputs import center_crop_array, normalize_array
 from .labels import GROUP_CLASSES, valence_array
+from .mathops import softmax
 from .models.registry import FAMILY_RECIPES, ModelInfo, family_info
 from .models.pretrained import converted_model, store_name
 from .runtime.session import OrtModel, device_type, load_cached, photo_workers, resolve_backend
@@ -104,13 +108,15 @@ BUNDLE_FORMAT = "groupmood-bundle-1"
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion",
                 "min_faces", "fallback"}
-_FUSION_KEYS = {"kind", "model", "sha256"}
+_FUSION_KEYS = {"kind", "model", "sha256", "gate", "reads", "crowd"}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
 
-#: The bundles shipped in the package, by the name ``--bundle`` takes: ``default`` (group photos of a few people)
-#: and ``crowd`` (fitted on crowds and group photos together; see its ``chosen_on``).
-SHIPPED_BUNDLES: dict[str, str] = {"default": "bundle.yaml", "crowd": "bundle_crowd.yaml"}
+#: The bundles shipped in the package, by the name ``--bundle`` takes: ``default`` (group photos and crowds: a
+#: photo regime and a crowd regime mixed by a gate, :mod:`groupmood.fusion.regime`), ``photo`` (its photo regime
+#: alone: faces, for photos of a few people) and ``crowd`` (one fusion fitted on crowds and group photos together).
+#: Each bundle's ``chosen_on`` says how it was fitted.
+SHIPPED_BUNDLES: dict[str, str] = {"default": "bundle.yaml", "photo": "bundle_photo.yaml", "crowd": "bundle_crowd.yaml"}
 
 
 def default_bundle_path() -> Path:
@@ -269,6 +275,20 @@ class Branch:
         return (self.trunk_sha256, self.info.name, self.family, self.input_size, self.in_chans, tuple(self.info.mean),
                 tuple(self.info.std), self.margin, self.grey, self.tta_flip, self.backend, self.fuse)
 
+    def with_trunk(self) -> Branch:
+        """This branch with its trunk and linear head read apart (as face branches always are), so that
+        :meth:`features` and :meth:`scores_from_features` work on a whole-image branch too: a regime gate reads
+        the trunk's features (:mod:`groupmood.fusion.regime`)."""
+        if self.trunk_sha256 is not None:
+            return self
+        found = _linear_head(Path(self.source)) if self.source else None
+        if found is None:
+            raise ConfigError(f"{self.source}: a regime gate reads this branch's trunk, but its head is not a plain "
+                              "linear layer (head.fc); gate a branch whose model ends in one")
+        other = copy.copy(self)
+        other.trunk_sha256, other.head = found
+        return other
+
     def features_from_cache(self) -> bool:
         """Load the trunk's ONNX Runtime model from the cache, without PyTorch; whether it was there."""
         if self.trunk_sha256 is None:
@@ -327,8 +347,7 @@ class Branch:
         """(N, 3) float64 group-class probabilities of (N, C) float32 logits: softmax, summed into the group classes."""
         if not len(logits):
             return np.zeros((0, len(GROUP_CLASSES)))
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (z / z.sum(axis=1, keepdims=True)).astype(np.float64) @ self._to_group.astype(np.float64)
+        return softmax(logits) @ self._to_group.astype(np.float64)
 
     @property
     def is_face(self) -> bool:
@@ -586,7 +605,7 @@ class BranchResult:
     family: str
 
     def to_dict(self, ndigits: int = 4) -> dict[str, Any]:
-        return {"probs": _probs_dict(self.probs, ndigits), "weight": self.weight,
+        return {"probs": _probs_dict(self.probs, ndigits), "weight": round(self.weight, ndigits),
                 "effective_weight": round(self.effective_weight, ndigits), "spoke": self.spoke,
                 "faces": list(self.faces), "pooling": self.pooling, "family": self.family}
 
@@ -597,6 +616,8 @@ class GroupResult:
 
     ``no_face`` is True when the detector found no face (the face branches then abstain);
     ``abstained`` is True when no branch spoke at all (label :data:`groupmood.fusion.ABSTAIN`).
+    ``crowd`` is the regime gate's probability that the photo is a crowd (None: the bundle has no gate),
+    which mixed the photo and crowd fusions (:mod:`groupmood.fusion.regime`).
     """
 
     label: str
@@ -608,6 +629,7 @@ class GroupResult:
     width: int
     height: int
     classes: tuple[str, ...] = GROUP_CLASSES
+    crowd: float | None = None
 
     @property
     def probs_by_class(self) -> dict[str, float]:
@@ -623,6 +645,7 @@ class GroupResult:
             "n_faces": len(self.faces),
             "width": self.width,
             "height": self.height,
+            **({} if self.crowd is None else {"crowd": round(self.crowd, ndigits)}),
             "branches": {b: r.to_dict(ndigits) for b, r in self.branches.items()},
             "faces": [f.to_dict(ndigits) for f in self.faces],
         }
@@ -694,15 +717,7 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     if bad_det:
         raise ConfigError(f"{p}: unknown detector key(s) {', '.join(bad_det)}; "
                           f"known: {', '.join(sorted(_DETECTOR_KEYS))}")
-    fusion = dict(raw.get("fusion") or {"kind": "weighted"})
-    bad_fusion = sorted(set(fusion) - _FUSION_KEYS)
-    if bad_fusion or fusion.get("kind", "weighted") not in ("weighted", "model"):
-        raise ConfigError(f"{p}: fusion must be {{kind: weighted}} or {{kind: model, model: FILE, sha256: ...}}, "
-                          f"got {fusion}")
-    if fusion.get("kind") == "model":
-        if not isinstance(fusion.get("model"), str):
-            raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
-        fusion["model"] = str((p.parent / fusion["model"]).resolve())
+    fusion = _read_fusion(p, raw.get("fusion"), seen)
     fallback = raw.get("fallback") or []
     if not isinstance(fallback, list) or not all(isinstance(b, str) and b in seen for b in fallback):
         raise ConfigError(f"{p}: fallback must be a list of branch names (the branches that label a photo on which "
@@ -724,6 +739,35 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def _read_fusion(p: Path, raw: Any, branches: set[str]) -> dict[str, Any]:
+    """A bundle's checked ``fusion`` section, its files made absolute."""
+    fusion = dict(raw or {"kind": "weighted"})
+    kind = fusion.get("kind", "weighted")
+    allowed = {"weighted": {"kind"}, "model": {"kind", "model", "sha256"},
+               "regime": {"kind", "gate", "sha256", "reads", "crowd"}}
+    if kind not in allowed or set(fusion) - allowed[kind]:
+        raise ConfigError(f"{p}: fusion must be {{kind: weighted}}, {{kind: model, model: FILE, sha256: ...}} or "
+                          "{kind: regime, gate: FILE, sha256: ..., reads: BRANCH, crowd: {weights: {...}, "
+                          f"fallback: [...]}}}}, got {fusion}")
+    if kind == "model":
+        if not isinstance(fusion.get("model"), str):
+            raise ConfigError(f"{p}: fusion kind 'model' needs 'model: FILE' (a fusion model safetensors)")
+        fusion["model"] = str((p.parent / fusion["model"]).resolve())
+    if kind == "regime":
+        crowd = fusion.get("crowd")
+        if not isinstance(fusion.get("gate"), str) or fusion.get("reads") not in branches or not isinstance(crowd, dict):
+            raise ConfigError(f"{p}: fusion kind 'regime' needs 'gate: FILE', 'reads: BRANCH' (a whole-image branch "
+                              f"of the bundle: {sorted(branches)}) and 'crowd: {{weights: ..., fallback: ...}}'")
+        weights, fallback = crowd.get("weights"), crowd.get("fallback") or []
+        if (set(crowd) - {"weights", "fallback"} or not isinstance(weights, dict) or set(weights) - branches
+                or not isinstance(fallback, list) or set(fallback) - branches):
+            raise ConfigError(f"{p}: fusion.crowd must be {{weights: {{BRANCH: NUMBER}}, fallback: [BRANCH]}} over the "
+                              f"bundle's branches ({sorted(branches)}), got {crowd}")
+        fusion["gate"] = str((p.parent / fusion["gate"]).resolve())
+        fusion["crowd"] = {"weights": {k: float(v) for k, v in weights.items()}, "fallback": list(fallback)}
+    return fusion
+
+
 # --------------------------------------------------------------------------- the recognizer
 
 class GroupEmotionRecognizer:
@@ -738,7 +782,8 @@ class GroupEmotionRecognizer:
     def __init__(self, detector: FaceDetector, branches: Mapping[str, Branch], weights: Mapping[str, float],
                  pooling: str | Mapping[str, str] | None = None, device: Any = "cpu",
                  chosen_on: Mapping[str, Any] | None = None, fusion_model: FusionModel | None = None,
-                 min_faces: int = 1, workers: int | None = None, fallback: Sequence[str] = ()) -> None:
+                 min_faces: int = 1, workers: int | None = None, fallback: Sequence[str] = (),
+                 regime: RegimeGate | None = None) -> None:
         if not branches:
             raise ConfigError("a recognizer needs at least one branch")
         if "fused" in branches:
@@ -777,6 +822,18 @@ class GroupEmotionRecognizer:
             raise ConfigError(f"fallback names unknown branch(es) {', '.join(missing_fb)}; branches: "
                               f"{', '.join(self.branches)}")
         self.fallback = tuple(fallback)
+        if regime is not None:
+            if fusion_model is not None:
+                raise ConfigError("a bundle fuses by a fusion model or by regime, not both")
+            unknown_r = sorted(({regime.reads} | set(regime.weights) | set(regime.fallback)) - set(self.branches))
+            if unknown_r:
+                raise ConfigError(f"the regime gate names unknown branch(es) {', '.join(unknown_r)}; branches: "
+                                  f"{', '.join(self.branches)}")
+            if self.branches[regime.reads].is_face:
+                raise ConfigError(f"the regime gate reads branch {regime.reads!r}, a face branch; it reads a "
+                                  "whole-image branch's trunk")
+            self.branches[regime.reads] = self.branches[regime.reads].with_trunk()
+        self.regime = regime
 
     def __repr__(self) -> str:
         return f"GroupEmotionRecognizer(branches={self.branches}, weights={self.weights}, device={self.device})"
@@ -800,6 +857,13 @@ class GroupEmotionRecognizer:
             if spec["fusion"].get("sha256"):
                 weight_store.verify(spec["fusion"]["model"], spec["fusion"]["sha256"])
             fusion_model = FusionModel.load(spec["fusion"]["model"])
+        regime = None
+        if spec["fusion"].get("kind") == "regime":
+            if spec["fusion"].get("sha256"):
+                weight_store.verify(spec["fusion"]["gate"], spec["fusion"]["sha256"])
+            regime = RegimeGate.load(spec["fusion"]["gate"], spec["fusion"]["crowd"]["weights"],
+                                     spec["fusion"]["crowd"]["fallback"])
+            regime = dataclasses.replace(regime, reads=spec["fusion"]["reads"])
         branches: dict[str, Branch] = {}
         if backend == "onnxruntime":
             for b in spec["branches"]:
@@ -810,6 +874,9 @@ class GroupEmotionRecognizer:
                     break
                 branches[b["name"]] = br
             shared = [branches[n] for group in shared_trunks(branches) for n in group]
+            if regime is not None and branches:
+                branches[regime.reads] = branches[regime.reads].with_trunk()
+                shared.append(branches[regime.reads])
             if not all(br.features_from_cache() for br in shared):
                 branches = {}  # a shared trunk not exported yet: PyTorch below, then with_backend exports it
         if not branches:
@@ -821,7 +888,7 @@ class GroupEmotionRecognizer:
             detector = FaceDetector.from_pretrained(device=device, auto_fetch=True, backend=backend, **spec["detector"])
         rec = cls(detector, branches, spec["weights"] if weights is None else weights, pooling, device,
                   spec["chosen_on"], fusion_model if weights is None else None, spec["min_faces"], workers,
-                  spec["fallback"])
+                  spec["fallback"], regime if weights is None else None)
         return rec.with_backend(backend)
 
     @classmethod
@@ -845,7 +912,7 @@ class GroupEmotionRecognizer:
         return GroupEmotionRecognizer(self.detector, self.branches, self.weights if weights is None else weights,
                                       pooling, self.device, self.chosen_on,
                                       self.fusion_model if weights is None else None, self.min_faces, self.workers,
-                                      self.fallback)
+                                      self.fallback, self.regime if weights is None else None)
 
     @property
     def backend(self) -> str:
@@ -880,13 +947,15 @@ class GroupEmotionRecognizer:
                     br.with_backend(backend, lambda br=br: br.parity_inputs(photos_faces()))
                     for n, br in self.branches.items()}
         return GroupEmotionRecognizer(detector, branches, self.weights, None, self.device, self.chosen_on,
-                                      self.fusion_model, self.min_faces, self.workers, self.fallback)
+                                      self.fusion_model, self.min_faces, self.workers, self.fallback, self.regime)
 
     def active_branches(self, all_branches: bool = False) -> dict[str, Branch]:
         """The branches that vote (weight > 0, a fallback, or read by the fusion model); every branch with
         ``all_branches``."""
         read = set(self.fusion_model.branches) if self.fusion_model is not None else set()
         read |= set(self.fallback)
+        if self.regime is not None:
+            read |= {self.regime.reads, *self.regime.fallback, *(n for n, w in self.regime.weights.items() if w > 0)}
         return {n: br for n, br in self.branches.items() if all_branches or self.weights[n] > 0 or n in read}
 
     def photo_workers(self) -> int:
@@ -927,7 +996,10 @@ class GroupEmotionRecognizer:
         them only on the photos where no weighted branch speaks, and reports them as silent elsewhere."""
         if self.fusion_model is not None:
             return frozenset()
-        return frozenset(n for n in self.fallback if self.weights[n] == 0 and not self.branches[n].is_face)
+        regime = self.regime
+        fallbacks = [*self.fallback, *(regime.fallback if regime else ())]
+        return frozenset(n for n in fallbacks if self.weights[n] == 0 and not self.branches[n].is_face
+                         and (regime is None or (regime.weights.get(n, 0.0) == 0 and n != regime.reads)))
 
     def _predict(self, photos: Sequence[Photo], branches: Mapping[str, Branch], raw: bool,
                  lazy: frozenset[str] = frozenset()) -> list[GroupResult]:
@@ -938,6 +1010,12 @@ class GroupEmotionRecognizer:
         counts = [len(f) for f in faces_per]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         per_branch: dict[str, np.ndarray] = {}
+        crowd = np.zeros(len(arrays))
+        if self.regime is not None:  # the gate and its branch read one trunk pass
+            reads = branches[self.regime.reads]
+            feats = reads.features(np.concatenate([reads.crops(img, []) for img in arrays]))
+            per_branch[self.regime.reads] = reads.scores_from_features(feats)
+            crowd = self.regime.crowd_probs(feats)
         for group in shared_trunks(branches):  # one trunk pass, each branch's own head
             lead = branches[group[0]]
             parts = [lead.crops(img, faces) for img, faces in zip(arrays, faces_per) if faces]
@@ -964,8 +1042,12 @@ class GroupEmotionRecognizer:
                         pooled[i][n] = Pooled.abstain()
                 elif n not in lazy:
                     pooled[i][n] = Pooled(per_branch[n][i], True, ())
-        need = [i for i, p in enumerate(pooled) if not any(r.spoke and self.weights[n] > 0 for n, r in p.items())]
         for name in lazy:
+            regimes = [self.weights] if name in self.fallback else []
+            if self.regime is not None and name in self.regime.fallback:
+                regimes.append(self.regime.weights)
+            need = [i for i, p in enumerate(pooled)
+                    if any(not any(r.spoke and w.get(n, 0.0) > 0 for n, r in p.items()) for w in regimes)]
             br = branches[name]
             got = dict(zip(need, br.scores(np.concatenate([br.crops(arrays[i], []) for i in need])))) if need else {}
             for i, p in enumerate(pooled):
@@ -975,10 +1057,11 @@ class GroupEmotionRecognizer:
             raw_pooled = {n: pooled[i][n] for n in branches}  # in branch order
             calibrated = {n: Pooled(self.branches[n].calibration.apply(p.probs), True, p.faces) if p.spoke else p
                           for n, p in raw_pooled.items()}
-            fused = self._fuse(calibrated, faces, photo.pixels.shape[:2])
+            fused = self._fuse(calibrated, faces, photo.pixels.shape[:2], float(crowd[i]))
             own = [f.scaled(*photo.scale) for f in faces]  # in the photo's own coordinates
             results.append(self._result((photo.height, photo.width), own, face_probs[i],
-                                        raw_pooled if raw else calibrated, fused))
+                                        raw_pooled if raw else calibrated, fused,
+                                        float(crowd[i]) if self.regime is not None else None))
         return results
 
     def decode_short_side(self, all_branches: bool = False) -> int | None:
@@ -999,12 +1082,16 @@ class GroupEmotionRecognizer:
         need = max([face_px / cfg.min_face_frac, *(b.info.resize for b in branches if not b.is_face)])
         return int(math.ceil(need))
 
-    def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], size: tuple[int, int]) -> Fused:
-        """The bundle's fusion of one photo's calibrated branches: weighted average or fusion model.
+    def _fuse(self, pooled: Mapping[str, Pooled], faces: Sequence[Face], size: tuple[int, int],
+              crowd: float = 0.0) -> Fused:
+        """The bundle's fusion of one photo's calibrated branches: weighted average, the two regimes' weighted
+        averages mixed by the gate's ``crowd`` probability, or fusion model.
 
         ``faces`` and ``size`` (height, width) are in one coordinate system (decoded pixels).
         """
         fused = fuse(pooled, self.weights, fallback=self.fallback)
+        if self.regime is not None:
+            return mix(fused, fuse(pooled, self.regime.weights, fallback=self.regime.fallback), crowd)
         if self.fusion_model is None:
             return fused
         fracs = [f.area / float(size[0] * size[1]) for f in faces]
@@ -1018,10 +1105,18 @@ class GroupEmotionRecognizer:
         """Label one photo (an RGB array, a PIL image or a path) and return its result itself, not a list."""
         return self.predict([image])[0]
 
+    def bundle_weights(self, crowd: float | None = None) -> dict[str, float]:
+        """Each branch's configured weight; with a regime gate, the regimes' weights mixed by the ``crowd``
+        probability."""
+        if self.regime is None or crowd is None:
+            return dict(self.weights)
+        return {n: (1.0 - crowd) * w + crowd * self.regime.weights.get(n, 0.0) for n, w in self.weights.items()}
+
     def _result(self, size: tuple[int, int], faces: Sequence[Face], face_probs: Mapping[str, np.ndarray],
-                pooled: Mapping[str, Pooled], fused: Fused) -> GroupResult:
+                pooled: Mapping[str, Pooled], fused: Fused, crowd: float | None = None) -> GroupResult:
         """One photo's result; ``size`` is its (height, width), the coordinates of ``faces``."""
-        face_w = {n: self.weights[n] for n in face_probs}
+        weights = self.bundle_weights(crowd)
+        face_w = {n: weights[n] for n in face_probs}
         total = sum(face_w.values())
         face_w = {n: (w / total if total > 0 else 1.0 / len(face_w)) for n, w in face_w.items()}
         face_results = []
@@ -1035,11 +1130,11 @@ class GroupEmotionRecognizer:
             face_results.append(FaceResult(np.asarray(f.box, dtype=np.float64), float(f.score),
                                            np.asarray(f.landmarks, dtype=np.float64), label, probs, bp,
                                            tuple(n for n in face_probs if k in pooled[n].faces)))
-        branches = {n: BranchResult(pooled[n].probs, self.weights[n], fused.weights[n], pooled[n].spoke,
+        branches = {n: BranchResult(pooled[n].probs, weights[n], fused.weights[n], pooled[n].spoke,
                                     pooled[n].faces, pooling_name(br.top_k) if br.is_face else "image", br.family)
                     for n, br in self.branches.items() if n in pooled}
         return GroupResult(fused.label, fused.probs, branches, face_results, not faces, fused.abstained,
-                           int(size[1]), int(size[0]))
+                           int(size[1]), int(size[0]), crowd=crowd)
 
 
 def shared_trunks(branches: Mapping[str, Branch]) -> list[list[str]]:

@@ -36,7 +36,7 @@ def build_cmd(inputs: tuple[str, ...], cache_dir: str | None, workers: int, shar
     """Cache the faces of INPUTS (files, folders, globs); a stopped build resumes where it stopped.
 
     With --shard I/N (N jobs, one folder shared by all) or under torchrun, this job builds images I,
-    I+N, ... into its own files; the last job to complete merges the indexes (README, "Scaling out").
+    I+N, ... into its own files; the last job to complete merges the indexes (docs/scaling.md).
     """
     paths = collect_paths(inputs)
     shard, _ = current_shard()

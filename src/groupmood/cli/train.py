@@ -36,7 +36,7 @@ def train_cmd(config: Path, resume: bool, overrides: tuple[str, ...], out: Path 
     """Train the recipe CONFIG (a YAML file in configs/) into a run folder.
 
     Under torchrun (``torchrun --nproc_per_node N -m groupmood.cli train CONFIG ...``) every process
-    runs this; train.batch_size stays the global batch, rank 0 writes and prints (README, "Scaling out").
+    runs this; train.batch_size stays the global batch, rank 0 writes and prints (docs/scaling.md).
     """
     from ..engine.train import train
 

@@ -4,7 +4,10 @@ Every resampling is the reference's own area averaging (``interpolate(mode="area
 adaptive average pooling: the same bins), read from each image's summed-area table in four
 lookups per output pixel, whatever the size of the region: the pyramid levels as well as the
 candidates' crops. The means are correctly rounded; PyTorch's pooling kernel differs from them by
-one unit in the last place on some pixels, which moves boxes by at most about 1e-4 pixel.
+one unit in the last place on some pixels, which moves boxes by at most about 1e-4 pixel. Each level
+and each image's crops are averaged straight into their net's normalised input, in the layout the net
+takes (channels first for ONNX Runtime, channels last for a ``channels_last`` runner): the same values
+as averaging, normalising and transposing apart, with fewer passes over the pixels.
 
 Stage 1 on a GPU packs every pyramid level of every image into one canvas (shelf packing, even
 offsets so that P-Net's stride-2 grid lines up with each tile) and runs P-Net once per canvas
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,11 +136,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x - np.float32(127.5)) * np.float32(0.0078125)
 
 
+def _channels_last(net: Runner) -> bool:
+    """Whether ``net`` takes an (N, C, H, W) view of (N, H, W, C) memory (a ``channels_last`` runner)."""
+    return bool(getattr(net, "channels_last", False))
+
+
 def _net_input(x: np.ndarray, net: Runner) -> np.ndarray:
     """A net's (N, C, H, W) input from normalised (N, H, W, C) values: C-contiguous, or a view for a
     ``channels_last`` runner."""
     view = x.transpose(0, 3, 1, 2)
-    return view if getattr(net, "channels_last", False) else np.ascontiguousarray(view)
+    return view if _channels_last(net) else np.ascontiguousarray(view)
+
+
+def _as_net_input(x: np.ndarray, net: Runner) -> np.ndarray:
+    """A net's input from :func:`_area_input`'s output made for it (``channels_first`` = not :func:`_channels_last`)."""
+    return x.transpose(0, 3, 1, 2) if _channels_last(net) else x
 
 
 def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cfg: CascadeSettings,
@@ -155,59 +168,22 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cf
     ]
     if not tiles:
         return _EMPTY_BOXES, _EMPTY_IDS
-    # area averaging from the summed-area table: a cost per level pixel, where interpolate(mode="area")
-    # reads every photo pixel for every level (and first needs a float copy of the photo)
-    levels: list[np.ndarray] = []
-    for t in tiles:
-        h, w = images[t.image].shape[:2]
-        whole = np.array([[0, 0, w, h]])
-        levels.append(area_resize(tables[t.image], whole, t.h, t.w))  # (1, h, w, 3)
     if pack is None:
         pack = device_type(device) != "cpu"
-    if not pack:
-        # one level per P-Net call: packed canvases are ~40 % gaps, which a CPU pays for in full,
-        # while it gains nothing from fewer, larger calls
-        for i, t in enumerate(tiles):
-            t.canvas = i
-        canvases = levels
-    else:
-        sizes = _pack(tiles, cfg.max_canvas_pixels)
-        canvases = [np.zeros((1, h, w, 3), np.float32) for h, w in sizes]
-        for t, level in zip(tiles, levels):
-            canvases[t.canvas][:, t.y:t.y + t.h, t.x:t.x + t.w] = level
-
-    canvas_tiles: list[list[int]] = [[] for _ in canvases]
-    for ti, t in enumerate(tiles):
-        canvas_tiles[t.canvas].append(ti)
-    tiles_y = np.array([t.y // 2 for t in tiles], np.int64)
-    tiles_x = np.array([t.x // 2 for t in tiles], np.int64)
     scales = np.array([t.scale for t in tiles], np.float32)
     tile_image = np.array([t.image for t in tiles], np.int64)
     thr = np.float32(cfg.thresholds[0])
     boxes, tile_ids = [], []
-    for c, canvas in enumerate(canvases):
-        reg, prob = _outputs(pnet(_net_input(_normalise(canvas), pnet)))
-        reg, prob = reg[0], prob[0]
-        ho, wo = prob.shape
-        owner = np.full((ho, wo), -1, np.int64)
-        for ti in canvas_tiles[c]:
-            t = tiles[ti]
-            # cells whose 12x12 window starts inside the tile, as P-Net would give on the tile alone
-            nh = max(0, math.ceil((t.h - 2) / 2) - 4)
-            nw = max(0, math.ceil((t.w - 2) / 2) - 4)
-            owner[t.y // 2:t.y // 2 + nh, t.x // 2:t.x // 2 + nw] = ti
-        rr, cc = np.nonzero((prob >= thr) & (owner >= 0))
-        if rr.size == 0:
-            continue
-        tid = owner[rr, cc]
-        ly = (rr - tiles_y[tid]).astype(np.float32)
-        lx = (cc - tiles_x[tid]).astype(np.float32)
+    for reg, prob, rr, cc, tid in (_pnet_packed(images, tables, tiles, pnet, cfg, thr) if pack
+                                   else _pnet_levels(images, tables, tiles, pnet, thr)):
+        ly = rr.astype(np.float32)  # cells of the tile's own grid
+        lx = cc.astype(np.float32)
         s = scales[tid]
         q1x = np.floor((np.float32(STRIDE) * lx + np.float32(1)) / s)
         q1y = np.floor((np.float32(STRIDE) * ly + np.float32(1)) / s)
         q2x = np.floor((np.float32(STRIDE) * lx + np.float32(CELL)) / s)
         q2y = np.floor((np.float32(STRIDE) * ly + np.float32(CELL)) / s)
-        boxes.append(np.stack([q1x, q1y, q2x, q2y, prob[rr, cc], *reg[:, rr, cc]], axis=1).astype(np.float32))
+        boxes.append(np.stack([q1x, q1y, q2x, q2y, prob, *reg], axis=1).astype(np.float32))
         tile_ids.append(tid)
     if not boxes:
         return _EMPTY_BOXES, _EMPTY_IDS
@@ -223,6 +199,60 @@ def _stage1(images: list[np.ndarray], tables: list[np.ndarray], pnet: Runner, cf
     refined = np.stack([b[:, 0] + b[:, 5] * w, b[:, 1] + b[:, 6] * h,
                         b[:, 2] + b[:, 7] * w, b[:, 3] + b[:, 8] * h, b[:, 4]], axis=1)
     return _square(refined), img_ids
+
+
+#: What stage 1 takes from one P-Net call: per candidate cell, its regression (4, n) and probability (n,), its
+#: row and column in its tile's own output grid, and its tile.
+_Cells = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _pnet_levels(images: list[np.ndarray], tables: list[np.ndarray], tiles: list[_Tile], pnet: Runner,
+                 thr: np.float32) -> Iterator[_Cells]:
+    """P-Net on each pyramid level alone (a CPU: packed canvases are ~40 % gaps, which a CPU pays for in full,
+    while it gains nothing from fewer, larger calls); the cells at or above ``thr``.
+
+    Each level is area-averaged from its photo's summed-area table (a cost per level pixel, where
+    ``interpolate(mode="area")`` reads every photo pixel for every level) straight into P-Net's
+    normalised input layout.
+    """
+    channels_first = not _channels_last(pnet)
+    for ti, t in enumerate(tiles):
+        h, w = images[t.image].shape[:2]
+        x = _area_input(tables[t.image], np.array([[0, 0, w, h]]), t.h, t.w, channels_first)
+        reg, prob = _outputs(pnet(_as_net_input(x, pnet)))
+        rr, cc = np.nonzero(prob[0] >= thr)
+        if rr.size:
+            yield reg[0][:, rr, cc], prob[0][rr, cc], rr, cc, np.full(rr.size, ti, np.int64)
+
+
+def _pnet_packed(images: list[np.ndarray], tables: list[np.ndarray], tiles: list[_Tile], pnet: Runner,
+                 cfg: CascadeSettings, thr: np.float32) -> Iterator[_Cells]:
+    """P-Net once per canvas of packed pyramid levels; each tile's cells at or above ``thr``."""
+    levels = [area_resize(tables[t.image], np.array([[0, 0, images[t.image].shape[1], images[t.image].shape[0]]]),
+                          t.h, t.w) for t in tiles]  # (1, h, w, 3) each
+    sizes = _pack(tiles, cfg.max_canvas_pixels)
+    canvases = [np.zeros((1, h, w, 3), np.float32) for h, w in sizes]
+    for t, level in zip(tiles, levels):
+        canvases[t.canvas][:, t.y:t.y + t.h, t.x:t.x + t.w] = level
+    canvas_tiles: list[list[int]] = [[] for _ in canvases]
+    for ti, t in enumerate(tiles):
+        canvas_tiles[t.canvas].append(ti)
+    tiles_y = np.array([t.y // 2 for t in tiles], np.int64)
+    tiles_x = np.array([t.x // 2 for t in tiles], np.int64)
+    for c, canvas in enumerate(canvases):
+        reg, prob = _outputs(pnet(_net_input(_normalise(canvas), pnet)))
+        reg, prob = reg[0], prob[0]
+        owner = np.full(prob.shape, -1, np.int64)
+        for ti in canvas_tiles[c]:
+            t = tiles[ti]
+            # cells whose 12x12 window starts inside the tile, as P-Net would give on the tile alone
+            nh = max(0, math.ceil((t.h - 2) / 2) - 4)
+            nw = max(0, math.ceil((t.w - 2) / 2) - 4)
+            owner[t.y // 2:t.y // 2 + nh, t.x // 2:t.x // 2 + nw] = ti
+        rr, cc = np.nonzero((prob >= thr) & (owner >= 0))
+        if rr.size:
+            tid = owner[rr, cc]
+            yield reg[:, rr, cc], prob[rr, cc], rr - tiles_y[tid], cc - tiles_x[tid], tid
 
 
 def _outputs(out: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -296,11 +326,47 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
     average pooling), correctly rounded, read from the summed-area table in four lookups whatever
     the region size.
     """
+    total, count = _area_sums(table, boxes, out_h, out_w)
+    if int(count.max(initial=0)) * 255 < 2**24:
+        # sums and counts are exact in float32, and one division rounds as the float64 one, cast down
+        return total.astype(np.float32) / count.astype(np.float32)
+    return (total / count).astype(np.float32)
+
+
+def _area_input(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int, channels_first: bool) -> np.ndarray:
+    """A net's input from regions of one image: ``_normalise(area_resize(...))``, the same values, made in fewer
+    passes and laid out (K, C, out_h, out_w) C-contiguous when ``channels_first``, else (K, out_h, out_w, C)."""
+    total, count = _area_sums(table, boxes, out_h, out_w)
+    if int(count.max(initial=0)) * 255 >= 2**24:
+        x = _normalise((total / count).astype(np.float32))
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if channels_first else x
+    if channels_first:
+        total, count = total.transpose(0, 3, 1, 2), count.transpose(0, 3, 1, 2)
+    out = np.empty(total.shape, np.float32)
+    # float32(sum) / float32(count) as area_resize divides, then _normalise's two steps, each in place
+    np.divide(total, count, out=out, dtype=np.float32)
+    out -= np.float32(127.5)
+    out *= np.float32(0.0078125)
+    return out
+
+
+def _area_sums(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each output pixel's integer sum over its bin (K, out_h, out_w, C) and the bin's pixel count
+    (K, out_h, out_w, 1), for :func:`area_resize`."""
     x, y, ex, ey = (boxes[:, i].astype(np.int64) for i in range(4))
     r0, r1 = _bins(y, ey - y, out_h)
     c0, c1 = _bins(x, ex - x, out_w)
-    stride = table.shape[1]
-    flat = table.reshape(-1, table.shape[2])  # one flat gather per corner: 3-4x faster than 2-D indexing
+    count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[..., None]
+    stride, ch = table.shape[1], table.shape[2]
+    if len(boxes) == 1 and stride <= 2 * out_w:
+        # one region at half its table's width or more (a pyramid level of a small photo): whole rows of the
+        # table gathered and differenced first, then the columns; half the time of four corners per pixel
+        rows = (np.take(table, r1[0], axis=0) - np.take(table, r0[0], axis=0)).reshape(out_h, stride * ch)
+        cols = np.arange(ch)
+        hi, lo = (c1[0][:, None] * ch + cols).reshape(-1), (c0[0][:, None] * ch + cols).reshape(-1)
+        total = np.take(rows, hi, axis=1) - np.take(rows, lo, axis=1)
+        return total.reshape(1, out_h, out_w, ch), count
+    flat = table.reshape(-1, ch)  # one flat gather per corner: 3-4x faster than 2-D indexing
     a, b = r0[:, :, None] * stride, r1[:, :, None] * stride
     c, d = c0[:, None, :], c1[:, None, :]
 
@@ -308,20 +374,22 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
         return np.take(flat, index, axis=0)  # 2-3x faster than flat[index] for rows of 3 channels
 
     total = corner(b + d) - corner(a + d) - corner(b + c) + corner(a + c)  # exact: integer sums
-    count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[..., None]
-    if int(count.max(initial=0)) * 255 < 2**24:
-        # sums and counts are exact in float32, and one division rounds as the float64 one, cast down
-        return total.astype(np.float32) / count.astype(np.float32)
-    return (total / count).astype(np.float32)
+    return total, count
 
 
-def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, size: int) -> np.ndarray:
-    """Area-resize every region of every image to size x size, in input order: (N, size, size, 3) normalised."""
+def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, size: int,
+           channels_first: bool = False) -> np.ndarray:
+    """Area-resize every region of every image to size x size, in input order, normalised: (N, size, size, 3),
+    or (N, 3, size, size) C-contiguous when ``channels_first`` (:func:`_area_input`)."""
     reg = regions.astype(np.int64)
-    out = np.empty((len(reg), size, size, 3), np.float32)
-    for sel in _groups(img_ids):
-        out[sel] = area_resize(tables[img_ids[sel[0]]], reg[sel], size, size)
-    return _normalise(out)
+    groups = _groups(img_ids)
+    if len(groups) == 1:  # one photo (every call on a CPU): its crops are the whole output, in order
+        return _area_input(tables[img_ids[0]], reg, size, size, channels_first)
+    shape = (len(reg), 3, size, size) if channels_first else (len(reg), size, size, 3)
+    out = np.empty(shape, np.float32)
+    for sel in groups:
+        out[sel] = _area_input(tables[img_ids[sel[0]]], reg[sel], size, size, channels_first)
+    return out
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -398,14 +466,17 @@ def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tup
     """``net`` on the crops of each image apart (in chunks), outputs in input order.
 
     A photo's crops go through the net without its batch neighbours' crops, so that its scores
-    are the same bit for bit whatever else is in the batch. ``x``: (N, H, W, C) normalised crops.
+    are the same bit for bit whatever else is in the batch. ``x``: the normalised crops as
+    :func:`_crops` made them for this net (channels first unless the net is ``channels_last``).
     """
     outs: list[list[np.ndarray]] = []
     order = _groups(img_ids)
     for idx in order:
-        xs = x[idx]
-        outs.extend(_outputs(net(_net_input(xs[i:i + chunk], net))) for i in range(0, len(xs), chunk))
+        xs = x if len(order) == 1 else x[idx]  # one photo: its crops in order already
+        outs.extend(_outputs(net(_as_net_input(xs[i:i + chunk], net))) for i in range(0, len(xs), chunk))
     cat = [np.concatenate(parts) for parts in zip(*outs)]
+    if len(order) == 1:
+        return tuple(cat)
     inverse = np.argsort(np.concatenate(order))
     return tuple(c[inverse] for c in cat)
 
@@ -458,7 +529,8 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes):
-        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24), cfg.chunk(device), img_ids)
+        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24, not _channels_last(rnet)), cfg.chunk(device),
+                             img_ids)
         keep = prob > np.float32(cfg.thresholds[1])
         boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
         img_ids, reg = img_ids[keep], reg[keep]
@@ -470,7 +542,8 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes) == 0:
         return results
-    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48), cfg.chunk(device), img_ids)
+    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48, not _channels_last(onet)), cfg.chunk(device),
+                             img_ids)
     keep = prob > np.float32(cfg.thresholds[2])
     boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
     img_ids, reg, lm = img_ids[keep], reg[keep], lm[keep]

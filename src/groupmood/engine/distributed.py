@@ -5,7 +5,7 @@ launcher) put ``WORLD_SIZE > 1`` in the environment, or when the caller already 
 ``torch.distributed`` process group of more than one process. A plain ``groupmood train`` never
 touches ``torch.distributed``.
 
-What the engine does with N processes (see the README, "Scaling out"):
+What the engine does with N processes (see docs/scaling.md):
 
 - ``train.batch_size`` is the *global* (effective) batch: each process takes ``batch_size / N``
   items of every global batch, so a recipe means the same thing on any number of processes and its

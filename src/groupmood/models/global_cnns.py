@@ -7,27 +7,24 @@ images whose shorter side is 256. Every net here follows the face nets' contract
 embedding, ``forward(x, target=None)`` the logits of a :class:`~groupmood.models.heads.ClassifierHead`
 (softmax, L-Softmax or A-Softmax).
 
-The trunks keep the parameter names of their usual checkpoints, so those load without renaming:
-torchvision for VGG19 (``features.*``; FC6 / FC7 are renamed from ``classifier.0`` / ``classifier.3``),
-ResNet-101 and MobileNetV2; lukemelas ``EfficientNet`` for EfficientNet-Lite; Cadene's
-``pretrainedmodels`` BN-Inception (Caffe layer names) for BN-Inception. Caffe-converted checkpoints
-(BGR, 0..255 minus a mean) are adapted at load time by permuting and rescaling the first
-convolution, so every net except EfficientNet-Lite takes RGB input with ImageNet mean / std;
-EfficientNet-Lite takes ``(x - 127) / 128`` (about [-1, 1]). The constants are registered per model
-(``model_info(name).mean`` / ``.std``, the one place they live) and
+The trunks keep the parameter names of their usual checkpoints, so those load with little or no
+renaming: torchvision for VGG19 (``features.*``, ``fc6`` / ``fc7``), ResNet-101 and MobileNetV2;
+lukemelas ``EfficientNet`` for EfficientNet-Lite; Cadene's ``pretrainedmodels`` BN-Inception (Caffe
+layer names) for BN-Inception. Every net except EfficientNet-Lite takes RGB input with ImageNet
+mean / std; EfficientNet-Lite takes ``(x - 127) / 128`` (about [-1, 1]). The constants are
+registered per model (``model_info(name).mean`` / ``.std``, the one place they live) and
 :func:`groupmood.data.transforms.normalize` uses them.
 
-Pretrained weights are never loaded by a constructor: call :func:`load_pretrained` (or
-``model.load_pretrained``) with ``"imagenet"``, a registered weights name, a checkpoint path, or
-``"none"``.
+Pretrained weights are never loaded by a constructor, nor by this module:
+:func:`groupmood.models.converters.load_pretrained` reads them (``"imagenet"``, a registered weights
+name, a checkpoint path, or ``"none"``), renames other layouts (torchvision's VGG classifier, Caffe
+names, whose BGR first convolution it adapts) and loads the trunk; each net states only which
+weights are its ImageNet ones (``default_weights``) and which keys are its source's classifier
+(``classifier_prefixes``).
 """
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,78 +33,28 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from ..checkpoint import read_state_dict
-from ..errors import ConfigError, WeightsError
 from .heads import EmbeddingClassifier
-from .registry import IMAGENET_MEAN, IMAGENET_STD, model_info, register_model
+from .layers import SameConv2d
+from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 __all__ = [
-    "BNInception", "EfficientNetLite", "GlobalNet", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD",
-    "LoadReport", "MobileNetV2Global", "ResNet101Global", "VGG19Global", "bninception",
-    "efficientnet_lite0", "efficientnet_lite2", "load_pretrained", "mobilenet_v2", "resnet101", "vgg19",
+    "BN_TYPES", "BNInception", "EfficientNetLite", "GlobalNet", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN",
+    "LITE_STD", "MobileNetV2Global", "ResNet101Global", "SameConv2d", "VGG19Global", "bninception", "efficientnet_lite0",
+    "efficientnet_lite2", "mobilenet_v2", "resnet101", "vgg19",
 ]
 
 #: EfficientNet-Lite (TF reference): (x - 127) / 128.
 LITE_MEAN: tuple[float, ...] = (127.0, 127.0, 127.0)
 LITE_STD: tuple[float, ...] = (128.0, 128.0, 128.0)
-#: Caffe BGR means (0..255) assumed for Caffe-named checkpoints: VGG (ILSVRC12) and Cadene's BN-Inception.
-CAFFE_VGG_BGR_MEAN: tuple[float, ...] = (104.0, 117.0, 123.0)
-CAFFE_BNINCEPTION_BGR_MEAN: tuple[float, ...] = (104.0, 117.0, 128.0)
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-# --------------------------------------------------------------------------- loading report
-
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained` did: tensors loaded, and the keys it could not use."""
-
-    source: str
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)      # model keys left as initialised (head excluded)
-    unexpected: list[str] = field(default_factory=list)   # checkpoint keys the model has no place for
-    mismatched: list[str] = field(default_factory=list)   # same name, other shape
-    skipped: list[str] = field(default_factory=list)      # the checkpoint's own classifier (replaced by the head)
-    notes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        def few(keys: Sequence[str]) -> str:
-            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-        lines = [f"pretrained {self.source}: loaded {self.loaded} tensors; new head; "
-                 f"{len(self.skipped)} classifier tensors skipped"]
-        lines += [f"  note: {n}" for n in self.notes]
-        if self.missing:
-            lines.append(f"  missing (kept as initialised): {few(self.missing)}")
-        if self.unexpected:
-            lines.append(f"  unexpected (ignored): {few(self.unexpected)}")
-        if self.mismatched:
-            lines.append(f"  shape mismatch (ignored): {few(self.mismatched)}")
-        return "\n".join(lines)
-
-
-def _caffe_first_conv(weight: Tensor, bias: Tensor | None, bgr_mean: Sequence[float],
-                      mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor | None]:
-    """Make a first conv trained on Caffe input (BGR, 0..255 minus ``bgr_mean``) take normalised RGB.
-
-    Caffe input is x = p[BGR] - m_caffe; ours is z = (p[RGB] - mean) / std, so p - m_caffe =
-    std * z + (mean - m_caffe) per RGB channel: the weight is flipped to RGB and scaled by std,
-    and the constant offset folds into the bias (exact away from the zero-padded border).
-    """
-    w = weight.flip(1).float()
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    offset = torch.tensor(mean, dtype=torch.float32) - torch.tensor(tuple(bgr_mean)[::-1], dtype=torch.float32)
-    new_bias = None
-    if bias is not None:
-        new_bias = (bias.float() + (w * offset.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))).to(bias.dtype)
-    return (w * std_t).to(weight.dtype), new_bias
+#: The BatchNorm layers that ``freeze_bn`` freezes.
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 # --------------------------------------------------------------------------- the base
 
 class GlobalNet(EmbeddingClassifier):
-    """Base of the whole-image nets: frozen BatchNorm option and pretrained loading.
+    """Base of the whole-image nets: frozen BatchNorm option, and what pretrained loading needs to know.
 
     With ``freeze_bn`` (the seed's recipe) every BatchNorm keeps its running statistics and its
     affine parameters: they get ``requires_grad=False`` and stay in eval mode even after
@@ -129,7 +76,7 @@ class GlobalNet(EmbeddingClassifier):
         """Freeze (or release) every BatchNorm: statistics and affine parameters."""
         self.freeze_bn = bool(freeze)
         for mod in self.modules():
-            if isinstance(mod, _BN_TYPES):
+            if isinstance(mod, BN_TYPES):
                 for p in mod.parameters(recurse=False):
                     p.requires_grad_(not self.freeze_bn)
         self.train(self.training)
@@ -139,78 +86,9 @@ class GlobalNet(EmbeddingClassifier):
         super().train(mode)
         if mode and self.freeze_bn:
             for mod in self.modules():
-                if isinstance(mod, _BN_TYPES):
+                if isinstance(mod, BN_TYPES):
                     mod.eval()
         return self
-
-    def translate_state_dict(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-        """Rename another naming scheme's keys to this net's; returns (state, notes). Identity here."""
-        return state, []
-
-    def load_pretrained(self, source: str | Path | None, auto_fetch: bool = True,
-                        verbose: bool = True) -> LoadReport:
-        """Initialise the trunk from ``source``; the head stays new. See :func:`load_pretrained`."""
-        if source is None:
-            raise ConfigError("model.pretrained is not set for a global model: name 'imagenet' (mobilenet_v2, "
-                              "efficientnet_lite0/2), a registered weights name, a checkpoint file, or 'none' "
-                              "for random initialisation")
-        key = str(source)
-        if key.lower() == "none":
-            report = LoadReport("none (random initialisation)")
-            if self.freeze_bn and any(isinstance(m, _BN_TYPES) for m in self.modules()):
-                report.notes.append("BatchNorm is frozen at its initial statistics; set model.kwargs.freeze_bn="
-                                    "false to train from scratch")
-            if verbose:
-                print(report)
-            return report
-        if key.lower() == "imagenet":
-            if self.default_weights is None:
-                raise WeightsError(f"ImageNet weights for {type(self).__name__} are not obtainable here; pass a "
-                                   "checkpoint file (torchvision / Caffe-converted naming) as model.pretrained, "
-                                   "or 'none' for random initialisation")
-            key = self.default_weights
-        state, notes = self.translate_state_dict(read_state_dict(key, auto_fetch=auto_fetch))
-        report = self._load_matching(state, key)
-        report.notes[:0] = notes
-        if verbose:
-            print(report)
-        return report
-
-    def _load_matching(self, state: Mapping[str, Tensor], source: str) -> LoadReport:
-        own = self.state_dict()
-        report = LoadReport(source)
-        take: dict[str, Tensor] = {}
-        for k, v in state.items():
-            if k.startswith("head.") or any(k.startswith(p) for p in self.classifier_prefixes):
-                report.skipped.append(k)
-            elif k not in own:
-                report.unexpected.append(k)
-            elif tuple(v.shape) != tuple(own[k].shape):
-                report.mismatched.append(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}")
-            else:
-                take[k] = v.to(own[k].dtype)
-        if not take:
-            raise WeightsError(f"{source}: no tensor matches {type(self).__name__} (e.g. checkpoint keys "
-                               f"{', '.join(list(state)[:3])}); is it a checkpoint of this architecture?")
-        self.load_state_dict(take, strict=False)
-        report.loaded = len(take)
-        report.missing = [k for k in own if k not in take and not k.startswith("head.")]
-        return report
-
-
-def load_pretrained(model: nn.Module, source: str | Path | None, auto_fetch: bool = True,
-                    verbose: bool = True) -> LoadReport:
-    """Initialise a global net from ``source`` and print what was loaded.
-
-    ``source``: ``"imagenet"`` (the registered ImageNet weights of MobileNetV2 / EfficientNet-Lite),
-    a registered weights name (``groupmood weights list``), a checkpoint path (torchvision or
-    Caffe-converted naming, ``module.`` prefixes stripped, ``state_dict`` / ``model`` wrappers
-    opened), or ``"none"`` for the random initialisation. The checkpoint's classifier is skipped:
-    the head stays new. ``auto_fetch`` lets a registered name download (pip) into the cache.
-    """
-    if not isinstance(model, GlobalNet):
-        raise ConfigError(f"{type(model).__name__} is not a global model; use init_from for other nets")
-    return model.load_pretrained(source, auto_fetch=auto_fetch, verbose=verbose)
 
 
 def _pool() -> nn.Sequential:
@@ -244,38 +122,6 @@ class VGG19Global(GlobalNet):
         """(B, 4096) FC7 output (after ReLU and dropout) of (B, 3, H, W) images, H, W >= 32."""
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.drop7(F.relu(self.fc7(self.drop6(F.relu(self.fc6(x))))))
-
-    def _caffe_names(self) -> dict[str, str]:
-        """``conv{block}_{i}`` (Caffe) -> ``features.{index}`` (torchvision) for each conv layer."""
-        names, block, i = {}, 1, 0
-        for idx, mod in enumerate(self.features):
-            if isinstance(mod, nn.Conv2d):
-                i += 1
-                names[f"conv{block}_{i}"] = f"features.{idx}"
-            elif isinstance(mod, nn.MaxPool2d):
-                block, i = block + 1, 0
-        return names
-
-    def translate_state_dict(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-        """torchvision ``classifier.0/3`` -> ``fc6/fc7``; Caffe ``convX_Y`` -> ``features.N`` (BGR adapted)."""
-        out, notes = {}, []
-        renames = {"classifier.0.": "fc6.", "classifier.3.": "fc7."}
-        caffe = self._caffe_names()
-        for k, v in state.items():
-            for old, new in renames.items():
-                if k.startswith(old):
-                    k = new + k[len(old):]
-            layer, _, param = k.rpartition(".")
-            out[f"{caffe[layer]}.{param}" if layer in caffe else k] = v
-        if "conv1_1.weight" in state:
-            w, b = _caffe_first_conv(out["features.0.weight"], out.get("features.0.bias"), CAFFE_VGG_BGR_MEAN,
-                                     model_info("vgg19").mean, model_info("vgg19").std)
-            out["features.0.weight"] = w
-            if b is not None:
-                out["features.0.bias"] = b
-            notes.append(f"Caffe layer names: conv1_1 adapted from BGR 0..255 minus {CAFFE_VGG_BGR_MEAN} "
-                         "to normalised RGB")
-        return out, notes
 
 
 # --------------------------------------------------------------------------- BN-Inception
@@ -355,7 +201,8 @@ class BNInception(GlobalNet):
     4a-4e (4e stride 2), 5a, 5b, global average pooling. Max pools use ``ceil_mode`` as in Caffe, so
     inputs should be multiples of 32 (224 nominal). Checkpoints with Cadene's ``pretrainedmodels``
     names (``inception_3a_1x1.weight``, ``inception_3a_1x1_bn.running_mean``, ``last_linear``) load
-    directly; their BGR first conv is adapted to normalised RGB.
+    through :func:`groupmood.models.converters.load_pretrained`, which renames them and adapts their
+    BGR first conv to normalised RGB.
     """
 
     classifier_prefixes = ("last_linear.", "fc.")
@@ -387,29 +234,6 @@ class BNInception(GlobalNet):
         for name, *_ in BN_INCEPTION_BLOCKS:
             x = self._modules[f"inception_{name}"](x)
         return self.global_pool(x)
-
-    def translate_state_dict(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-        """Cadene / Caffe names -> ours: ``inception_3a_1x1_bn.X`` -> ``inception_3a.1x1.bn.X``."""
-        if "conv1_7x7_s2.weight" not in state:
-            return state, []
-        pattern = re.compile(r"^(?:(conv1_7x7_s2|conv2_3x3_reduce|conv2_3x3)|(inception_\d[a-e])_(.+?))(_bn)?\.(\w+)$")
-        out = {}
-        for k, v in state.items():
-            m = pattern.match(k)
-            if m is None:
-                out[k] = v
-                continue
-            stem, block, branch, bn, param = m.groups()
-            layer = stem if stem is not None else f"{block}.{branch}"
-            out[f"{layer}.{'bn' if bn else 'conv'}.{param}"] = v
-        w, b = _caffe_first_conv(out["conv1_7x7_s2.conv.weight"], out.get("conv1_7x7_s2.conv.bias"),
-                                 CAFFE_BNINCEPTION_BGR_MEAN, model_info("bninception").mean,
-                                 model_info("bninception").std)
-        out["conv1_7x7_s2.conv.weight"] = w
-        if b is not None:
-            out["conv1_7x7_s2.conv.bias"] = b
-        return out, [f"Caffe layer names: conv1 adapted from BGR 0..255 minus {CAFFE_BNINCEPTION_BGR_MEAN} to "
-                     "normalised RGB"]
 
 
 # --------------------------------------------------------------------------- ResNet-101, MobileNetV2
@@ -453,23 +277,6 @@ class MobileNetV2Global(GlobalNet):
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding, computed from the input size (asymmetric at stride 2)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return super().forward(x)
-
 
 def _bn_tf(channels: int) -> nn.BatchNorm2d:
     """BatchNorm with the TF EfficientNet settings (eps 1e-3, momentum 0.99 in TF = 0.01 here)."""

