@@ -109,13 +109,14 @@ def test_report_renders_in_chromium(chromium: Chromium, report: Path, width: int
 
 @pytest.mark.slow
 def test_report_screenshot_shows_the_label_colours(chromium: Chromium, report: Path) -> None:
-    chromium.open(report.as_uri(), 1280, 900)
+    chromium.open(report.as_uri(), 1280, 1600)  # tall enough for both photos' badges
     seen = chromium.eval(_PROBE)
     shot = chromium.screenshot().astype(int)
-    assert shot.shape[:2] == (900, 1280) and shot.std() > 20  # photos, text and bars, not a blank page
+    assert shot.shape[:2] == (1600, 1280) and shot.std() > 20  # photos, text and bars, not a blank page
     recs = _records(report)
     for badge, rec in zip(seen["labels"], (recs["coffee.png"], recs[LONG_NAME])):
         x1, y1, x2, y2 = (int(round(v)) for v in badge["rect"])
+        assert 0 <= y1 < y2 <= shot.shape[0], ("the badge is outside the screenshot", badge)
         inside = shot[y1 + 3:y2 - 3, x1 + 3:x2 - 3].reshape(-1, 3)  # within the badge's border
         painted = (np.abs(inside - np.array(LABEL_COLOURS[rec["label"]])).max(axis=1) <= 3).mean()
         if badge["scene"]:  # outlined: its colour only on the border
