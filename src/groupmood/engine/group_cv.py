@@ -587,6 +587,25 @@ def export_head_model(head: LinearHead, trunk_model: str | Path, out: str | Path
     return out
 
 
+def carried_entries(spec: Mapping[str, Any], folder: Path, fitted: Sequence[str]) -> list[dict[str, Any]]:
+    """The base bundle's branches other than the ``fitted`` ones, as entries of a bundle written in ``folder``:
+    without calibration, model paths relative to it (or ``store:NAME``)."""
+    from ..models.pretrained import STORE_PREFIX
+
+    entries = []
+    for b in spec["branches"]:
+        if b["name"] in fitted:
+            continue
+        e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
+        model_path = Path(e["model"])
+        if "store" in b:
+            e["model"] = f"{STORE_PREFIX}{b['store']}"
+        else:
+            e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
+        entries.append(e)
+    return entries
+
+
 def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
                        group_model: str = "face_group.safetensors",
                        fusion_file: str = "fusion.safetensors", scene_trunk: str = "global",
@@ -602,7 +621,6 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
 
     from .. import weights as store
     from ..io import atomic_write_text
-    from ..models.pretrained import STORE_PREFIX
     from ..pipeline import read_bundle
 
     spec = read_bundle(base)
@@ -624,16 +642,7 @@ def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: s
         flip = by_name[scene_trunk].get("tta_flip")  # the flip its features were read with
         entries.append({"name": SCENE_BRANCH, "model": scene_model, "sha256": store.sha256_file(path),
                         **({} if flip is None else {"tta_flip": bool(flip)})})
-    for b in spec["branches"]:
-        if b["name"] in (GROUP_BRANCH, SCENE_BRANCH):
-            continue
-        e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
-        model_path = Path(e["model"])
-        if "store" in b:
-            e["model"] = f"{STORE_PREFIX}{b['store']}"
-        else:
-            e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
-        entries.append(e)
+    entries += carried_entries(spec, folder, (GROUP_BRANCH, SCENE_BRANCH))
     for e in entries:
         if e["name"] not in stack.calibration:  # a branch the fit left out keeps the base bundle's calibration
             if by_name.get(e["name"], {}).get("calibration"):

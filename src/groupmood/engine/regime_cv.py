@@ -34,7 +34,7 @@ from ..fusion.regime import RegimeGate
 from ..linear import LinearHead, class_balanced_weights, fit_softmax_regression
 from ..metrics import accuracy_table
 from .group_cv import (GROUP_BRANCH, SCENE_BRANCH, Evidence, Stack, StackOptions, _accuracy, apply_stack,
-                       export_group_model, export_head_model, select_and_fit)
+                       carried_entries, export_group_model, export_head_model, select_and_fit)
 
 if TYPE_CHECKING:
     from ..pipeline import Branch
@@ -208,7 +208,6 @@ def write_regime_bundle(rs: RegimeStack, base: str | Path, out: str | Path, trun
 
     from .. import weights as store
     from ..io import atomic_write_text
-    from ..models.pretrained import STORE_PREFIX
     from ..pipeline import read_bundle
 
     spec = read_bundle(base)
@@ -232,16 +231,7 @@ def write_regime_bundle(rs: RegimeStack, base: str | Path, out: str | Path, trun
     flip = by_name[scene_trunk].get("tta_flip")
     entries.append({"name": SCENE_BRANCH, "model": "global_scene.safetensors", "sha256": store.sha256_file(path),
                     **({} if flip is None else {"tta_flip": bool(flip)})})
-    for b in spec["branches"]:
-        if b["name"] in (GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH):
-            continue
-        e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
-        model_path = Path(e["model"])
-        if "store" in b:
-            e["model"] = f"{STORE_PREFIX}{b['store']}"
-        else:
-            e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
-        entries.append(e)
+    entries += carried_entries(spec, folder, (GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH))
     renamed = {GROUP_BRANCH: CROWD_GROUP_BRANCH}
     calibration = {**{renamed.get(b, b): c for b, c in rs.crowd.calibration.items()}, **rs.photo.calibration}
     for e in entries:
