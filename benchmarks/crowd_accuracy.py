@@ -38,6 +38,11 @@ CROWD_FOLDS = REPO / "configs" / "splits" / "crowd_dev_folds.json"
 CROWD_EXCLUDED = (*EXCLUDED, "global")
 SETS = ("multiemova-dev", "crowd-dev")
 BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 5, "2-5"), (6, 10**9, "6+"))
+#: What the crowd and default bundles are fitted on, as their ``chosen_on`` says.
+FITTED_ON = {"data": "crowd-dev (926 WIDER crowd photos, group mood) and multiemova-dev (127 group photos, group "
+                     "valence), ../shared/data",
+             "folds": "configs/splits/crowd_dev_folds.json, configs/splits/multiemova_dev_folds.json",
+             "fit_photos": "fit_photos_crowd.tsv"}
 
 
 def crowd_items(shared: Path) -> list[tuple[Path, int, str]]:
@@ -85,10 +90,7 @@ def write_crowd_bundle(args, ev, folds: np.ndarray, opts, frac: float, cv_tables
     carried = [(d, role) for d, role in read_fit_photos(out.parent / "fit_photos.tsv") if role != "group"]
     write_fit_photos(out.parent / "fit_photos_crowd.tsv", fitted, carried)
     chosen_on = {
-        "data": "crowd-dev (926 WIDER crowd photos, group mood) and multiemova-dev (127 group photos, group valence), "
-                "../shared/data",
-        "folds": "configs/splits/crowd_dev_folds.json, configs/splits/multiemova_dev_folds.json",
-        "fit_photos": "fit_photos_crowd.tsv",
+        **FITTED_ON,
         "method": "group head c, scene head c (logistic regression on the whole-image branch's ImageNet trunk), "
                   "temperatures, fusion among each branch alone, the weighted average and a fusion model; all by "
                   "balanced accuracy in 5-fold CV over both sets together, then fitted on all their photos",
@@ -160,10 +162,7 @@ def write_default_bundle(args, ev, folds: np.ndarray, frac: float, tables: dict,
 
     rs = select_and_fit_regimes(ev, folds, gate_extra=extra)
     chosen_on = {
-        "data": "crowd-dev (926 WIDER crowd photos, group mood) and multiemova-dev (127 group photos, group valence), "
-                "../shared/data",
-        "folds": "configs/splits/crowd_dev_folds.json, configs/splits/multiemova_dev_folds.json",
-        "fit_photos": "fit_photos_crowd.tsv",
+        **FITTED_ON,
         "method": "photo regime: group head c, temperatures, fusion (single branch or weighted average) by balanced "
                   "accuracy in 5-fold CV on multiemova-dev; crowd regime: the same with the scene head on both sets; "
                   "gate: class-balanced logistic regression on the whole-image trunk telling crowd-dev from "

@@ -108,7 +108,9 @@ BUNDLE_FORMAT = "groupmood-bundle-1"
 _BRANCH_KEYS = {"name", "model", "sha256", "tta_flip", "pooling", "margin", "grey", "calibration"}
 _BUNDLE_KEYS = {"format", "name", "description", "classes", "branches", "weights", "detector", "chosen_on", "fusion",
                 "min_faces", "fallback"}
-_FUSION_KEYS = {"kind", "model", "sha256", "gate", "reads", "crowd"}
+#: Each fusion kind and the keys its ``fusion`` section may have.
+_FUSION_KINDS = {"weighted": {"kind"}, "model": {"kind", "model", "sha256"},
+                 "regime": {"kind", "gate", "sha256", "reads", "crowd"}}
 _DETECTOR_KEYS = {"thresholds", "factor", "min_face_frac", "min_face_px"}
 
 
@@ -743,9 +745,7 @@ def _read_fusion(p: Path, raw: Any, branches: set[str]) -> dict[str, Any]:
     """A bundle's checked ``fusion`` section, its files made absolute."""
     fusion = dict(raw or {"kind": "weighted"})
     kind = fusion.get("kind", "weighted")
-    allowed = {"weighted": {"kind"}, "model": {"kind", "model", "sha256"},
-               "regime": {"kind", "gate", "sha256", "reads", "crowd"}}
-    if kind not in allowed or set(fusion) - allowed[kind]:
+    if kind not in _FUSION_KINDS or set(fusion) - _FUSION_KINDS[kind]:
         raise ConfigError(f"{p}: fusion must be {{kind: weighted}}, {{kind: model, model: FILE, sha256: ...}} or "
                           "{kind: regime, gate: FILE, sha256: ..., reads: BRANCH, crowd: {weights: {...}, "
                           f"fallback: [...]}}}}, got {fusion}")
@@ -862,8 +862,7 @@ class GroupEmotionRecognizer:
             if spec["fusion"].get("sha256"):
                 weight_store.verify(spec["fusion"]["gate"], spec["fusion"]["sha256"])
             regime = RegimeGate.load(spec["fusion"]["gate"], spec["fusion"]["crowd"]["weights"],
-                                     spec["fusion"]["crowd"]["fallback"])
-            regime = dataclasses.replace(regime, reads=spec["fusion"]["reads"])
+                                     spec["fusion"]["crowd"]["fallback"], reads=spec["fusion"]["reads"])
         branches: dict[str, Branch] = {}
         if backend == "onnxruntime":
             for b in spec["branches"]:

@@ -76,9 +76,10 @@ class RegimeGate:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, weights: Mapping[str, float], fallback: Sequence[str] = ()) -> RegimeGate:
+    def load(cls, path: str | Path, weights: Mapping[str, float], fallback: Sequence[str] = (),
+             reads: str | None = None) -> RegimeGate:
         """Read a gate file written by :meth:`save`; the crowd regime's ``weights`` and ``fallback`` come from the
-        bundle."""
+        bundle, and so does the branch it ``reads`` when given (else the file's)."""
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
@@ -96,7 +97,7 @@ class RegimeGate:
                                f"{sorted(tensors)}); a gate file has format {_FORMAT!r} and weight / bias")
         rest = {k: v for k, v in meta.items() if k not in ("format", "classes", "reads", "trunk_sha256")}
         return cls(LinearHead(tensors["weight"].astype(np.float64), tensors["bias"].astype(np.float64)),
-                   meta.get("reads", ""), dict(weights), tuple(fallback), meta.get("trunk_sha256"), rest)
+                   reads or meta.get("reads", ""), dict(weights), tuple(fallback), meta.get("trunk_sha256"), rest)
 
 
 def mix(photo: Fused, crowd: Fused, p: float) -> Fused:
