@@ -12,8 +12,11 @@ number of faces found, with 95% Wilson intervals, beside the shipped bundle on t
 With ``--write-bundle`` the same procedure then runs on every photo of both sets (the first
 ``--min-face-frac``) and its result becomes the shipped ``crowd`` bundle (``predict --bundle crowd``:
 ``src/groupmood/assets/bundle_crowd.yaml``, its group head ``face_group_crowd.safetensors`` and scene
-model ``global_scene.safetensors``, its fitting photos ``fit_photos_crowd.tsv``); the default bundle,
-fitted by group_accuracy.py, is not touched.
+model ``global_scene.safetensors``, its fitting photos ``fit_photos_crowd.tsv``). With ``--regimes
+--write-default`` the regime procedure (:mod:`groupmood.engine.regime_cv`) fitted on both sets becomes
+the default bundle (``bundle.yaml``, its gate ``regime_gate.safetensors``). Both go through
+:func:`groupmood.engine.bundle_fit.fit_bundle` (what ``groupmood fit-bundle --kind crowd`` / ``--kind
+regime`` runs); ``--bundle-dir DIR`` writes them (and measures them) elsewhere than the package's assets.
 
     .venv/bin/python benchmarks/crowd_accuracy.py --min-face-frac 0.05,0.03   # about 20 min on 2 cores
     .venv/bin/python benchmarks/crowd_accuracy.py --min-face-frac 0.05 --write-bundle --no-baseline
@@ -22,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from _common import REPO, command_line, loadavg, publish_result
 from group_accuracy import (BUNDLE, EXCLUDED, FOLDS, HEADER, TRUNK, evaluate_bundle, evidence_key, fer_peer,
-                            folds_for, gaf_sample_items, intervals, multiemova_items, row, sentiment_items)
+                            gaf_sample_items, intervals, log, multiemova_items, row, sentiment_items)
 
 CROWD_FOLDS = REPO / "configs" / "splits" / "crowd_dev_folds.json"
 #: Kept out of the fit: the aligned branch (group_accuracy.EXCLUDED) and the sentiment-trained whole-image branch,
@@ -51,21 +53,14 @@ def crowd_items(shared: Path) -> list[tuple[Path, int, str]]:
     return read_group_items(shared / "crowd-dev")
 
 
-def set_evidence(bundle: Path, items: list, frac: float, cache: Path, set_name: str):
-    """The set's evidence under the bundle's base branches and a detector with ``frac``, whole-image trunk features
-    included; collected once into ``cache``."""
-    from groupmood.engine.group_cv import Evidence, collect_evidence
-    from group_accuracy import base_recognizer
+def photo_sets(args, items: dict, key: str, frac: float) -> list:
+    """The two sets (:class:`groupmood.engine.bundle_fit.PhotoSet`): their photos, committed folds and evidence caches
+    (collected under the bundle's base branches and a detector with ``frac``, whole-image trunk features
+    included)."""
+    from groupmood.engine.bundle_fit import PhotoSet
 
-    if cache.is_file():
-        ev = Evidence.load(cache)
-    else:
-        rec = base_recognizer(bundle)
-        rec.detector = rec.detector.with_settings(min_face_frac=frac)
-        ev = collect_evidence(rec, items, TRUNK, log=lambda m: print(m, file=sys.stderr), scene_trunk="global")
-        ev.save(cache)
-    ev.sets = np.full(len(ev), set_name)
-    return ev
+    return [PhotoSet(name, items[name], FOLDS if name == "multiemova-dev" else CROWD_FOLDS,
+                     args.out / f"evidence_{name}-{key}-frac{frac}.npz") for name in SETS]
 
 
 def buckets(pred: np.ndarray, y: np.ndarray, n_faces: np.ndarray) -> list[str]:
@@ -77,33 +72,24 @@ def buckets(pred: np.ndarray, y: np.ndarray, n_faces: np.ndarray) -> list[str]:
     return out
 
 
-def write_crowd_bundle(args, ev, folds: np.ndarray, opts, frac: float, cv_tables: dict, items: dict) -> list[str]:
+def write_crowd_bundle(args, data, opts, frac: float, cv: dict) -> list[str]:
     """Fit on every photo of both sets and write the shipped crowd bundle beside the default one."""
-    from groupmood.engine.group_cv import select_and_fit, write_group_bundle
-    from groupmood.engine.group_eval import read_fit_photos, write_fit_photos
-    from groupmood.pipeline import bundle_path
+    from groupmood.engine.bundle_fit import fit_bundle
+    from groupmood.pipeline import SHIPPED_BUNDLES
 
-    out = bundle_path("crowd")
-    stack = select_and_fit(ev, folds, opts)
-    fitted = [(p, "group") for name in SETS for p, _, _ in items[name]]
-    # the whole-image branch stays as the default bundle fitted it: its fitting photos carry over
-    carried = [(d, role) for d, role in read_fit_photos(out.parent / "fit_photos.tsv") if role != "group"]
-    write_fit_photos(out.parent / "fit_photos_crowd.tsv", fitted, carried)
+    out = args.bundle_dir / SHIPPED_BUNDLES["crowd"]
+    # fit_photos_crowd.tsv: both sets' photos, and the whole-image branch's (it stays as the base bundle fitted it)
+    # carried over from the base bundle's list
     chosen_on = {
         **FITTED_ON,
         "method": "group head c, scene head c (logistic regression on the whole-image branch's ImageNet trunk), "
                   "temperatures, fusion among each branch alone, the weighted average and a fusion model; all by "
-                  "balanced accuracy in 5-fold CV over both sets together, then fitted on all their photos",
-        "min_face_frac": frac,
-        "cv_accuracy": {name: round(t["accuracy"], 4) for name, t in cv_tables.items()},
-        "cv_per_class": {name: {c: round(v["accuracy"], 4) for c, v in t["per_class"].items()}
-                         for name, t in cv_tables.items()},
-        "head_c": stack.head_c, "scene_c": stack.scene_c, "fusion_choice": stack.scores.get("fusion_choice"),
-        "excluded": f"{args.exclude} (weight 0, kept out of calibration and fusion: see CROWD_EXCLUDED in "
-                    "benchmarks/crowd_accuracy.py)",
-        "command": command_line()}
-    write_group_bundle(stack, args.bundle, out, TRUNK, chosen_on, group_model="face_group_crowd.safetensors",
-                       fusion_file="fusion_crowd.safetensors", detector={"min_face_frac": frac})
+                  "balanced accuracy in 5-fold CV over both sets together, then fitted on all their photos"}
+    notes = {"excluded": f"{args.exclude} (weight 0, kept out of calibration and fusion: see CROWD_EXCLUDED in "
+                         "benchmarks/crowd_accuracy.py)",
+             "command": command_line()}
+    stack = fit_bundle("crowd", data, args.bundle, out, trunk=TRUNK, opts=opts, cv=cv, min_face_frac=frac,
+                       chosen_on=chosen_on, notes=notes, fit_photos=FITTED_ON["fit_photos"], log=log).stack
     return [f"Crowd bundle written (`{out.name}`): head c={stack.head_c}, scene c={stack.scene_c}, fusion "
             f"{stack.fusion}, weights { {b: round(w, 2) for b, w in stack.weights.items()} }.", ""]
 
@@ -113,20 +99,17 @@ def gate_extra(args, key: str) -> np.ndarray | None:
     the gate's photo side: photos without a group, where the photo regime's whole-image fallback belongs."""
     if not args.gate_extra:
         return None
-    from group_accuracy import base_recognizer, sentiment_items
-    from groupmood.engine.regime_cv import image_features
+    from groupmood.engine.bundle_fit import gate_extra_features
 
     cache = args.out / f"gate_extra-{key}.npy"
-    if not cache.is_file():
-        items = sentiment_items(args.shared, "train")
-        feats = image_features(base_recognizer(args.bundle).branches["global"], [p for p, _, _ in items],
-                               log=lambda m: print(m, file=sys.stderr))
-        np.save(cache, feats)
-    return np.load(cache)
+    paths = [] if cache.is_file() else [p for p, _, _ in sentiment_items(args.shared, "train")]
+    return gate_extra_features(args.bundle, paths, cache, "global", log=log)
 
 
-def regime_rows(ev, folds: np.ndarray, n_faces: np.ndarray, report: dict, extra: np.ndarray | None) -> list[str]:
-    """Nested CV of the regime bundle's procedure (:mod:`groupmood.engine.regime_cv`): rows per set and class."""
+def regime_rows(ev, folds: np.ndarray, n_faces: np.ndarray, report: dict,
+                extra: np.ndarray | None) -> tuple[list[str], dict]:
+    """Nested CV of the regime bundle's procedure (:mod:`groupmood.engine.regime_cv`): rows per set and class, and
+    the CV's result."""
     from groupmood.engine.regime_cv import cross_validate_regimes
     from groupmood.metrics import accuracy_table
 
@@ -152,15 +135,14 @@ def regime_rows(ev, folds: np.ndarray, n_faces: np.ndarray, report: dict, extra:
     rows += ["", "Choices per outer fold: " + "; ".join(
         f"fold {f['fold']}: gate c={f['gate_c']}, photo {f['photo']['fusion']} {f['photo']['weights']}, crowd "
         f"{f['crowd']['fusion']} {f['crowd']['weights']}" for f in cv["folds"]), ""]
-    return rows
+    return rows, cv
 
 
-def write_default_bundle(args, ev, folds: np.ndarray, frac: float, tables: dict, extra: np.ndarray | None) -> list[str]:
+def write_default_bundle(args, data, frac: float, cv: dict, extra: np.ndarray | None) -> list[str]:
     """Fit the regimes on every photo of both sets and write the shipped default bundle."""
-    from groupmood.engine.regime_cv import select_and_fit_regimes, write_regime_bundle
-    from groupmood.pipeline import bundle_path
+    from groupmood.engine.bundle_fit import fit_bundle
+    from groupmood.pipeline import SHIPPED_BUNDLES
 
-    rs = select_and_fit_regimes(ev, folds, gate_extra=extra)
     chosen_on = {
         **FITTED_ON,
         "method": "photo regime: group head c, temperatures, fusion (single branch or weighted average) by balanced "
@@ -169,16 +151,12 @@ def write_default_bundle(args, ev, folds: np.ndarray, frac: float, tables: dict,
                   "multiemova-dev (the global recipe's sentiment training photos, "
                   f"{0 if extra is None else len(extra)}, on its photo side in every fit), c by balanced accuracy "
                   "in the same folds; all fitted on every photo; "
-                  "label = argmax((1 - p) photo + p crowd)",
-        "min_face_frac": frac,
-        "cv_accuracy": {name: round(t["accuracy"], 4) for name, t in tables.items()},
-        "cv_per_class": {name: {c: round(v["accuracy"], 4) for c, v in t["per_class"].items()}
-                         for name, t in tables.items()},
-        "photo_head_c": rs.photo.head_c, "crowd_head_c": rs.crowd.head_c, "scene_c": rs.crowd.scene_c,
-        "gate_c": rs.gate_c, "photo_fusion": rs.photo.fusion, "crowd_fusion": rs.crowd.fusion,
-        "command": command_line()}
-    out = write_regime_bundle(rs, args.bundle, bundle_path("default"), TRUNK, chosen_on)
-    return [f"Default bundle written (`{out.name}`): photo {rs.photo.fusion} "
+                  "label = argmax((1 - p) photo + p crowd)"}
+    fit = fit_bundle("regime", data, args.bundle, args.bundle_dir / SHIPPED_BUNDLES["default"], trunk=TRUNK,
+                     gate_extra=extra, cv=cv, min_face_frac=frac, chosen_on=chosen_on,
+                     notes={"command": command_line()}, log=log)
+    rs = fit.stack
+    return [f"Default bundle written (`{fit.path.name}`): photo {rs.photo.fusion} "
             f"{ {b: round(w, 2) for b, w in rs.photo.weights.items()} }, crowd {rs.crowd.fusion} "
             f"{ {b: round(w, 2) for b, w in rs.crowd.weights.items()} }, gate c={rs.gate_c}.", ""]
 
@@ -208,17 +186,22 @@ def main(argv: list[str] | None = None) -> int:
                          "shipped default bundle")
     ap.add_argument("--write-bundle", action="store_true",
                     help="fit on both sets (the first --min-face-frac) and write the shipped crowd bundle")
+    ap.add_argument("--bundle-dir", type=Path, default=None,
+                    help="where --write-bundle and --write-default write the bundles and their model files, and "
+                         "whose bundles are measured on the test sets (default: the package's assets folder)")
     args = ap.parse_args(argv)
     import torch
 
-    from groupmood.engine.group_cv import Evidence, StackOptions, cross_validate
+    from groupmood.engine.bundle_fit import load_sets
+    from groupmood.engine.group_cv import StackOptions, cross_validate
     from groupmood.io import atomic_write_text
     from groupmood.labels import GROUP_CLASSES
     from groupmood.metrics import accuracy_table
-    from groupmood.pipeline import GroupEmotionRecognizer
+    from groupmood.pipeline import SHIPPED_BUNDLES, GroupEmotionRecognizer, bundle_path
 
     torch.set_num_threads(args.threads)
     load_start = loadavg()
+    args.bundle_dir = args.bundle_dir or bundle_path("default").parent
     args.out.mkdir(parents=True, exist_ok=True)
     items = {"multiemova-dev": multiemova_items(args.shared), "crowd-dev": crowd_items(args.shared)}
     key = evidence_key(args.bundle)
@@ -226,15 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[str] = []
     report: dict = {}
     for frac in (float(f) for f in args.min_face_frac.split(",")):
-        parts, folds = [], []
-        for name in SETS:
-            ev = set_evidence(args.bundle, items[name], frac, args.out / f"evidence_{name}-{key}-frac{frac}.npz",
-                              name).without([b for b in args.exclude.split(",") if b])
-            path = FOLDS if name == "multiemova-dev" else CROWD_FOLDS
-            folds.append(folds_for(ev.names, ev.labels, path, name))
-            parts.append(ev)
-        ev = Evidence.concat(parts)
-        cv = cross_validate(ev, np.concatenate(folds), opts, progress=False)
+        data = load_sets("crowd", args.bundle, photo_sets(args, items, key, frac), TRUNK,
+                         exclude=[b for b in args.exclude.split(",") if b], min_face_frac=frac,
+                         write_missing_folds=True, log=log)
+        ev = data.evidence
+        cv = cross_validate(ev, data.folds, opts, progress=False)
         fused = np.asarray(cv["oof_fused"]).argmax(1)
         n_faces = np.array([len(e) for e in ev.embeddings])
         rows += [f"**min_face_frac {frac}: nested 5-fold CV over both sets** ({len(ev)} photos; scene head among the "
@@ -262,16 +241,16 @@ def main(argv: list[str] | None = None) -> int:
             for f in cv["folds"]), ""]
         first = frac == float(args.min_face_frac.split(",")[0])
         if args.regimes:
-            full = Evidence.concat([set_evidence(args.bundle, items[name], frac,
-                                                 args.out / f"evidence_{name}-{key}-frac{frac}.npz", name)
-                                    for name in SETS])
+            full = load_sets("regime", args.bundle, photo_sets(args, items, key, frac), TRUNK, min_face_frac=frac,
+                             log=log)
             extra = gate_extra(args, key)
-            rows += regime_rows(full, np.concatenate(folds), n_faces, report.setdefault(str(frac), {}), extra)
+            regime, regime_cv = regime_rows(full.evidence, full.folds, n_faces, report.setdefault(str(frac), {}),
+                                            extra)
+            rows += regime
             if args.write_default and first:
-                rows += write_default_bundle(args, full, np.concatenate(folds), frac, report[str(frac)]["regimes"],
-                                             extra)
+                rows += write_default_bundle(args, full, frac, regime_cv, extra)
         if args.write_bundle and first:
-            rows += write_crowd_bundle(args, ev, np.concatenate(folds), opts, frac, report[str(frac)], items)
+            rows += write_crowd_bundle(args, data, opts, frac, cv)
     if not args.no_baseline:
         rec = GroupEmotionRecognizer.from_bundle(args.bundle)
         tables, _ = evaluate_bundle(rec, items["crowd-dev"])
@@ -291,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
              "sentiment test photos (you2015 5-agree, sentibank603, emotion6; photo sentiment, test only)":
                  sentiment_items(args.shared, "test")}
     for shipped in ([] if args.no_tests else ["default", "crowd"]):
-        rec = GroupEmotionRecognizer.from_bundle(shipped)
+        rec = GroupEmotionRecognizer.from_bundle(args.bundle_dir / SHIPPED_BUNDLES[shipped])
         for title, its in tests.items():
             tables, _ = evaluate_bundle(rec, its)
             report[f"{shipped} bundle on {title}"] = tables

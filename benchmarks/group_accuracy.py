@@ -7,7 +7,9 @@
    nested: each outer fold's choices are made on the other four folds alone
    (:func:`groupmood.engine.group_cv.cross_validate`). The figure reported is the accuracy of
    those held-out labels. With ``--write-bundle`` the same procedure then runs on all 127 photos
-   and its result becomes the default bundle (``src/groupmood/assets/bundle.yaml``).
+   and its result becomes the photo bundle (``src/groupmood/assets/bundle_photo.yaml``), through
+   :func:`groupmood.engine.bundle_fit.fit_bundle` (what ``groupmood fit-bundle --kind group`` runs),
+   with the fallback's temperature fitted on the sentiment photos it labels.
 2. The shipped bundle (as written) on photos it never saw: ``gaf-samples`` (8 Positive, 8 Negative
    GAF 3.0 photos; looked at, never tuned on) and the held-out test photos of the image-sentiment
    sets (``configs/splits/global``; photo sentiment, not group emotion; the Twitter sets have no
@@ -53,8 +55,8 @@ FER_VALENCE = {"happy": 2, "surprise": 2, "neutral": 1, "angry": 0, "disgust": 0
 def sentiment_items(shared: Path, split: str) -> list[tuple[Path, int, str]]:
     """(path, class, name) of one split of the global recipe's sources, named source/relative path."""
     from groupmood.config import load_config
-    from groupmood.data.faces import split_indices
     from groupmood.data.groups import read_source, source_specs
+    from groupmood.data.splits import split_indices
     from groupmood.labels import GROUP_CLASSES
 
     data = load_config(REPO / "configs" / "base_global.yaml")["data"]
@@ -98,31 +100,17 @@ def multiemova_items(shared: Path) -> list[tuple[Path, int, str]]:
     return read_group_items(shared / "multiemova-dev")
 
 
-def base_recognizer(bundle: Path):
-    """The bundle's models without the fitted parts: no group branch, no calibration, no fusion model."""
-    from groupmood.detect import FaceDetector
-    from groupmood.engine.group_cv import GROUP_BRANCH
-    from groupmood.pipeline import Branch, GroupEmotionRecognizer, read_bundle
-
-    spec = read_bundle(bundle)
-    branches = {b["name"]: Branch.from_file(b["model"], "cpu", b.get("tta_flip"), b.get("pooling"),
-                                            float(b.get("margin", 0.0)), b.get("sha256"), bool(b.get("grey", False)))
-                for b in spec["branches"] if b["name"] != GROUP_BRANCH}
-    detector = FaceDetector.from_pretrained(auto_fetch=True, **spec["detector"])
-    return GroupEmotionRecognizer(detector, branches, {n: 1.0 for n in branches}, min_faces=spec["min_faces"])
-
-
 def cached_evidence(bundle: Path, items: Callable[[], list[tuple[Path, int, str]]], cache: Path):
     """The evidence of the labelled photos ``items()`` under the bundle's base branches: collected once, then read
     from ``cache`` (named with :func:`evidence_key`, so other branches never reuse it; the photo list is
     only read when collecting)."""
-    from groupmood.engine.group_cv import Evidence, collect_evidence
+    from groupmood.engine.bundle_fit import cached_evidence
 
-    if cache.is_file():
-        return Evidence.load(cache)
-    ev = collect_evidence(base_recognizer(bundle), items(), TRUNK, log=lambda m: print(m, file=sys.stderr))
-    ev.save(cache)
-    return ev
+    return cached_evidence(bundle, items, cache, TRUNK, log=log)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int):
@@ -138,18 +126,10 @@ def extra_head_evidence(shared: Path, bundle: Path, cache: Path, min_faces: int)
 
 
 def evidence_key(bundle: Path) -> str:
-    """A short hash of what the evidence depends on: the bundle's base branches (model, flip, pooling, crop) and
-    detector, so that a cache collected with other branches is never reused."""
-    import hashlib
+    """A short hash of what the evidence depends on (:func:`groupmood.engine.bundle_fit.evidence_key`)."""
+    from groupmood.engine.bundle_fit import evidence_key
 
-    from groupmood.engine.group_cv import GROUP_BRANCH
-    from groupmood.pipeline import read_bundle
-
-    spec = read_bundle(bundle)
-    branches = [{k: b.get(k) for k in ("name", "sha256", "tta_flip", "pooling", "margin", "grey")}
-                for b in spec["branches"] if b["name"] != GROUP_BRANCH]
-    blob = json.dumps({"branches": branches, "detector": spec["detector"]}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return evidence_key(bundle)
 
 
 def fallback_photos(ev, branch: str) -> np.ndarray:
@@ -171,7 +151,7 @@ def fallback_calibration(shared: Path, bundle: Path, stack, out: Path, key: str)
     The temperature changes no label, only how sure the label says it is. Returns the calibrations
     and, per branch, NLL / ECE on those test photos with the multiemova-dev temperature and the new one.
     """
-    from groupmood.calibration import expected_calibration_error, fit_calibration, negative_log_likelihood
+    from groupmood.fusion.calibration import expected_calibration_error, fit_calibration, negative_log_likelihood
 
     only = [b for b in stack.fallback if stack.weights.get(b, 0.0) == 0.0]
     if not only:
@@ -198,24 +178,13 @@ def fallback_calibration(shared: Path, bundle: Path, stack, out: Path, key: str)
 def kept_choices(bundle: Path) -> dict:
     """The base bundle's ``chosen_on`` entries that this script does not choose (``min_faces``: benchmarks/min_faces.py;
     ``fit_photos``, the list of fitting photos beside the bundle: benchmarks/fit_photos.py)."""
-    from groupmood.pipeline import read_bundle
+    from groupmood.pipeline import Bundle
 
-    chosen = read_bundle(bundle)["chosen_on"]
+    chosen = Bundle.load(bundle).chosen_on
     kept = {k: chosen[k] for k in ("min_faces",) if k in chosen}
     if "fit_photos" in chosen:
         kept["fit_photos"] = Path(chosen["fit_photos"]).name
     return kept
-
-
-def folds_for(names: list[str], labels: np.ndarray, path: Path, set_name: str = "multiemova-dev") -> np.ndarray:
-    """The committed 5 folds of a labelled set (written once, stratified by label, seed 0, where missing)."""
-    from groupmood.data.folds import fold_indices, stratified_folds, write_folds
-
-    if not path.is_file():
-        write_folds(path, names, stratified_folds(labels, 5, 0), 5, 0,
-                    f"{set_name} labels.csv; stratified by label, seed 0 (groupmood.data.folds.stratified_folds)")
-        print(f"wrote the folds {path}", flush=True)
-    return fold_indices(path, names)[0]
 
 
 def labelled_results(rec, items: list[tuple[Path, int, str]]):
@@ -330,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from groupmood.engine.group_cv import StackOptions, cross_validate, select_and_fit, write_group_bundle
+    from groupmood.engine.bundle_fit import PhotoSet, fit_bundle, load_sets
+    from groupmood.engine.group_cv import StackOptions, cross_validate
     from groupmood.io import atomic_write_text
     from groupmood.pipeline import GroupEmotionRecognizer
 
@@ -339,17 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     dev_items = multiemova_items(args.shared)
     key = evidence_key(args.bundle)
-    ev = cached_evidence(args.bundle, lambda: dev_items, args.out / f"evidence_multiemova-dev-{key}.npz")
     excluded = [b for b in args.exclude.split(",") if b]
-    if excluded:
-        ev = ev.without(excluded)
-    folds = folds_for(ev.names, ev.labels, args.folds)
+    data = load_sets("group", args.bundle, [PhotoSet("multiemova-dev", dev_items, args.folds,
+                                                     args.out / f"evidence_multiemova-dev-{key}.npz")],
+                     TRUNK, exclude=excluded, write_missing_folds=True, log=log)
+    ev, folds = data.evidence, data.folds
     opts = StackOptions()
     extra, extra_note = None, ""
     if args.extra_head_data:
-        from groupmood.pipeline import read_bundle
+        from groupmood.pipeline import Bundle
 
-        min_faces = read_bundle(args.bundle)["min_faces"]
+        min_faces = Bundle.load(args.bundle).min_faces
         extra, n_items = extra_head_evidence(args.shared, args.bundle, args.out / f"extra_evidence-{key}.npz",
                                                min_faces)
         opts = StackOptions(extra_weights=tuple(float(w) for w in args.extra_weights.split(",")))
@@ -382,33 +352,34 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
         return 0
     if args.write_bundle:
-        stack = select_and_fit(ev, folds, opts, extra)
-        fb_cal, fb_stats = fallback_calibration(args.shared, args.bundle, stack, args.out, key)
-        stack.calibration.update(fb_cal)
-        fused = cv["tables"]["fused"]
+        fb_stats: dict = {}
+
+        def recalibrate(stack) -> dict:
+            """The fallback-only branches' temperatures, fitted where they speak (:func:`fallback_calibration`)."""
+            cals, stats = fallback_calibration(args.shared, args.bundle, stack, args.out, key)
+            stack.calibration.update(cals)
+            fb_stats.update(stats)
+            return {"fallback_calibration": {
+                "how": "temperature of each fallback-only branch fitted on the sentiment validation photos it "
+                       "labels (fewer than min_faces faces), checked on the test photos of the same kind",
+                **stats}} if stats else {}
+
         chosen_on = {
             "data": "multiemova-dev (127 real group photos, group valence), ../shared/data/multiemova-dev",
             "folds": str(rel_folds),
             "method": "group head c; temperatures with or without per-class bias; fusion among each branch alone, "
                       f"the weighted average (grid step 0.1, weights by class-balanced {opts.weight_objective}) and "
                       "a fusion model; all by balanced accuracy in 5-fold CV, then fitted on all photos; the "
-                      "whole-image branch is the fallback for photos where no weighted branch speaks",
-            "cv_accuracy": round(fused["accuracy"], 4),
-            "cv_per_class": {c: round(v["accuracy"], 4) for c, v in fused["per_class"].items()},
-            "head_c": stack.head_c, "fusion_choice": stack.scores.get("fusion_choice"),
-            **({} if extra is None else {
-                "extra_head_data": extra_note.lstrip("; "), "head_extra_weight": stack.head_extra_weight}),
-            "fusion_cv": stack.scores.get("fusion_cv"), "fusion_cv_with_bias": stack.scores.get("fusion_cv (bias)"),
-            **({"fallback_calibration": {
-                "how": "temperature of each fallback-only branch fitted on the sentiment validation photos it "
-                       "labels (fewer than min_faces faces), checked on the test photos of the same kind",
-                **fb_stats}} if fb_stats else {}),
+                      "whole-image branch is the fallback for photos where no weighted branch speaks"}
+        notes = {
+            **({} if extra is None else {"extra_head_data": extra_note.lstrip("; ")}),
             **({"excluded": f"{', '.join(excluded)} (weight 0, kept out of calibration and fusion: see EXCLUDED "
                             "in benchmarks/group_accuracy.py)"} if excluded else {}),
             "command": ".venv/bin/python benchmarks/group_accuracy.py --write-bundle"
                        + ("" if extra is None else f" --extra-head-data --extra-weights {args.extra_weights}"),
             **kept_choices(args.bundle)}
-        write_group_bundle(stack, args.bundle, args.bundle, TRUNK, chosen_on)
+        stack = fit_bundle("group", data, args.bundle, args.bundle, trunk=TRUNK, opts=opts, extra=extra, cv=cv,
+                           chosen_on=chosen_on, notes=notes, recalibrate=recalibrate, log=log).stack
         report["stack"] = {"head_c": stack.head_c, "fusion": stack.fusion, "weights": stack.weights,
                            "calibration": {b: c.to_dict() for b, c in stack.calibration.items()}, **stack.scores}
         rows.append(f"Bundle written: head c={stack.head_c}, fusion {stack.fusion}, weights "

@@ -484,7 +484,7 @@ def make_24mp(shared: Path, n: int) -> list[Path]:
 
 def photo_sets(shared: Path, limit: int | None, n_large: int) -> dict[str, list[Path]]:
     """The photo sets of the whole-process table, each in a fixed order."""
-    from groupmood.images import iter_image_paths
+    from groupmood.paths import iter_image_paths
 
     sets = {"benchmark photos": [p for _, p in photo_paths(shared, limit)]}
     for name in ("multiemova-dev", "crowd-dev"):

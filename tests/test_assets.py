@@ -79,18 +79,19 @@ def test_folded_branches_score_as_the_shipped_files(recognizer, astronaut):
     assert faces
     for name, branch in recognizer.branches.items():
         assert branch.folded > 0, f"{name}: nothing folded"
-        plain = Branch.from_file(branch.source, tta_flip=branch.tta_flip, grey=branch.grey, fuse=False)
+        plain = Branch.from_file(branch.source, tta_flip=branch.tta_flip, grey=branch.grey, fold_bn=False)
         assert plain.folded == 0
         crops = branch.crops(astronaut, faces)
         np.testing.assert_allclose(branch.scores(crops), plain.scores(crops), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_crowd_bundle_end_to_end(detector, astronaut, coffee):
     """``--bundle crowd``: the scene branch (the whole-image trunk with a head fitted on crowds and group photos)
     votes on every photo, the group head on photos with two or more faces; a photo without a face is labelled by
     the scene alone. It lists its fitting photos (crowd-dev and multiemova-dev for the heads)."""
     from groupmood.images import load_image
-    from groupmood.pipeline import read_bundle
+    from groupmood.pipeline import Bundle
     from groupmood.samples import sample_path
 
     rec = GroupEmotionRecognizer.from_bundle("crowd", detector=detector, backend="torch")
@@ -99,7 +100,7 @@ def test_crowd_bundle_end_to_end(detector, astronaut, coffee):
     assert len(g.faces) == 5 and g.branches["group"].spoke and g.branches["scene"].spoke
     assert c.no_face and [n for n, b in c.branches.items() if b.spoke] == ["scene"] and c.label in GROUP_CLASSES
     np.testing.assert_allclose(c.probs, c.branches["scene"].probs, atol=1e-6)
-    listed = read_bundle("crowd")["chosen_on"]["fit_photos"]
+    listed = Bundle.load("crowd").chosen_on["fit_photos"]
     lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
     assert sum(ln.endswith("\tgroup") for ln in lines) == 127 + 926
 
@@ -108,7 +109,7 @@ def test_shipped_bundles_by_name_on_the_command_line(tmp_path, coffee, capsys):
     from PIL import Image
 
     from groupmood.cli import main
-    from groupmood.pipeline import read_bundle
+    from groupmood.pipeline import Bundle
 
     assert bundle_path("crowd") == ASSETS / "bundle_crowd.yaml" and bundle_path(None) == default_bundle_path()
     assert bundle_path("default") == default_bundle_path() and bundle_path("my.yaml").name == "my.yaml"
@@ -118,4 +119,4 @@ def test_shipped_bundles_by_name_on_the_command_line(tmp_path, coffee, capsys):
                  "--no-progress"]) == 0
     assert "scene" in json.loads(out.read_text())["branches"]
     with pytest.raises(Exception, match="default, photo, crowd"):
-        read_bundle("crowds")
+        Bundle.load("crowds")

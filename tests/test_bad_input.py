@@ -21,7 +21,8 @@ from PIL import Image
 
 from groupmood.cli import main
 from groupmood.errors import ImageLoadError
-from groupmood.images import iter_image_paths, load_image
+from groupmood.images import load_image
+from groupmood.paths import iter_image_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,6 +190,7 @@ def test_bad_device_and_unwritable_outputs_are_messages(tmp_path, photo, capsys)
 
 # --------------------------------------------------------------------------- 7. no hangs, no duplicates
 
+@pytest.mark.integration
 def test_fifo_named_like_a_photo_is_skipped_with_a_reason(tmp_path, photo):
     d = tmp_path / "in"
     d.mkdir()
@@ -227,6 +229,7 @@ def test_walks_never_follow_folder_links_into_cycles(tmp_path, photo):
 
 # --------------------------------------------------------------------------- 8. the Python API
 
+@pytest.mark.slow
 def test_api_takes_one_image_or_paths(tmp_path, photo, detector):
     from test_pipeline import _bundle
 
@@ -302,6 +305,7 @@ def test_records_keep_input_order_within_a_batch(tmp_path, photo):
 
 # --------------------------------------------------------------------------- 12. smaller defects
 
+@pytest.mark.integration
 def test_export_is_byte_reproducible(tmp_path):
     from test_pipeline import _save
 

@@ -26,7 +26,8 @@ from groupmood.cli.predict import CsvSink
 from groupmood.data.cache import FaceCache
 from groupmood.detect import Face
 from groupmood.errors import OutputError
-from groupmood.images import iter_image_paths, load_image, load_photo, path_key
+from groupmood.images import load_image, load_photo
+from groupmood.paths import iter_image_paths, path_key
 from groupmood.inputs import center_crop_array
 from groupmood.pipeline import GroupEmotionRecognizer
 from test_pipeline import _bundle

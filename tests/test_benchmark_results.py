@@ -122,7 +122,7 @@ def test_fallback_calibration_is_fitted_on_the_photos_the_fallback_labels(tmp_pa
         import group_accuracy
     finally:
         sys.path.remove(str(BENCH))
-    from groupmood.calibration import Calibration
+    from groupmood.fusion.calibration import Calibration
     from groupmood.engine.group_cv import Evidence, Stack
 
     rng = np.random.default_rng(0)

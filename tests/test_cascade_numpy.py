@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from groupmood.detect import CascadeSettings, FaceDetector
-from groupmood.detect.cascade import _nms_min, nms, nms_per_group, run_cascade
+from groupmood.detect.cascade import run_cascade
+from groupmood.detect.nms import nms, nms_min, nms_per_group
 from numerics import (assert_off_threshold_edge, cascade_error, float32_tolerance, float64_runners,
                       max_abs_diff)
 
@@ -90,7 +91,7 @@ def test_nms_per_group_and_min_nms_match_torch():
         if not suppressed[i]:
             want.append(i)
             suppressed |= over[i]
-    assert _nms_min(boxes, scores, groups, 0.7).tolist() == want
+    assert nms_min(boxes, scores, groups, 0.7).tolist() == want
 
 
 def _golden_photos():
@@ -151,6 +152,7 @@ def _run(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_importing_detect_and_running_numpy_nets_needs_no_torch():
     code = """
 import json, sys
@@ -208,6 +210,7 @@ def test_onnxruntime_detector_matches_torch(ort_detector, detector, astronaut, c
             assert abs(fa.score - fb.score) <= float32_tolerance(np.float32(1), sc)
 
 
+@pytest.mark.integration
 def test_from_pretrained_onnxruntime_from_the_cache_needs_no_torch(ort_detector, detector, astronaut):
     """With the three ONNX files in the cache (the fixture exported them), from_pretrained(backend="onnxruntime")
     builds the detector without importing torch; its faces are the PyTorch detector's."""

@@ -22,7 +22,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "src" / "groupmood" / "assets"
 def test_resolved_config_holds_its_kind_section_complete(tmp_path):
     cfg = load_config(CONFIGS / "lfw_sphereface_compact.yaml")
     assert cfg["data"]["kind"] == "legend"
-    assert cfg["data"]["legend"] == {**DATA_KINDS["legend"], "faces": "mtcnn"}
+    assert cfg["data"]["legend"] == {**DATA_KINDS["legend"].options, "faces": "mtcnn"}
     assert not set(cfg["data"]) & (set(DATA_KINDS) - {"legend"})  # no other kind's options
     dump_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg  # a run folder's config reproduces the run
@@ -64,4 +64,13 @@ def test_shipped_models_flat_configs_resolve():
         cfg = load_config(None, base=old)
         kind = old["data"]["kind"]
         assert {k: v for k, v in data_options(cfg["data"]).items()} == {
-            k: old["data"][k] for k in (*DEFAULTS["data"], *DATA_KINDS[kind]) if k in old["data"]}
+            k: old["data"][k] for k in (*DEFAULTS["data"], *DATA_KINDS[kind].options) if k in old["data"]}
+
+
+def test_every_data_kind_names_a_builder_that_exists():
+    """The one registry of data kinds: each kind's builder imports and is callable."""
+    import importlib
+
+    for kind, spec in DATA_KINDS.items():
+        module, _, attr = spec.builder.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), kind

@@ -12,10 +12,10 @@ import torch
 
 from groupmood.config import load_config
 from groupmood.data import build_data
-from groupmood.data.faces import (
-    ClassMap, FaceDataset, build_face_data, ferplus_distribution, ferplus_targets, group_split, read_ferplus,
-    read_folder, read_legend, read_split, resolve_split, write_split,
-)
+from groupmood.data.face_sources import read_folder, read_legend
+from groupmood.data.faces import ClassMap, FaceDataset, build_face_data
+from groupmood.data.ferplus import ferplus_distribution, ferplus_targets, read_ferplus
+from groupmood.data.splits import group_split, read_split, resolve_split, write_split
 from groupmood.data.transforms import BatchAffine, fit_face, normalize, train_transform
 from groupmood.errors import DatasetError
 from groupmood.labels import FERPLUS_EMOTIONS, GROUP_CLASSES
@@ -375,7 +375,7 @@ def test_evaluation_never_makes_a_new_split(tmp_path):
 
 
 def test_resolve_split_rejects_repeated_names(tmp_path):
-    from groupmood.data.faces import FaceTable
+    from groupmood.data.face_sources import FaceTable
 
     table = FaceTable(np.zeros((2, 48, 48), np.uint8), np.asarray(["a", "a"]), np.asarray(["happiness"] * 2),
                       np.asarray(["a", "a"]))
@@ -457,7 +457,7 @@ def test_real_ferplus_valid_split(tmp_path, monkeypatch):
 def test_named_reader_labels_from_file_names(tmp_path):
     from PIL import Image
 
-    from groupmood.data.faces import read_named
+    from groupmood.data.face_sources import read_named
     from groupmood.errors import DatasetError
 
     rng = np.random.default_rng(0)

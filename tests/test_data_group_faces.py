@@ -17,8 +17,8 @@ from PIL import Image
 from groupmood.config import load_config
 from groupmood.data import build_data
 from groupmood.data.cache import CachedImage, FaceCache
-from groupmood.data.faces import write_split
 from groupmood.data.group_faces import collect_faces, pool_by_photo, select_faces
+from groupmood.data.splits import write_split
 from groupmood.detect import Face
 from groupmood.engine.evaluate import evaluate_checkpoint
 from groupmood.engine.train import Trainer, train

@@ -175,7 +175,7 @@ def test_photo_of():
 def test_benchmark_photos_are_decoded_in_full():
     """The 228 benchmark photos (and multiemova-dev) are at most 1024 px: the rule (960 px on the shorter side
     for the shipped bundle) decodes every one in full, so their labels cannot change."""
-    from groupmood.images import iter_image_paths
+    from groupmood.paths import iter_image_paths
 
     folders = [shared_path(f) for f in ("voc-faces", "gaf-samples", "wider-val-200", "misc-group", "multiemova-dev")]
     n = 0

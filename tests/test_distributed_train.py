@@ -20,7 +20,8 @@ import torch
 from test_engine import _write_faces
 
 from groupmood.config import load_config
-from groupmood.engine.train import EpochBatchSampler, EpochDistributedSampler, train
+from groupmood.engine.samplers import EpochBatchSampler, EpochDistributedSampler
+from groupmood.engine.train import train
 from groupmood.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +125,7 @@ def test_sync_batchnorm_on_cpu_processes_is_refused(faces, tmp_path, monkeypatch
 # --------------------------------------------------------------------------- torchrun
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_processes_train_as_one(faces, tmp_path, two_processes):
     """Same global batch (8 = 2 x 4), augmentation on, frozen BatchNorm: same losses and weights."""
     two, proc = two_processes
@@ -164,6 +166,7 @@ def _worker_pids(launcher: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc (Linux)")
+@pytest.mark.integration
 def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path, two_processes):
     """SIGKILL rank 1 after the first checkpoint; torchrun stops rank 0; --resume ends where the
     uninterrupted 2-process run ends, bit for bit."""
@@ -204,6 +207,7 @@ def test_killed_rank_resumes_to_the_same_weights(faces, tmp_path, two_processes)
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL and SyncBatchNorm: needs 2 GPUs")
+@pytest.mark.integration
 def test_two_gpus_with_sync_batchnorm_train_as_one(faces, tmp_path):
     """SyncBatchNorm normalises by the global batch: 2 GPUs give one GPU's losses and weights (GPU rounding)."""
     sets = [f"data.root={faces}", "train.epochs=3", "train.batchnorm=sync", "train.amp=false"]

@@ -12,8 +12,11 @@ import yaml
 
 from groupmood.cli import main
 from groupmood.config import DEFAULTS, apply_overrides, dump_config, load_config
+from groupmood.engine.checkpointing import export
 from groupmood.engine.evaluate import classification_report, evaluate_checkpoint, load_model, per_source
-from groupmood.engine.train import EpochBatchSampler, export, lr_at, train
+from groupmood.engine.samplers import EpochBatchSampler
+from groupmood.engine.schedule import lr_at
+from groupmood.engine.train import train
 from groupmood.errors import ConfigError
 from groupmood.labels import FERPLUS_EMOTIONS
 
@@ -101,7 +104,7 @@ def test_config_unknown_keys_and_bad_input(tmp_path):
 @pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_recipes_resolve(recipe):
     """A recipe's model builds from its model section, reads a data kind of its family, and names its command."""
-    from groupmood.data import DATASET_BUILDERS
+    from groupmood.config import DATA_KINDS
     from groupmood.data.groups import IMAGE_DATA_KINDS
     from groupmood.models import create_model, model_info
 
@@ -110,7 +113,7 @@ def test_shipped_recipes_resolve(recipe):
     with torch.device("meta"):  # the constructor's checks, without the memory of VGG19 or ResNet-101
         create_model(m["name"], num_classes=3, head=m["head"], margin_m=m["margin_m"], drop_rate=m["drop_rate"],
                      **dict(m.get("kwargs") or {}))
-    assert kind in DATASET_BUILDERS
+    assert kind in DATA_KINDS
     is_global = model_info(m["name"]).family == "global"
     assert (kind in IMAGE_DATA_KINDS) == is_global, f"a {'global' if is_global else 'face'} model reads {kind!r}"
     header = "".join(line for line in (CONFIGS / recipe).read_text().splitlines(True) if line.startswith("#"))
@@ -336,6 +339,7 @@ def test_evaluation_never_writes_inside_the_package(tmp_path, monkeypatch):
     assert default_eval_dir(tmp_path / "run" / "best.pt", "val") == tmp_path / "run" / "eval_val"
 
 
+@pytest.mark.slow
 def test_overfit_check_reaches_near_zero_loss(faces, tmp_path, capsys):
     """``train --overfit 16``: the recipe's batch (64 here) is cut to the 16 items, augmentation, dropout, weight
     decay and warm-up are off, and the tiny model memorises them: the training loss ends near zero."""

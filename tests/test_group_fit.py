@@ -1,7 +1,6 @@
 """Honest fitting on group photos: folds, calibration, the group-face head, the fusion model, the bundle."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,19 +10,20 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from groupmood.calibration import (Calibration, expected_calibration_error, fit_calibration,
+from groupmood.fusion.calibration import (Calibration, expected_calibration_error, fit_calibration,
                                    negative_log_likelihood)
 from groupmood.data.folds import fold_indices, read_folds, stratified_folds, write_folds
+from groupmood.engine.bundle_writer import write_group_bundle
 from groupmood.engine.group_cv import (GROUP_BRANCH, SCENE_BRANCH, Evidence, StackOptions, apply_stack, collect_evidence,
-                                       cross_validate, select_and_fit, write_group_bundle)
+                                       cross_validate, select_and_fit)
 from groupmood.engine.group_head import fit_group_head, fit_softmax_regression
 from groupmood.engine.group_eval import read_group_items
 from groupmood.errors import ConfigError, DatasetError, WeightsError
-from groupmood.fusion_model import FusionModel, fusion_features
+from groupmood.fusion.model import FusionModel, fusion_features
 from groupmood.labels import GROUP_CLASSES
 from groupmood.models import create_model
 from groupmood.models.converters import load_pretrained
-from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
+from groupmood.pipeline import Bundle, GroupEmotionRecognizer
 
 from test_pipeline import _bundle, _save
 
@@ -278,8 +278,8 @@ def test_fitted_bundle_reproduces_the_stack(tmp_path, detector, astronaut, coffe
     folds = stratified_folds(ev.labels, 2, 0)
     stack = select_and_fit(ev, folds, StackOptions(head_cs=(1.0,), fusion_cs=(1.0,)))
     out = write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {"data": "test"})
-    spec = read_bundle(out)
-    assert spec["branches"][0]["name"] == GROUP_BRANCH and spec["chosen_on"] == {"data": "test"}
+    spec = Bundle.load(out)
+    assert spec.branches[0].name == GROUP_BRANCH and spec.chosen_on == {"data": "test"}
     fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
     results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items], all_branches=True)
     probs, spoke, fused = apply_stack(stack, ev)
@@ -314,10 +314,9 @@ def test_written_bundle_keeps_left_out_branches_and_the_whole_image_fallback(tmp
     stack = select_and_fit(ev, stratified_folds(ev.labels, 2, 0),
                            StackOptions(head_cs=(1.0,), fusion_cs=(1.0,), fusion_kinds=("weighted",)))
     assert stack.fallback == ("global",) and "aligned" not in stack.weights
-    out = read_bundle(write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {}))
-    assert out["fallback"] == ["global"] and out["weights"]["aligned"] == 0.0
-    aligned = next(b for b in out["branches"] if b["name"] == "aligned")
-    assert aligned["calibration"] == {"temperature": 1.5}
+    out = Bundle.load(write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {}))
+    assert out.fallback == ("global",) and out.weights["aligned"] == 0.0
+    assert out.branch("aligned").calibration.to_dict() == {"temperature": 1.5}
     group_file = tmp_path / "base" / "face_group.safetensors"
     with safe_open(str(group_file), "np") as fh:  # a shipped file with the same tensors, other metadata
         meta = {k: v for k, v in fh.metadata().items() if k != "arch"}
@@ -341,17 +340,17 @@ def test_bundle_rejects_bad_calibration_and_fusion(tmp_path):
     spec["branches"][0]["calibration"] = {"temperature": -1}
     (tmp_path / "b" / "bad1.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="calibration"):
-        read_bundle(tmp_path / "b" / "bad1.yaml")
+        Bundle.load(tmp_path / "b" / "bad1.yaml")
     spec["branches"][0].pop("calibration")
     spec["fusion"] = {"kind": "model"}
     (tmp_path / "b" / "bad2.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="fusion"):
-        read_bundle(tmp_path / "b" / "bad2.yaml")
+        Bundle.load(tmp_path / "b" / "bad2.yaml")
     spec["fusion"] = {"kind": "vote"}
     (tmp_path / "b" / "bad3.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="fusion"):
-        read_bundle(tmp_path / "b" / "bad3.yaml")
-    assert json.dumps(read_bundle(base)["fusion"]) == '{"kind": "weighted"}'
+        Bundle.load(tmp_path / "b" / "bad3.yaml")
+    assert Bundle.load(base).fusion.to_dict() == {"kind": "weighted"}
 
 
 # --------------------------------------------------------------------------- extra head data (training side only)
@@ -519,24 +518,23 @@ def test_written_bundle_carries_the_scene_head(tmp_path, detector, astronaut, co
     stack = select_and_fit(ev, stratified_folds(ev.labels, 3, 0),
                            StackOptions(head_cs=(1.0,), scene_cs=(1.0,), fusion_cs=(1.0,)))
     out = write_group_bundle(stack, base, tmp_path / "base" / "fitted.yaml", "nonaligned", {"data": "test"})
-    spec = read_bundle(out)
-    assert SCENE_BRANCH in {b["name"] for b in spec["branches"]}
+    spec = Bundle.load(out)
+    assert SCENE_BRANCH in spec.names
     assert (tmp_path / "base" / "global_scene.safetensors").is_file()
     fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
     assert fitted.branches[SCENE_BRANCH].family == "global"
-    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items], raw=True,
-                             all_branches=True)
+    results = fitted.predict([np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items], all_branches=True)
     want = stack.scene_head.probs(ev.images)
     h = stack.scene_head
     fp16 = 2.0 ** -11
     tol = (np.abs(ev.images) @ np.abs(h.weight).T + np.abs(h.bias)).max(axis=1) * fp16 + 1e-6
     for i, res in enumerate(results):
-        assert np.abs(res.branches[SCENE_BRANCH].probs - want[i]).max() <= tol[i]
+        assert np.abs(res.branches[SCENE_BRANCH].before_calibration - want[i]).max() <= tol[i]
 
 
 def test_a_head_beyond_fp16_is_refused_with_the_reason(tmp_path):
-    from groupmood.engine.group_cv import export_head_model
-    from groupmood.linear import LinearHead
+    from groupmood.engine.bundle_writer import export_head_model
+    from groupmood.fusion.linear import LinearHead
 
     _save(tmp_path / "na.pt", "resnet_tiny_48", GROUP_CLASSES)
     huge = LinearHead(np.full((3, 64), 1e6), np.zeros(3))

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from groupmood.errors import ImageLoadError
-from groupmood.images import iter_image_paths, load_batches, load_image
+from groupmood.images import load_batches, load_image
+from groupmood.paths import iter_image_paths
 
 
 @pytest.fixture

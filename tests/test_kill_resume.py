@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # kills and forks processes; ~100 s
 
 FORKER = r'''
 import json, os, sys, traceback

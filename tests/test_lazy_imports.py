@@ -44,12 +44,12 @@ def _no_heavy(statement: str) -> None:
 @pytest.mark.parametrize("module", [
     "groupmood",
     "groupmood.cli",
-    "groupmood.calibration",
+    "groupmood.fusion.calibration",
     "groupmood.fusion",
-    "groupmood.fusion_model",
+    "groupmood.fusion.model",
     "groupmood.io",
     "groupmood.labels",
-    "groupmood.linear",
+    "groupmood.fusion.linear",
     "groupmood.models",
     "groupmood.models.registry",
     "groupmood.samples",
@@ -60,10 +60,12 @@ def _no_heavy(statement: str) -> None:
     "groupmood.runtime",
     "groupmood.inputs",
 ])
+@pytest.mark.integration
 def test_import_leaves_torch_out(module: str) -> None:
     _no_heavy(f"import {module}")
 
 
+@pytest.mark.integration
 def test_help_lists_every_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "groupmood.cli", "--help"], capture_output=True, text=True,
                           timeout=120, check=False)
@@ -71,14 +73,15 @@ def test_help_lists_every_command() -> None:
     listed = proc.stdout.split("Commands:", 1)[1].split()
     for name in COMMANDS:
         assert name in listed, f"{name} missing from groupmood --help:\n{proc.stdout}"
-    assert set(COMMANDS) == {"cache", "detect", "evaluate", "evaluate-groups", "export", "fuse", "merge",
-                             "predict", "samples", "serve", "train", "weights"}
+    assert set(COMMANDS) == {"cache", "detect", "evaluate", "evaluate-groups", "export", "fit-bundle", "fuse",
+                             "merge", "predict", "samples", "serve", "train", "weights"}
 
 
 @pytest.mark.parametrize(("command", "allowed"), [
     ("samples", {"groupmood.cli.samples"}),
     ("predict", {"groupmood.cli.predict", "groupmood.cli.common"}),
 ])
+@pytest.mark.integration
 def test_invoking_a_command_imports_only_its_module(command: str, allowed: set[str]) -> None:
     proc = _run(f"""
         import json, sys
@@ -91,6 +94,7 @@ def test_invoking_a_command_imports_only_its_module(command: str, allowed: set[s
     assert rc == 0 and command in {m.rsplit(".", 1)[1] for m in modules} and set(modules) <= allowed, modules
 
 
+@pytest.mark.integration
 def test_top_level_help_imports_no_command() -> None:
     """``groupmood --help`` lists the commands from their stored summaries: no command module, no torch."""
     proc = _run("""
@@ -115,6 +119,7 @@ def test_stored_summaries_are_the_commands_own() -> None:
         assert SUMMARIES[name] == cmd.get_short_help_str(limit=10**6), name
 
 
+@pytest.mark.integration
 def test_predict_help_leaves_torch_out() -> None:
     _no_heavy("from groupmood.cli import main; main(['predict', '--help'])")
 
@@ -125,6 +130,7 @@ def test_unknown_command_is_a_clean_usage_error(capsys: pytest.CaptureFixture[st
     assert "No such command 'no-such-command'" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_unknown_command_imports_no_command_module() -> None:
     proc = _run("""
         import json, sys
@@ -137,12 +143,13 @@ def test_unknown_command_imports_no_command_module() -> None:
     assert "No such command 'no-such-command'" in proc.stderr
 
 
+@pytest.mark.integration
 def test_numpy_inference_leaves_torch_out(tmp_path: Path) -> None:
     """A saved fusion model loads and predicts, a calibration and a linear head apply, without torch."""
-    from groupmood.calibration import Calibration
-    from groupmood.fusion_model import FusionModel
+    from groupmood.fusion.calibration import Calibration
+    from groupmood.fusion.model import FusionModel
     from groupmood.labels import FERPLUS_EMOTIONS, valence_array, valence_matrix
-    from groupmood.linear import LinearHead
+    from groupmood.fusion.linear import LinearHead
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))
@@ -157,10 +164,10 @@ def test_numpy_inference_leaves_torch_out(tmp_path: Path) -> None:
     proc = _run("""
         import json, sys
         import numpy as np
-        from groupmood.calibration import Calibration
-        from groupmood.fusion_model import FusionModel
+        from groupmood.fusion.calibration import Calibration
+        from groupmood.fusion.model import FusionModel
         from groupmood.labels import FERPLUS_EMOTIONS, valence_array
-        from groupmood.linear import LinearHead
+        from groupmood.fusion.linear import LinearHead
         x = np.asarray(json.loads(sys.argv[2]))
         p = FusionModel.load(sys.argv[1]).predict_proba(x)
         c = Calibration(2.0, (0.1, -0.2, 0.1)).apply(p)

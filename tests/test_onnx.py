@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +231,7 @@ def test_predict_on_photo_threads_matches_one_at_a_time(tiny_st_bundle, detector
         GroupEmotionRecognizer(ort.detector, ort.branches, ort.weights, workers=0)
 
 
+@pytest.mark.integration
 def test_onnxruntime_predict_never_imports_torch(tiny_st_bundle, detector, astronaut, tmp_path, onnx_dir):
     """Once the cache holds the ONNX files, ``groupmood predict`` on a CPU runs without importing torch at all."""
     import subprocess
@@ -262,9 +262,10 @@ def test_onnxruntime_predict_never_imports_torch(tiny_st_bundle, detector, astro
 
 def test_onnx_name_of_shipped_files_from_their_header():
     """The shipped weight files name their model and family in the header: enough to find their ONNX files."""
-    from groupmood.pipeline import _onnx_name, default_bundle_path, read_bundle
+    from groupmood.pipeline import Bundle
+    from groupmood.runtime.session import safetensors_model_name
 
-    names = {b["name"]: _onnx_name(Path(b["model"])) for b in read_bundle(default_bundle_path())["branches"]}
+    names = {b.name: safetensors_model_name(b.model) for b in Bundle.load("default").branches}
     assert names == {"group": "face_nonaligned-resnet_compact_48", "aligned": "face_aligned-sphereface_compact",
                      "nonaligned": "face_nonaligned-resnet_compact_48", "global": "global-efficientnet_lite0",
                      "group_crowd": "face_nonaligned-resnet_compact_48", "scene": "global-efficientnet_lite0"}

@@ -175,9 +175,9 @@ def test_annotate_real_result_adds_banner(results, astronaut, coffee):
 
 
 def test_bundle_errors(tmp_path, bundle, monkeypatch):
-    import groupmood.pipeline as pipeline
+    import groupmood.pipeline.recognizer as recognizer
 
-    monkeypatch.setattr(pipeline, "default_bundle_path", lambda: tmp_path / "assets" / "bundle.yaml")
+    monkeypatch.setattr(recognizer, "default_bundle_path", lambda: tmp_path / "assets" / "bundle.yaml")
     with pytest.raises(WeightsError, match="bundle.yaml is missing"):
         GroupEmotionRecognizer.default()
     spec = yaml.safe_load(bundle.read_text())
@@ -451,9 +451,9 @@ def test_evaluate_groups_names_its_in_sample_photos_and_writes_calibrated_scores
 
 
 def test_shipped_bundle_lists_its_fitting_photos():
-    from groupmood.pipeline import default_bundle_path, read_bundle
+    from groupmood.pipeline import Bundle, default_bundle_path
 
     for bundle, n in (("photo", 127), (default_bundle_path(), 127 + 926)):  # multiemova-dev (and crowd-dev)
-        listed = read_bundle(bundle)["chosen_on"]["fit_photos"]
+        listed = Bundle.load(bundle).chosen_on["fit_photos"]
         lines = [ln for ln in open(listed, encoding="utf-8").read().splitlines() if not ln.startswith("#")]
         assert sum(ln.endswith("\tgroup") for ln in lines) == n

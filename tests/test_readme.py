@@ -245,6 +245,7 @@ def test_link_check_finds_broken_links(tmp_path):
 # --------------------------------------------------------------------------- the commands, run as written
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_first_command_labels_the_sample(tmp_path):
     """The README's first command after set-up (.ci/run runs scripts/setup.sh): the record, the annotated
     picture and the HTML report of the five-person sample."""
@@ -257,6 +258,7 @@ def test_first_command_labels_the_sample(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_command_line_example_runs_as_written(tmp_path):
     """The README's command-line example: a folder of two photos labelled as CSV, with the crowd bundle, and
     its faces cropped."""
@@ -275,6 +277,7 @@ def test_command_line_example_runs_as_written(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_first_python_example_prints_labels_with_class_names(tmp_path):
     lines = _run(BLOCKS[0], tmp_path).splitlines()
     assert len(lines) == 3, lines
@@ -288,6 +291,7 @@ def test_first_python_example_prints_labels_with_class_names(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_lower_level_python_example_runs(tmp_path):
     """docs/python.md's detector example."""
     block = _first_block(_text(REPO / "docs" / "python.md"), "python")
@@ -297,6 +301,7 @@ def test_lower_level_python_example_runs(tmp_path):
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.integration
 def test_train_your_own_model_loop_runs_as_written(tmp_path):
     """docs/training.md's "The whole loop" block, line by line, in a folder that looks like the repo root
     (configs/ and .venv/ linked, ../shared beside it): every step exits 0, the overfit check ends near zero

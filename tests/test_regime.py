@@ -14,8 +14,8 @@ from groupmood.errors import ConfigError, DatasetError, WeightsError
 from groupmood.fusion import ABSTAIN, Fused, Pooled, fuse
 from groupmood.fusion.regime import RegimeGate, mix
 from groupmood.labels import GROUP_CLASSES
-from groupmood.linear import LinearHead
-from groupmood.pipeline import GroupEmotionRecognizer, read_bundle
+from groupmood.fusion.linear import LinearHead
+from groupmood.pipeline import Bundle, GroupEmotionRecognizer
 from groupmood.samples import sample_path
 
 from test_group_fit import scene_trunk_setup
@@ -82,7 +82,7 @@ def test_bundle_rejects_a_bad_regime_section(tmp_path):
     for message, fusion in cases.items():
         (tmp_path / "b" / "r.yaml").write_text(yaml.safe_dump({**spec, "fusion": fusion}))
         with pytest.raises(ConfigError, match=message) as info:
-            read_bundle(tmp_path / "b" / "r.yaml")
+            Bundle.load(tmp_path / "b" / "r.yaml")
         assert "r.yaml" in str(info.value)
 
 
@@ -136,6 +136,7 @@ def _check_regime_result(rec: GroupEmotionRecognizer, res) -> None:
     assert res.to_dict()["crowd"] == round(p, 4)
 
 
+@pytest.mark.slow
 def test_written_regime_bundle_runs_end_to_end(tmp_path, detector, astronaut, coffee):
     """Evidence of real photos in two sets -> regimes -> a written bundle: its group heads, scene model and gate
     load, the gate reads the scene branch's trunk, and every result is the mix of the two fusions."""
@@ -146,9 +147,9 @@ def test_written_regime_bundle_runs_end_to_end(tmp_path, detector, astronaut, co
     opts = RegimeOptions(crowd_set="crowds", photo_exclude=("aligned",), **{k: getattr(FAST, k) for k in ("gate_cs", "stack")})
     rs = select_and_fit_regimes(ev, folds, opts)
     out = write_regime_bundle(rs, base, tmp_path / "base" / "regime.yaml", "nonaligned", {"data": "test"})
-    spec = read_bundle(out)
-    assert {GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH} <= {b["name"] for b in spec["branches"]}
-    assert spec["fusion"]["kind"] == "regime" and spec["fusion"]["reads"] == SCENE_BRANCH
+    spec = Bundle.load(out)
+    assert {GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH} <= set(spec.names)
+    assert spec.fusion.kind == "regime" and spec.fusion.reads == SCENE_BRANCH
     fitted = GroupEmotionRecognizer.from_bundle(out, detector=detector)
     assert fitted.regime is not None and fitted.regime.weights == pytest.approx(
         {{GROUP_BRANCH: CROWD_GROUP_BRANCH}.get(b, b): w for b, w in rs.crowd.weights.items()})
@@ -171,3 +172,14 @@ def test_shipped_default_bundle_mixes_its_regimes():
     for name in ("group", "coffee"):
         res = rec.predict_one(sample_path(name))
         _check_regime_result(rec, res)
+    # the whole-image fallback sits on the gate's trunk: scored from the same trunk pass, as its own full model
+    # scores it (float32 features through the fp16-exported head: agreement well within 1e-4)
+    scene, whole = rec.branches[SCENE_BRANCH], rec.branches["global"]
+    assert whole.trunk_sha256 == scene.trunk_sha256 and whole.share_key() == scene.share_key()
+    from groupmood.images import load_image
+
+    photos = [load_image(sample_path(n)) for n in ("group", "coffee")]
+    every = rec.predict(photos, all_branches=True)
+    own = whole.calibration.apply(whole.scores(np.concatenate([whole.crops(img, []) for img in photos])))
+    for res, want in zip(every, own):
+        assert res.branches["global"].spoke and np.abs(res.branches["global"].probs - want).max() < 1e-4

@@ -32,7 +32,7 @@ def _face_result() -> GroupResult:
     """One Positive face in BOX; the aligned branch spoke, the global branch too."""
     probs = np.array([0.1, 0.2, 0.7])
     landmarks = np.array([[340, 220], [420, 220], [380, 260], [350, 300], [410, 300]], float)
-    face = FaceResult(np.array(BOX), 0.998, landmarks, "Positive", probs, {"aligned": probs}, ("aligned",))
+    face = FaceResult(Face(np.array(BOX), 0.998, landmarks), "Positive", probs, {"aligned": probs}, ("aligned",))
     branches = {"aligned": BranchResult(probs, 3.0, 0.75, True, (0,), "all", "face_aligned"),
                 "global": BranchResult(np.array([0.5, 0.3, 0.2]), 1.0, 0.25, True, (), "image", "global")}
     return GroupResult("Positive", np.array([0.2, 0.225, 0.575]), branches, [face], False, False, W, H)
@@ -117,7 +117,7 @@ def test_layout_is_what_annotate_draws():
 
 def test_banner_says_why_a_branch_is_silent_and_what_each_branch_is():
     probs = np.array([0.1, 0.2, 0.7])
-    faces = [FaceResult(np.array([100.0 + 200 * k, 150, 220 + 200 * k, 300]), 0.99, np.zeros((5, 2)), "Positive",
+    faces = [FaceResult(Face(np.array([100.0 + 200 * k, 150, 220 + 200 * k, 300]), 0.99, np.zeros((5, 2))), "Positive",
                         probs, {"aligned": probs}, ("aligned",)) for k in range(3)]
     branches = {"aligned": BranchResult(probs, 0.8, 1.0, True, (0, 1, 2), "all", "face_aligned"),
                 "nonaligned": BranchResult(np.full(3, 1 / 3), 0.2, 0.0, False, (), "top3", "face_nonaligned"),
@@ -159,7 +159,7 @@ def _crowd(n: int, side: int, width: int = 625, height: int = 417) -> GroupResul
         probs[k % 3] = 0.7
         landmarks = np.array([[x + side * a, y + side * b] for a, b in
                               ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))])
-        faces.append(FaceResult(np.array([x, y, x + side, y + side]), 0.99, landmarks, GROUP_CLASSES[k % 3], probs,
+        faces.append(FaceResult(Face(np.array([x, y, x + side, y + side]), 0.99, landmarks), GROUP_CLASSES[k % 3], probs,
                                 {"aligned": probs}, ("aligned",)))
     branch = BranchResult(np.array([0.2, 0.3, 0.5]), 1.0, 1.0, True, tuple(range(n)), "all", "face_aligned")
     return GroupResult("Positive", np.array([0.2, 0.3, 0.5]), {"aligned": branch}, faces, False, False, width, height)
@@ -195,7 +195,7 @@ def _result_saying(label: str) -> GroupResult:
         return GroupResult(ABSTAIN, np.full(3, 1 / 3), {"aligned": silent}, [], True, True, W, H)
     probs = np.full(3, 0.1)
     probs[GROUP_CLASSES.index(label)] = 0.8
-    face = FaceResult(np.array(BOX), 0.998, np.zeros((5, 2)), label, probs, {"aligned": probs}, ("aligned",))
+    face = FaceResult(Face(np.array(BOX), 0.998, np.zeros((5, 2))), label, probs, {"aligned": probs}, ("aligned",))
     branch = BranchResult(probs, 1.0, 1.0, True, (0,), "all", "face_aligned")
     return GroupResult(label, probs, {"aligned": branch}, [face], False, False, W, H)
 
@@ -321,6 +321,7 @@ def test_describe_fusion_names_weights_pooling_and_bundle():
                                                      "pooling: aligned all, nonaligned top3; bundle: b/bundle.yaml")
 
 
+@pytest.mark.integration
 def test_import_loads_no_recognizer_and_has_no_side_effects(tmp_path):
     code = ("import sys, groupmood.report as r; "
             "assert 'groupmood.pipeline' not in sys.modules and 'yaml' not in sys.modules, 'heavy import'; "

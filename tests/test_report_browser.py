@@ -22,10 +22,13 @@ from _chromium import Chromium, assert_fits
 from conftest import shared_path
 
 from groupmood.cli import main
+from groupmood.detect import Face
 from groupmood.io import write_image
 from groupmood.labels import GROUP_CLASSES
 from groupmood.pipeline import BranchResult, FaceResult, GroupResult
 from groupmood.report import LABEL_COLOURS, HtmlReport
+
+pytestmark = pytest.mark.integration  # a real Chromium; the default bundle through the CLI
 
 #: A file name with no place to break a line, longer than a phone is wide.
 LONG_NAME = "the_whole_team_at_the_summer_picnic_by_the_lake_after_the_relay_race_2017_final_v2.jpg"
@@ -134,7 +137,7 @@ def _crowd(n: int = 40, width: int = 1600, height: int = 900) -> GroupResult:
         x, y = 30 + (k % 10) * 150, 60 + (k // 10) * 200
         probs = np.full(3, 0.15)
         probs[k % 3] = 0.7
-        faces.append(FaceResult(np.array([x, y, x + 60, y + 70], float), 0.99, np.zeros((5, 2)), GROUP_CLASSES[k % 3],
+        faces.append(FaceResult(Face(np.array([x, y, x + 60, y + 70], float), 0.99, np.zeros((5, 2))), GROUP_CLASSES[k % 3],
                                 probs, {"group": probs, "aligned": probs, "nonaligned": probs},
                                 ("group", "aligned", "nonaligned")))
     fused = np.array([0.2, 0.3, 0.5])

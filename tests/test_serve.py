@@ -76,6 +76,7 @@ def photos(astronaut, coffee) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- records
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkeypatch):
     from groupmood.samples import sample_path
 
@@ -99,6 +100,28 @@ def test_api_record_equals_predict_record_on_a_real_group_photo(tmp_path, monkey
     assert bundle["chosen_on"] and bundle["path"] == str(default_bundle_path().resolve())
     assert bundle["fallback"] == ["global"]  # labels the photos with fewer than two faces
     assert health["models_loaded"] and health["bundle"] == str(default_bundle_path().resolve())
+
+
+def test_records_follow_the_published_schema_and_each_upload_is_decoded_once(client, photos, monkeypatch):
+    """/openapi.json names the record's schema; the answer validates against it; each photo is decoded once."""
+    import groupmood.serve.app as app_module
+    from groupmood.serve.schemas import PredictResponse
+
+    schema = client.get("/openapi.json").json()
+    assert {"PhotoRecord", "BranchRecord", "FaceRecord", "Probabilities"} <= set(schema["components"]["schemas"])
+    decoded = []
+    real = app_module.load_photo_bytes
+
+    def counting(data, name, *args):
+        decoded.append(name)
+        return real(data, name, *args)
+
+    monkeypatch.setattr(app_module, "load_photo_bytes", counting)
+    answer = client.post("/v1/predict", files=files(*photos.items()))
+    assert answer.status_code == 200, answer.text
+    assert sorted(decoded) == sorted(photos)  # once each
+    parsed = PredictResponse.model_validate(answer.json())
+    assert [r.file for r in parsed.records] == list(photos)
 
 
 def test_photo_without_a_face_and_several_photos_in_one_request(client, photos):

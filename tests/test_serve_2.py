@@ -84,6 +84,7 @@ def _answer(s: socket.socket) -> tuple[str, dict]:
     return lines[0], json.loads(body)
 
 
+@pytest.mark.integration
 def test_stalled_uploads_neither_block_others_nor_stay_for_ever(real_server, astronaut):
     host, port = real_server
     stalled = [_stalled_upload(host, port) for _ in range(9)]

@@ -30,6 +30,8 @@ from groupmood.pipeline import default_bundle_path
 from groupmood.report import FALLBACK_NOTE, LABEL_COLOURS
 from groupmood.serve import create_app
 
+pytestmark = pytest.mark.integration  # a real Chromium and a real server
+
 #: A file name with no place to break a line, longer than a phone is wide.
 LONG_NAME = "the_whole_team_at_the_summer_picnic_by_the_lake_after_the_relay_race_2017_final_v2.jpg"
 #: The page is ready for a photo.

@@ -22,7 +22,18 @@ NONALIGNED_SIZE = 48
 def similarity_transform(src: np.ndarray, dst: np.ndarray = SPHEREFACE_TEMPLATE) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src points to dst.
 
-    ``src`` is (5, 2) or (N, 5, 2); returns (2, 3) or (N, 2, 3) matrices (Umeyama, no reflection).
+    Umeyama's method without reflection: the warp that puts a face's landmarks on the template.
+
+    Args:
+        src: (5, 2) points, or (N, 5, 2) for N faces.
+        dst: (5, 2) target points; the SphereFace template by default.
+
+    Returns:
+        A (2, 3) affine matrix for ``cv2.warpAffine``, or (N, 2, 3) for N faces.
+
+    >>> m = similarity_transform(SPHEREFACE_TEMPLATE * 2 + 10)  # the template, twice as large, moved
+    >>> np.allclose(m, [[0.5, 0, -5], [0, 0.5, -5]])
+    True
     """
     src = np.asarray(src, dtype=np.float64)
     single = src.ndim == 2
@@ -46,7 +57,22 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray = SPHEREFACE_TEMPLATE)
 
 def align_faces(image: np.ndarray, landmarks: np.ndarray,
                 size: tuple[int, int] = ALIGNED_SIZE) -> np.ndarray:
-    """Aligned (N, 112, 96, 3) uint8 crops of an RGB image for (N, 5, 2) landmarks."""
+    """Aligned face crops: each face's 5 landmarks warped onto the SphereFace template.
+
+    Args:
+        image: (H, W, 3) uint8 RGB photo.
+        landmarks: (N, 5, 2) landmarks (x, y) of N faces, as :class:`~groupmood.detect.Face` has them.
+        size: (height, width) of the crops.
+
+    Returns:
+        (N, height, width, 3) uint8 crops; (0, height, width, 3) for no face.
+
+    >>> from groupmood import FaceDetector, load_image, sample_path
+    >>> image = load_image(sample_path("group"))
+    >>> faces = FaceDetector.from_pretrained(auto_fetch=True).detect_one(image)
+    >>> align_faces(image, np.stack([f.landmarks for f in faces])).shape
+    (5, 112, 96, 3)
+    """
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     h, w = size
     out = np.empty((len(lm), h, w, 3), np.uint8)
@@ -59,7 +85,18 @@ def align_faces(image: np.ndarray, landmarks: np.ndarray,
 
 
 def square_boxes(boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """Square integer boxes (x1, y1, x2, y2) around each box centre, side = longer side * (1 + margin)."""
+    """Square integer boxes around each box's centre, side = longer side * (1 + margin).
+
+    Args:
+        boxes: (N, 4) boxes (x1, y1, x2, y2) in pixels.
+        margin: extra side length, as a fraction of the longer side.
+
+    Returns:
+        (N, 4) int64 square boxes (x1, y1, x2, y2).
+
+    >>> square_boxes([[10, 20, 30, 60]]).tolist()
+    [[0, 20, 40, 60]]
+    """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) * (1.0 + margin)
@@ -70,7 +107,25 @@ def square_boxes(boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
 
 def square_crops(image: np.ndarray, boxes: np.ndarray, size: int = NONALIGNED_SIZE,
                  margin: float = 0.0, grey: bool = True) -> np.ndarray:
-    """Non-aligned crops: (N, size, size) uint8 grey (or (N, size, size, 3) RGB with grey=False)."""
+    """Non-aligned face crops: each box made square, cropped (edges replicated) and resized.
+
+    Args:
+        image: (H, W, 3) uint8 RGB photo.
+        boxes: (N, 4) face boxes (x1, y1, x2, y2) in pixels.
+        size: side of the crops in pixels.
+        margin: extra side length around each box (:func:`square_boxes`).
+        grey: grey crops (the non-aligned branch's input) instead of RGB.
+
+    Returns:
+        (N, size, size) uint8 grey crops, or (N, size, size, 3) RGB with ``grey=False``.
+
+    >>> from groupmood import load_image, sample_path
+    >>> image = load_image(sample_path("group"))
+    >>> square_crops(image, [[686, 292, 789, 420]]).shape
+    (1, 48, 48)
+    >>> square_crops(image, [[686, 292, 789, 420]], size=64, grey=False).shape
+    (1, 64, 64, 3)
+    """
     sq = square_boxes(boxes, margin)
     shape = (len(sq), size, size) if grey else (len(sq), size, size, 3)
     out = np.empty(shape, np.uint8)

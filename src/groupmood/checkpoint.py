@@ -127,10 +127,19 @@ def _tensors(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def read_state_dict(source: str | Path, sha256: str | None = None, auto_fetch: bool = False) -> dict[str, Tensor]:
-    """The tensors of any weight file: a registered weights name or a path (``.safetensors``, ``.pt``, ``.pth``).
+    """The tensors of any weight file, read safely (no pickled code runs).
 
-    A registered name is taken from the cache (fetched when ``auto_fetch``) and sha256-checked, a
-    path is checked against ``sha256`` when one is given.
+    Args:
+        source: a registered weights name (taken from the cache, sha256-checked) or a path
+            (``.safetensors``, ``.pt``, ``.pth``).
+        sha256: the expected sha256 of a path (unchecked when None).
+        auto_fetch: fetch a registered name missing from the cache.
+
+    Returns:
+        name -> tensor, wrappers opened and ``module.`` prefixes stripped.
+
+    >>> sorted(read_state_dict("mtcnn_pnet", auto_fetch=True))[:2]
+    ['conv1.bias', 'conv1.weight']
     """
     path = weights.resolve(source, sha256=sha256, auto_fetch=auto_fetch)
     if path.suffix == ".safetensors":
@@ -139,7 +148,20 @@ def read_state_dict(source: str | Path, sha256: str | None = None, auto_fetch: b
 
 
 def read_checkpoint(path: str | Path, sha256: str | None = None) -> Checkpoint:
-    """A groupmood training checkpoint (``.pt``) or exported model (``.safetensors``): tensors and metadata."""
+    """Read a groupmood training checkpoint (``.pt``) or exported model (``.safetensors``).
+
+    Args:
+        path: the file.
+        sha256: its expected sha256 (unchecked when None).
+
+    Returns:
+        The :class:`Checkpoint`: tensors and metadata.
+
+    >>> import importlib.resources
+    >>> asset = importlib.resources.files("groupmood") / "assets" / "face_nonaligned.safetensors"
+    >>> read_checkpoint(asset).arch["name"]
+    'resnet_compact_48'
+    """
     p = _exists(Path(path))
     if sha256:
         weights.verify(p, sha256)
@@ -165,10 +187,17 @@ def read_checkpoint(path: str | Path, sha256: str | None = None) -> Checkpoint:
 
 
 def build_model(arch: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """A new model from a model section (``name``, ``head``, ``margin_m``, ``drop_rate``, ``kwargs``).
+    """A new model from a model section: training builds from the config's, loading from the file's ``arch``.
 
-    Training builds its model from the config's ``model`` section and loading from the file's
-    ``arch``, both through here; TypeError / ValueError name a bad argument.
+    Args:
+        arch: ``name``, and optionally ``head``, ``margin_m``, ``drop_rate``, ``kwargs``.
+        num_classes: the outputs.
+
+    Returns:
+        The model; TypeError / ValueError name a bad argument.
+
+    >>> type(build_model({"name": "resnet_tiny_48"}, num_classes=3)).__name__
+    'ResNet48'
     """
     return create_model(arch["name"], num_classes=num_classes, head=arch.get("head", "softmax"),
                         margin_m=arch.get("margin_m", 4), drop_rate=arch.get("drop_rate", 0.0),
@@ -179,9 +208,25 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
                sha256: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A model in eval mode from a groupmood checkpoint or model file, and its metadata.
 
-    The architecture and the input recipe come from the file (``meta["info"]``: the registry entry
-    with the file's recipe); ``meta`` also holds ``classes``, ``config`` (the training config, when
-    the file has one), ``arch`` and, when known, the metric it was selected by.
+    Args:
+        path: the file.
+        device: where the model goes.
+        sha256: the file's expected sha256 (unchecked when None).
+
+    Returns:
+        (model, meta): the architecture and the input recipe come from the file (``meta["info"]``:
+        the registry entry with the file's recipe); ``meta`` also holds ``classes``, ``config`` (the
+        training config, when the file has one), ``arch`` and, when known, the metric it was
+        selected by.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = save_model(create_model("resnet_tiny_48", num_classes=3),
+    ...                       {"arch": {"name": "resnet_tiny_48"}, "classes": ["Negative", "Neutral", "Positive"]},
+    ...                       Path(d) / "tiny.safetensors")
+    ...     model, meta = load_model(path)
+    >>> meta["classes"], meta["info"].input_size, model.training
+    (['Negative', 'Neutral', 'Positive'], (48, 48), False)
     """
     ckpt = read_checkpoint(path, sha256)
     arch, classes, info = ckpt.arch, ckpt.classes, ckpt.info
@@ -201,13 +246,20 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
 
 
 def save_model(model: nn.Module, meta: Mapping[str, Any], out: str | Path) -> Path:
-    """Write ``model`` as fp16 safetensors with its architecture, input recipe and classes in the metadata.
+    """Write a model as fp16 safetensors with its architecture, input recipe and classes in the metadata.
 
-    ``meta`` holds ``classes`` and ``arch`` or ``config`` (its ``model`` section), optionally
-    ``info`` (a ModelInfo whose recipe to store; default: the registered one), ``metric`` and
-    ``epoch``. Parameters and BatchNorm statistics become fp16; other buffers (counters such as the
-    margin heads' annealing iteration) keep their dtype. The file is byte-reproducible
+    Parameters and BatchNorm statistics become fp16; other buffers (counters such as the margin
+    heads' annealing iteration) keep their dtype. The file is byte-reproducible
     (:func:`canonical_safetensors`) and written atomically.
+
+    Args:
+        model: the model.
+        meta: ``classes`` and ``arch`` or ``config`` (its ``model`` section), optionally ``info`` (a
+            ModelInfo whose recipe to store; default: the registered one), ``metric`` and ``epoch``.
+        out: the file.
+
+    Returns:
+        The path written (see :func:`load_model` for an example).
     """
     ckpt = Checkpoint(Path(out), {}, dict(meta))
     arch, classes = ckpt.arch, ckpt.classes

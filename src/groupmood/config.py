@@ -6,7 +6,7 @@ YAML). :data:`DEFAULTS` is the schema: every key a config may set exists there, 
 :class:`~groupmood.errors.ConfigError` naming the key instead of a silently ignored option. A
 default of ``{}`` is an open mapping (any keys). The ``data`` section holds the options every
 dataset kind shares; each kind's own options live in its section, ``data.<kind>``
-(:data:`DATA_KINDS`, checked per kind; the old flat spelling ``data.mode`` still works). Recipes
+(:data:`DATA_KINDS`, checked per kind; the flat spelling ``data.mode`` is accepted too). Recipes
 state only what differs from their base. The resolved config (complete: every default, the
 section of its data kind) is written beside each run as ``config.yaml``, so a run can always be
 reproduced from its folder alone.
@@ -16,14 +16,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from .errors import ConfigError
 from .io import atomic_write
 
-__all__ = ["DATA_KINDS", "DEFAULTS", "LEGACY_DATA_KEYS", "SCHEMA", "apply_overrides", "data_options", "dump_config",
+__all__ = ["DATA_KINDS", "DEFAULTS", "DataKind", "LEGACY_DATA_KEYS", "SCHEMA", "apply_overrides", "data_options", "dump_config",
            "load_config", "merge", "parse_override", "resolve_data", "validate_keys"]
 
 #: Every known option with its default. Recipes in ``configs/`` change a few of them.
@@ -130,26 +130,38 @@ _SENTIMENT = {
     "test_agree": 5,                # twitter_you2015: test images only among those this many of 5 agreed on
 }
 
-#: Each data kind's own options and their defaults, set under ``data.<kind>`` (e.g. ``data.legend.csv``).
-#: The resolved config holds the section of its kind, complete; the old flat spelling (``data.csv``)
-#: still works (it wins over the section) and an option of another kind there is ignored, as before.
-DATA_KINDS: dict[str, dict[str, Any]] = {
-    "ferplus": {"mode": "majority"},  # training labels: majority | probability | crossentropy
-    "folder": dict(_FACE_FILES),
-    "named": {**_FACE_FILES,
-              "label_regex": None},   # regex whose group 1 is the label in the file name (default: JAFFE's KA.HA2.29.jpg)
-    "legend": {**_FACE_FILES,
-               "csv": "legend.csv",    # the label file, relative to root
-               "image_dir": "images"},  # the image folder, relative to root
-    "npz": {},
-    "gaf": {},
-    "image_csv": {},
-    "twitter_sentibank603": {},
-    "twitter_you2015": {"test_agree": _SENTIMENT["test_agree"]},
-    "emotion6": {"valence_cut": _SENTIMENT["valence_cut"]},
-    "images": {"sources": [],       # list of {kind, root, name, split, valence_cut, test_agree}
-               **_SENTIMENT},        # defaults of the sources that do not set their own
-    "group_faces": {
+class DataKind(NamedTuple):
+    """A ``data.kind``: the function that builds its datasets and its own options with their defaults."""
+
+    builder: str                    # "module:function" returning a DataBundle, imported on first use
+    options: dict[str, Any]
+
+
+_FACES = "groupmood.data.faces:build_face_data"
+_IMAGES = "groupmood.data.groups:build_group_data"
+
+#: The one registry of data kinds: each kind's builder (:func:`groupmood.data.build_data` calls it) and its own
+#: options with their defaults, set under ``data.<kind>`` (e.g. ``data.legend.csv``). The resolved config holds
+#: the section of its kind, complete; the flat spelling (``data.csv``) is accepted too (it wins over the section)
+#: and an option of another kind there is ignored.
+DATA_KINDS: dict[str, DataKind] = {
+    "ferplus": DataKind(_FACES, {"mode": "majority"}),  # training labels: majority | probability | crossentropy
+    "folder": DataKind(_FACES, dict(_FACE_FILES)),
+    "named": DataKind(_FACES, {**_FACE_FILES,
+                               "label_regex": None}),  # regex whose group 1 is the label in the file name
+                                                       # (default: JAFFE's KA.HA2.29.jpg)
+    "legend": DataKind(_FACES, {**_FACE_FILES,
+                                "csv": "legend.csv",    # the label file, relative to root
+                                "image_dir": "images"}),  # the image folder, relative to root
+    "npz": DataKind(_FACES, {}),
+    "gaf": DataKind(_IMAGES, {}),
+    "image_csv": DataKind(_IMAGES, {}),
+    "twitter_sentibank603": DataKind(_IMAGES, {}),
+    "twitter_you2015": DataKind(_IMAGES, {"test_agree": _SENTIMENT["test_agree"]}),
+    "emotion6": DataKind(_IMAGES, {"valence_cut": _SENTIMENT["valence_cut"]}),
+    "images": DataKind(_IMAGES, {"sources": [],  # list of {kind, root, name, split, valence_cut, test_agree}
+                                 **_SENTIMENT}),  # defaults of the sources that do not set their own
+    "group_faces": DataKind("groupmood.data.group_faces:build_group_face_data", {
         "source": None,             # the photos' whole-image kind (gaf | image_csv | twitter_you2015 |
                                     # twitter_sentibank603 | emotion6, read from root), or images / None for sources
         "sources": [],              # as kind images
@@ -159,10 +171,10 @@ DATA_KINDS: dict[str, dict[str, Any]] = {
                                     # like the shipped face_aligned: its bundle feeds it grey)
         "face_cache": None,         # face cache root (None: <GROUPMOOD_HOME>/face_cache)
         "cache_workers": 1,         # detector processes building the face cache (one thread each)
-    },
+    }),
 }
-#: The flat spellings of the kinds' options (``data.mode``, ``data.csv``, ...), accepted for old recipes.
-LEGACY_DATA_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for opts in DATA_KINDS.values() for k in opts))
+#: The flat spellings of the kinds' options (``data.mode``, ``data.csv``, ...), accepted in any recipe.
+LEGACY_DATA_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for kind in DATA_KINDS.values() for k in kind.options))
 #: What a config may name: DEFAULTS plus the kinds' sections and the flat spellings of their options.
 SCHEMA: dict[str, Any] = {**DEFAULTS, "data": {**DEFAULTS["data"], **dict.fromkeys(DATA_KINDS),
                                                **dict.fromkeys(LEGACY_DATA_KEYS)}}
@@ -177,7 +189,8 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
     if kind not in DATA_KINDS:
         raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
     out = {k: copy.deepcopy(v) for k, v in data.items() if k in DEFAULTS["data"]}
-    for name, allowed in DATA_KINDS.items():
+    for name, spec in DATA_KINDS.items():
+        allowed = spec.options
         section = data.get(name)
         if section is None:
             continue
@@ -187,7 +200,7 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
         if unknown:
             known = ", ".join(f"data.{name}.{k}" for k in allowed) or "none (it has no options of its own)"
             raise ConfigError(f"unknown config key 'data.{name}.{unknown[0]}'; data kind {name} takes: {known}")
-    options = copy.deepcopy(DATA_KINDS[kind])
+    options = copy.deepcopy(DATA_KINDS[kind].options)
     options.update(copy.deepcopy(dict(data.get(kind) or {})))
     options.update({k: copy.deepcopy(data[k]) for k in LEGACY_DATA_KEYS if k in data and k in options})
     out[kind] = options
@@ -203,7 +216,18 @@ def data_options(data: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in resolved.items() if k != resolved["kind"]}, **resolved[resolved["kind"]]}
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, everything else in ``update`` replaces ``base``."""
+    """Deep merge: mappings merge key by key, everything else in ``update`` replaces ``base``.
+
+    Args:
+        base: the mapping merged into (not changed).
+        update: what changes.
+
+    Returns:
+        A new dict.
+
+    >>> merge({"train": {"epochs": 10, "lr": 0.1}}, {"train": {"epochs": 3}})
+    {'train': {'epochs': 3, 'lr': 0.1}}
+    """
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -262,7 +286,17 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``"a.b=value"`` into (["a", "b"], parsed YAML value)."""
+    """Read one ``key.sub=value`` override.
+
+    Args:
+        text: the override; the value is parsed as YAML.
+
+    Returns:
+        (key parts, value).
+
+    >>> parse_override("train.epochs=3")
+    (['train', 'epochs'], 3)
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
@@ -275,7 +309,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """``cfg`` with each ``key.sub=value`` override applied; unknown keys raise ConfigError."""
+    """A config with ``key.sub=value`` overrides applied.
+
+    Args:
+        cfg: the config (not changed).
+        overrides: ``key.sub=value`` texts (:func:`parse_override`).
+
+    Returns:
+        A new dict.
+
+    Raises:
+        ConfigError: for a key :data:`SCHEMA` does not know.
+
+    >>> apply_overrides({"train": {"epochs": 10}}, ["train.epochs=3"])
+    {'train': {'epochs': 3}}
+    """
     out = copy.deepcopy(dict(cfg))
     for text in overrides:
         parts, value = parse_override(text)
@@ -297,7 +345,20 @@ def _set(cfg: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve DEFAULTS <- ``base`` <- recipe chain at ``path`` <- overrides into one plain dict."""
+    """Resolve DEFAULTS <- ``base`` <- recipe chain at ``path`` <- overrides into one plain dict.
+
+    Args:
+        path: a YAML recipe (its ``base:`` parents are merged first); None: the defaults.
+        overrides: ``key.sub=value`` texts applied last.
+        base: a mapping merged over the defaults before the recipe.
+
+    Returns:
+        The complete config, every default filled in.
+
+    >>> cfg = load_config(overrides=["train.epochs=3"])
+    >>> cfg["train"]["epochs"], cfg["data"]["kind"]
+    (3, 'ferplus')
+    """
     cfg = copy.deepcopy(DEFAULTS)
     if base is not None:
         validate_keys(base)
@@ -312,7 +373,15 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``cfg`` as YAML to ``path`` atomically."""
+    """Write a config as YAML, atomically.
+
+    Args:
+        cfg: the config.
+        path: the output file.
+
+    Returns:
+        The path written.
+    """
     with atomic_write(path) as fh:
         yaml.safe_dump(dict(cfg), fh, sort_keys=False, default_flow_style=None)
     return Path(path)

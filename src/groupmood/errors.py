@@ -6,8 +6,18 @@ from pathlib import Path
 
 
 def display_path(path: str | Path) -> str:
-    """``path`` as printable UTF-8 text: bytes that are not UTF-8 (a file name from another system)
-    become ``\\xNN`` escapes, so that records, messages and reports never fail on such a name."""
+    """A path as printable UTF-8 text, so that records, messages and reports never fail on its name.
+
+    Args:
+        path: a path; bytes in it that are not UTF-8 (a file name from another system) become
+            ``\\xNN`` escapes.
+
+    Returns:
+        The text.
+
+    >>> print(display_path(os.fsdecode(b"caf\\xe9.jpg")))
+    caf\\xe9.jpg
+    """
     s = os.fspath(path)
     try:
         s.encode("utf-8")

@@ -7,12 +7,7 @@ and every failure becomes one :class:`ImageLoadError` that names the file and th
 from __future__ import annotations
 
 import contextlib
-import errno
-import glob
 import io
-import os
-import re
-import stat
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,73 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError, PatternError, display_path
-
-#: Extensions picked up when a folder is given (explicit files are read whatever their name).
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif",
-    ".ico", ".avif", ".jp2", ".tga", ".qoi", ".apng", ".mpo",
-})
-
-#: Photo formats Pillow cannot read without a plugin. Folder walks of the command line pick them up
-#: too, so that a folder of phone photos reports them instead of skipping them silently.
-_UNSUPPORTED = {".heic": "HEIC", ".heif": "HEIF"}
-_WALKED_EXTENSIONS = IMAGE_EXTENSIONS | frozenset(_UNSUPPORTED)
-
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def path_key(path: str | Path) -> str:
-    """The identity of a file for de-duplication and resume: its absolute path with symlinks
-    resolved (loops left as they are), as :func:`display_path` text."""
-    return display_path(os.path.realpath(os.fspath(path)))
-
-
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, in words (for messages)."""
-    for test, kind in _FILE_KINDS:
-        if test(mode):
-            return kind
-    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-
-
-def check_image_file(path: str | Path) -> int:
-    """The size in bytes of ``path`` if it is a non-empty regular file (symlinks followed).
-
-    Raises :class:`ImageLoadError` with the reason otherwise: missing, a glob that matched nothing, a
-    broken or looping symlink, a folder, a FIFO / device / socket (reading one could block forever),
-    an empty file. Callers check before they open or hash a file.
-    """
-    p = os.fspath(path)
-    try:
-        st = os.stat(p)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageLoadError(p, "symbolic link loop (the link leads back to itself); fix or remove "
-                                    "the link") from None
-        if os.path.islink(p):
-            raise ImageLoadError(p, f"broken symbolic link (it points to {display_path(os.readlink(p))}, "
-                                    "which does not exist)") from None
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            reason = "no file matches this pattern" if _has_glob(p) else "no such file"
-            raise ImageLoadError(p, reason) from None
-        if exc.errno == errno.EACCES:
-            raise ImageLoadError(p, "permission denied") from None
-        raise ImageLoadError(p, f"cannot stat file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        try:
-            with os.scandir(p):
-                pass
-        except OSError as exc:  # a folder walk met it and could not list it: its photos were not read
-            raise ImageLoadError(p, f"folder cannot be read ({exc.strerror or exc}); its photos were not read: "
-                                    "give yourself read access (chmod u+rx) and run again") from None
-        raise ImageLoadError(p, "is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageLoadError(p, f"not a regular file ({file_kind(st.st_mode)}); only image files are read")
-    if st.st_size == 0:
-        raise ImageLoadError(p, "empty file (0 bytes)")
-    return st.st_size
+from .errors import ImageLoadError
+from .paths import UNSUPPORTED_FORMATS, check_image_file
 
 #: Modes PIL's box reduction (:meth:`PIL.Image.Image.reduce`) takes.
 _REDUCIBLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "I", "F", "CMYK"})
@@ -155,7 +85,17 @@ class Photo:
 
     @classmethod
     def of(cls, pixels: np.ndarray) -> Photo:
-        """A photo decoded at full size."""
+        """A photo decoded at full size.
+
+        Args:
+            pixels: (H, W, 3) uint8 RGB pixels.
+
+        Returns:
+            The photo, its size that of ``pixels``.
+
+        >>> Photo.of(np.zeros((4, 6, 3), np.uint8)).scale
+        (1.0, 1.0)
+        """
         return cls(pixels, int(pixels.shape[1]), int(pixels.shape[0]))
 
     @property
@@ -165,11 +105,24 @@ class Photo:
 
 
 def reduction(width: int, height: int, min_short_side: int | None, steps: tuple[int, ...] = (8, 4, 2)) -> int:
-    """The largest factor of ``steps`` that keeps the shorter side at ``min_short_side`` pixels or more; 1 if none.
+    """The decoding rule: how much a photo may be shrunk while decoding it.
 
-    The decoding rule: a photo is decoded (JPEG: libjpeg's 1/2, 1/4, 1/8 scaling; other formats: a
-    box reduction after decoding) at the smallest size whose shorter side still has
-    ``min_short_side`` pixels, the most any model needs (:meth:`groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`).
+    A photo is decoded (JPEG: libjpeg's 1/2, 1/4, 1/8 scaling; other formats: a box reduction after
+    decoding) at the smallest size whose shorter side still has ``min_short_side`` pixels, the most
+    any model needs (:meth:`groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`).
+
+    Args:
+        width: the photo's width in pixels.
+        height: the photo's height in pixels.
+        min_short_side: pixels the shorter side must keep; None or 0: no reduction.
+        steps: the factors allowed, largest first.
+
+    Returns:
+        The largest factor of ``steps`` that keeps the shorter side at ``min_short_side`` pixels or
+        more; 1 if none does.
+
+    >>> reduction(4000, 3000, 960), reduction(4000, 3000, 256), reduction(640, 480, 960)
+    (2, 8, 1)
     """
     if not min_short_side:
         return 1
@@ -188,11 +141,22 @@ def _check_finite(p: Path, img: Image.Image) -> None:
 
 
 def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read ``path`` as an (H, W, 3) uint8 RGB array with EXIF orientation applied.
+    """Read an image file as RGB pixels, whatever its format and mode, EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` naming the file for a missing, empty, non-regular (FIFO, device),
-    truncated, non-image or oversized (decompression-bomb) file, and for a float image with NaN or
-    infinite pixels.
+    Args:
+        path: the file; its content decides the format, not its extension.
+        max_pixels: refuse images with more pixels (a decompression-bomb guard); None: no limit.
+
+    Returns:
+        An (H, W, 3) uint8 RGB array.
+
+    Raises:
+        ImageLoadError: naming the file, for a missing, empty, non-regular (FIFO, device), truncated,
+            non-image or oversized file, and for a float image with NaN or infinite pixels.
+
+    >>> from groupmood import sample_path
+    >>> load_image(sample_path("group")).shape
+    (667, 1000, 3)
     """
     return load_photo(path, max_pixels).pixels
 
@@ -252,12 +216,24 @@ def _decode(p: Path, img: Image.Image, max_pixels: int | None, min_short_side: i
 
 def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                min_short_side: int | None = None) -> Photo:
-    """Read ``path`` as a :class:`Photo`: RGB pixels, EXIF orientation applied, and the photo's own size.
+    """Read an image file as a :class:`Photo`: RGB pixels, perhaps reduced, and the photo's own size.
 
-    With ``min_short_side`` the pixels are decoded at a reduced size whose shorter side keeps at
-    least that many pixels (:func:`reduction`): a JPEG through libjpeg's draft mode (the full
-    size is never decoded), another format reduced by box averaging right after decoding. The
-    pixel guard ``max_pixels`` counts the pixels the decoder makes. Errors as :func:`load_image`.
+    A JPEG is reduced by libjpeg's draft mode (the full size is never decoded), another format by
+    box averaging right after decoding, so large photos cost only the pixels the models need.
+
+    Args:
+        path: the file.
+        max_pixels: refuse images that decode to more pixels; None: no limit.
+        min_short_side: decode at the smallest size whose shorter side keeps this many pixels
+            (:func:`reduction`); None: full size.
+
+    Returns:
+        The :class:`Photo` (EXIF orientation applied). Errors as :func:`load_image`.
+
+    >>> from groupmood import sample_path
+    >>> photo = load_photo(sample_path("group"), min_short_side=256)
+    >>> photo.pixels.shape, (photo.width, photo.height)
+    ((334, 500, 3), (1000, 667))
     """
     p = Path(path)
     check_image_file(p)
@@ -266,9 +242,20 @@ def load_photo(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 
 def load_photo_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                      min_short_side: int | None = None) -> Photo:
-    """The photo in ``data`` (a file's bytes, e.g. an upload) decoded as :func:`load_photo` decodes a file.
+    """A file's bytes (e.g. an upload) decoded as :func:`load_photo` decodes a file; nothing touches disk.
 
-    Nothing is written to disk; ``name`` names the photo in an :class:`ImageLoadError`.
+    Args:
+        data: the encoded image.
+        name: names the photo in an :class:`ImageLoadError`.
+        max_pixels: refuse images that decode to more pixels; None: no limit.
+        min_short_side: as in :func:`load_photo`.
+
+    Returns:
+        The :class:`Photo`.
+
+    >>> from groupmood import sample_path
+    >>> load_photo_bytes(sample_path("group").read_bytes(), "upload.jpg").pixels.shape
+    (667, 1000, 3)
     """
     if not data:
         raise ImageLoadError(name, "empty file (0 bytes)")
@@ -276,8 +263,20 @@ def load_photo_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MA
 
 
 def photo_from_pil(img: Image.Image, min_short_side: int | None = None, name: str = "image") -> Photo:
-    """A PIL image as a :class:`Photo`, through the decoding of files: EXIF orientation, 16-bit and float
-    scaling, NaN refusal, the reduction to ``min_short_side`` (``img`` itself is not changed)."""
+    """A PIL image as a :class:`Photo`, decoded as files are: EXIF orientation, 16-bit and float scaling,
+    NaN refusal, the reduction to ``min_short_side``.
+
+    Args:
+        img: the PIL image (not changed).
+        min_short_side: as in :func:`load_photo`.
+        name: names the image in an :class:`ImageLoadError`.
+
+    Returns:
+        The :class:`Photo`, its pixels 8-bit RGB.
+
+    >>> photo_from_pil(Image.new("I;16", (8, 6), 65535)).pixels[0, 0].tolist()
+    [255, 255, 255]
+    """
     try:
         img.load()
         return _decode(Path(name), img.copy(), None, min_short_side)  # a copy has no format: no draft mode
@@ -291,7 +290,7 @@ def _load(p: Path, source: Path | io.BytesIO, max_pixels: int | None, min_short_
         with _pil_settings(), Image.open(source) as img:
             return _decode(p, img, max_pixels, min_short_side)
     except UnidentifiedImageError as exc:
-        fmt = _UNSUPPORTED.get(p.suffix.lower())
+        fmt = UNSUPPORTED_FORMATS.get(p.suffix.lower())
         if fmt:
             raise ImageLoadError(p, f"{fmt} images cannot be read here (Pillow needs the pillow-heif plugin); "
                                     "convert the file to JPEG or PNG") from exc
@@ -305,139 +304,35 @@ def _load(p: Path, source: Path | io.BytesIO, max_pixels: int | None, min_short_
         raise ImageLoadError(p, f"cannot decode image ({msg})") from exc
 
 
-def _has_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-def _translate_part(part: str) -> str:
-    """A regular expression for one path component of a glob (``*`` and ``?`` never match ``/``)."""
-    out, i = [], 0
-    while i < len(part):
-        c = part[i]
-        j = part.find("]", i + 2) if c == "[" else -1
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif j > 0:
-            body = part[i + 1:j].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _recursive_glob(pattern: str) -> list[Path]:
-    """Paths matching a glob with ``**``, found by a walk that never enters a folder symlink.
-
-    Python's glob follows folder symlinks under ``**``: a link to a parent folder makes it run for
-    ever, a link to ``.`` yields every file 40 times. Hidden names are skipped, as glob does.
-    """
-    parts = pattern.split("/")
-    k = next(i for i, part in enumerate(parts) if _has_glob(part))
-    root = "/".join(parts[:k]) or ("/" if pattern.startswith("/") else ".")
-    prefix = "" if k == 0 else root.rstrip("/") + "/"
-    rx = ""
-    for i, part in enumerate(parts[k:]):
-        last = i == len(parts) - k - 1
-        if part == "**":
-            rx += ".*" if last else "(?:[^/]*/)*"
-        else:
-            rx += _translate_part(part) + ("" if last else "/")
-    try:
-        matcher = re.compile(rx, re.DOTALL)
-    except re.error as exc:
-        raise PatternError(f"{display_path(pattern)}: not a valid glob pattern ({exc}); fix the pattern "
-                           "(a range such as [a-z] goes from low to high) or quote a literal [ as [[]") from None
-    out = []
-    unreadable: list[str] = []
-    for dirpath, dirs, files in os.walk(root, onerror=lambda exc: unreadable.append(exc.filename)):
-        # followlinks=False: folder symlinks are listed, not entered
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in [*dirs, *sorted(f for f in files if not f.startswith("."))]:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if matcher.fullmatch(rel):
-                out.append(Path(prefix + rel))
-    # a folder that could not be listed is yielded itself, so that it is reported (check_image_file)
-    return out + [Path(f) for f in unreadable]
-
-
-def _expand_glob(pattern: str) -> list[Path]:
-    if "**" in pattern:
-        return _recursive_glob(pattern)
-    return [Path(m) for m in sorted(glob.glob(pattern))]
-
-
-def iter_image_paths(inputs: Iterable[str | Path], notes: list[str] | None = None) -> Iterator[Path]:
-    """Expand files, folders (recursive, image extensions and HEIC / HEIF only, sorted) and globs into paths.
-
-    Each file comes once, however many inputs name it (keyed on the resolved path, :func:`path_key`);
-    walks never enter folder symlinks, so a link to a parent folder cannot make them run for ever.
-    A path that neither exists nor matches a glob is yielded as-is so that the caller reports it
-    (missing file, pattern without a match, symlink loop) instead of silently dropping it; so is a
-    FIFO or device named like an image. A folder that cannot be listed (permission denied) is yielded
-    itself, so that it is reported as a failed input (:func:`check_image_file` says why); a folder
-    without an image file is noted in ``notes``. A glob that cannot be read raises :class:`PatternError`.
-    """
-    seen: set[str] = set()
-
-    def emit(p: Path) -> Iterator[Path]:
-        key = path_key(p)
-        if key not in seen:
-            seen.add(key)
-            yield p
-
-    def walk(folder: Path) -> Iterator[Path]:
-        found = 0
-        unreadable: list[str] = []
-        for root, dirs, files in os.walk(folder, onerror=lambda exc: unreadable.append(exc.filename)):
-            dirs.sort()
-            for name in sorted(files):
-                if Path(name).suffix.lower() in _WALKED_EXTENSIONS:
-                    found += 1
-                    yield from emit(Path(root) / name)
-        for f in unreadable:  # a folder that could not be listed is reported as a failed input
-            found += 1
-            yield from emit(Path(f))
-        if not found and notes is not None:
-            notes.append(f"{display_path(folder)}: no image files in this folder")
-
-    for item in inputs:
-        s = os.fspath(item)
-        p = Path(s)
-        if p.is_dir():
-            yield from walk(p)
-        elif os.path.lexists(s) or not _has_glob(s):
-            yield from emit(p)
-        else:
-            matches = _expand_glob(s)
-            if not matches:
-                yield from emit(p)
-            for mp in matches:
-                if mp.is_dir():
-                    yield from walk(mp)
-                else:
-                    yield from emit(mp)
-
-
-#: Default decoded pixels per batch (:func:`load_in_order`): with the detector's summed-area tables and
-#: pyramid, about 30 bytes of working memory per pixel, so a batch stays near 250 MB whatever its photos.
+#: Default decoded pixels per batch (:func:`load_in_order`): the detector's summed-area tables and pyramid
+#: take working memory in proportion to the pixels, so a pixel budget bounds a batch's memory whatever its
+#: photos (docs/performance.md).
 DEFAULT_PIXEL_BUDGET = 8_000_000
 
 
 def load_in_order(paths: Iterable[Path], batch_size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   min_short_side: int | None = None, pixel_budget: int | None = DEFAULT_PIXEL_BUDGET
                   ) -> Iterator[list[tuple[Path, Any]]]:
-    """Load images in batches; per batch, (path, pixels or its load error) in input order.
+    """Load images in batches, in input order; a bad file never stops the run.
 
-    A batch ends at ``batch_size`` photos or once its decoded pixels reach ``pixel_budget`` (None: no
-    budget), so that memory is bounded by pixels, not photo count: a 24-megapixel photo makes a
-    batch of its own. Items are (H, W, 3) arrays, or :class:`Photo` objects decoded at a reduced
-    size when ``min_short_side`` is given (:func:`load_photo`). A bad file never stops the run: its
-    :class:`ImageLoadError` takes its place in the batch.
+    A batch ends at ``batch_size`` photos or once its decoded pixels reach ``pixel_budget``, so that
+    memory is bounded by pixels, not photo count: a 24-megapixel photo makes a batch of its own.
+
+    Args:
+        paths: the image files.
+        batch_size: most photos per batch.
+        max_pixels: refuse images that decode to more pixels; None: no limit.
+        min_short_side: decode reduced (:func:`load_photo`) and yield :class:`Photo` objects.
+        pixel_budget: most decoded pixels per batch; None: no budget.
+
+    Yields:
+        Lists of (path, item): item is an (H, W, 3) array (a :class:`Photo` with ``min_short_side``),
+        or the :class:`ImageLoadError` of a file that could not be read.
+
+    >>> from groupmood import sample_path
+    >>> [batch] = load_in_order([sample_path("group"), Path("missing.jpg")], batch_size=8)
+    >>> [type(item).__name__ for _, item in batch]
+    ['ndarray', 'ImageLoadError']
     """
     batch: list[tuple[Path, Any]] = []
     pixels = 0
@@ -457,9 +352,20 @@ def load_in_order(paths: Iterable[Path], batch_size: int, max_pixels: int | None
 
 def load_batches(paths: Iterable[Path], batch_size: int,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[tuple[list[tuple[Path, np.ndarray]], list[ImageLoadError]]]:
-    """Load images in batches; yield (loaded (path, array) pairs, load errors) per batch.
+    """Load images in batches, the good ones apart from the load errors.
 
-    A bad file never stops the run: its :class:`ImageLoadError` comes back beside the good ones.
+    Args:
+        paths: the image files.
+        batch_size: most photos per batch.
+        max_pixels: refuse images that decode to more pixels; None: no limit.
+
+    Yields:
+        (loaded (path, (H, W, 3) array) pairs, :class:`ImageLoadError` list) per batch.
+
+    >>> from groupmood import sample_path
+    >>> loaded, errors = next(load_batches([sample_path("group"), Path("missing.jpg")], batch_size=8))
+    >>> len(loaded), [e.reason for e in errors]
+    (1, ['no such file'])
     """
     for batch in load_in_order(paths, batch_size, max_pixels):
         yield ([(p, x) for p, x in batch if isinstance(x, np.ndarray)],

@@ -21,19 +21,42 @@ MAX_RESIZED_PIXELS = 4_000_000
 
 
 def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
-    """(height, width) with the shorter side ``short`` and the longer one scaled and truncated (torchvision's rule)."""
+    """The size of a photo resized to a shorter side of ``short`` (torchvision's ``Resize`` rule).
+
+    Args:
+        height: the photo's height.
+        width: the photo's width.
+        short: the new shorter side.
+
+    Returns:
+        (height, width), the longer side scaled and truncated.
+
+    >>> resized_size(667, 1000, 256)
+    (256, 383)
+    """
     if height <= width:
         return short, int(short * width / height)
     return int(short * height / width), short
 
 
 def center_crop_array(img: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo -> the (h, w, 3) uint8 input of whole-image model ``info`` (resize + centre crop).
+    """A whole-image model's input cut from a photo: the shorter side resized, then the centre crop.
 
     When the resized photo would exceed :data:`MAX_RESIZED_PIXELS` (a strip: 1 x 80000 would become
     256 x 20480000), only the pixels the crop keeps are resampled (PIL's ``resize`` with a source
     ``box``: the same filter, within one grey level), so the work is bounded by the crop whatever
     the aspect ratio.
+
+    Args:
+        img: (H, W, 3) uint8 RGB photo.
+        info: the model's recipe (``resize``, ``input_size``).
+
+    Returns:
+        The (h, w, 3) uint8 crop.
+
+    >>> from groupmood.models import model_info
+    >>> center_crop_array(np.zeros((667, 1000, 3), np.uint8), model_info("efficientnet_lite0")).shape
+    (224, 224, 3)
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
@@ -64,7 +87,19 @@ def center_crop_array(img: np.ndarray, info: ModelInfo) -> np.ndarray:
 
 
 def normalize_array(x: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """(N, H, W, C) pixels in 0..255 -> (N, C, H, W) float32 network input, ``(x - mean) / std`` per channel."""
+    """Pixels to network input: ``(x - mean) / std`` per channel, channels first.
+
+    Args:
+        x: (N, H, W, C) pixels in 0..255.
+        info: the model's recipe (``mean``, ``std``).
+
+    Returns:
+        (N, C, H, W) float32, C-contiguous.
+
+    >>> from groupmood.models import model_info
+    >>> normalize_array(np.full((1, 48, 48, 1), 255, np.uint8), model_info("resnet_tiny_48"))[0, 0, 0, :2]
+    array([1., 1.], dtype=float32)
+    """
     if x.shape[-1] != len(info.mean):
         raise ValueError(f"{info.name} inputs have {len(info.mean)} channel(s), got a batch of shape {x.shape}")
     mean = np.asarray(info.mean, np.float32)

@@ -2,6 +2,9 @@
 
 The group class order is the one of the authors' score files (facts.md): 0 Negative, 1 Neutral,
 2 Positive. Every score vector in groupmood uses it.
+
+>>> GROUP_CLASSES
+('Negative', 'Neutral', 'Positive')
 """
 from __future__ import annotations
 
@@ -35,13 +38,33 @@ _NEGATIVE = ("sadness", "anger", "disgust", "fear", "contempt")
 
 
 def canonical_expression(name: str) -> str:
-    """Lower-case an expression label and map known aliases to the FERPlus spelling."""
+    """Lower-case an expression label and map known aliases to the FERPlus spelling.
+
+    Args:
+        name: an expression label as a dataset spells it (``"Happy"``, ``"SA"``, ``"fearful"``).
+
+    Returns:
+        The FERPlus spelling (:data:`FERPLUS_EMOTIONS`); an unknown label lower-cased as it is.
+
+    >>> canonical_expression(" Happy "), canonical_expression("SA")
+    ('happiness', 'sadness')
+    """
     key = name.strip().lower()
     return EXPRESSION_ALIASES.get(key, key)
 
 
 def valence_map(surprise: str = "Positive") -> dict[str, str]:
-    """The default expression -> group-class map; ``surprise`` picks where surprise goes."""
+    """The default expression -> group-class map.
+
+    Args:
+        surprise: the group class surprise counts as (one of :data:`GROUP_CLASSES`).
+
+    Returns:
+        A dict from FERPlus expression to group class.
+
+    >>> valence_map()["sadness"], valence_map(surprise="Neutral")["surprise"]
+    ('Negative', 'Neutral')
+    """
     if surprise not in GROUP_CLASSES:
         raise ValueError(f"surprise must be one of {GROUP_CLASSES}, got {surprise!r}")
     mapping = {"happiness": "Positive", "neutral": "Neutral", "surprise": surprise}
@@ -50,10 +73,21 @@ def valence_map(surprise: str = "Positive") -> dict[str, str]:
 
 
 def valence_array(classes: Sequence[str], mapping: Mapping[str, str] | None = None) -> np.ndarray:
-    """A (len(classes), 3) float32 0/1 array that sums expression probabilities into group classes.
+    """A 0/1 array that sums expression probabilities into group-class probabilities.
 
-    When ``classes`` already are the group classes the array is the identity. numpy only, for
-    inference without torch; :func:`valence_matrix` is the same as a torch tensor.
+    numpy only, for inference without torch; :func:`valence_matrix` is the same as a torch tensor.
+
+    Args:
+        classes: the expression classes, in the model's output order (aliases allowed).
+        mapping: expression -> group class; :func:`valence_map` by default.
+
+    Returns:
+        A (len(classes), 3) float32 array; the identity when ``classes`` are the group classes.
+
+    >>> valence_array(["neutral", "happy", "sad"])
+    array([[0., 1., 0.],
+           [0., 0., 1.],
+           [1., 0., 0.]], dtype=float32)
     """
     if tuple(classes) == GROUP_CLASSES:
         return np.eye(3, dtype=np.float32)
@@ -68,9 +102,17 @@ def valence_array(classes: Sequence[str], mapping: Mapping[str, str] | None = No
 
 
 def valence_matrix(classes: Sequence[str], mapping: Mapping[str, str] | None = None) -> torch.Tensor:
-    """A (len(classes), 3) float32 0/1 tensor that sums expression probabilities into group classes.
+    """:func:`valence_array` as a torch tensor.
 
-    When ``classes`` already are the group classes the matrix is the identity.
+    Args:
+        classes: the expression classes, in the model's output order.
+        mapping: expression -> group class; :func:`valence_map` by default.
+
+    Returns:
+        A (len(classes), 3) float32 0/1 tensor.
+
+    >>> valence_matrix(FERPLUS_EMOTIONS).shape
+    torch.Size([8, 3])
     """
     import torch
 
@@ -79,5 +121,18 @@ def valence_matrix(classes: Sequence[str], mapping: Mapping[str, str] | None = N
 
 def to_valence(probs: torch.Tensor, classes: Sequence[str],
                mapping: Mapping[str, str] | None = None) -> torch.Tensor:
-    """Sum (..., len(classes)) expression probabilities into (..., 3) group-class probabilities."""
+    """Sum expression probabilities into group-class probabilities (Negative, Neutral, Positive).
+
+    Args:
+        probs: (..., len(classes)) expression probabilities.
+        classes: the expression classes of the last axis.
+        mapping: expression -> group class; :func:`valence_map` by default.
+
+    Returns:
+        (..., 3) group-class probabilities, in the dtype and on the device of ``probs``.
+
+    >>> import torch
+    >>> to_valence(torch.tensor([[0.5, 0.3, 0.2]]), ["neutral", "happiness", "sadness"])
+    tensor([[0.2000, 0.5000, 0.3000]])
+    """
     return probs @ valence_matrix(classes, mapping).to(probs)

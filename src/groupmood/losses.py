@@ -29,14 +29,38 @@ MARGIN_M_CHOICES = (1, 2, 3, 4)
 
 
 def check_margin_m(m: int) -> int:
-    """Return ``m`` if it is a supported angular margin (1..4); raise ValueError otherwise."""
+    """Check an angular margin.
+
+    Args:
+        m: the margin, an integer 1..4.
+
+    Returns:
+        ``m``.
+
+    Raises:
+        ValueError: for anything else.
+
+    >>> check_margin_m(4)
+    4
+    """
     if isinstance(m, bool) or not isinstance(m, int) or m not in MARGIN_M_CHOICES:
         raise ValueError(f"margin m must be an integer in {MARGIN_M_CHOICES}, got {m!r}")
     return m
 
 
 def chebyshev_cos_m(cos: Tensor, m: int) -> Tensor:
-    """cos(m theta) from cos(theta) with the Chebyshev polynomial T_m (input clamped to [-1, 1])."""
+    """cos(m theta) from cos(theta) with the Chebyshev polynomial T_m (no ``acos``, so no NaN at +-1).
+
+    Args:
+        cos: cos(theta), any shape (clamped to [-1, 1]).
+        m: the margin, 1..4.
+
+    Returns:
+        cos(m theta), the shape of ``cos``.
+
+    >>> chebyshev_cos_m(torch.tensor([0.5]), 2)  # cos(2 * 60 degrees)
+    tensor([-0.5000])
+    """
     check_margin_m(m)
     c = cos.clamp(-1.0, 1.0)
     if m == 1:
@@ -55,6 +79,16 @@ def psi(cos: Tensor, m: int) -> Tensor:
     psi is monotonically decreasing on [0, pi] and continuous, so the choice of k exactly at an
     interval border does not matter; k is counted from the clamped cosine, which keeps it finite
     (and the gradient a polynomial's) at cos = +-1.
+
+    Args:
+        cos: cos(theta), any shape.
+        m: the margin, 1..4.
+
+    Returns:
+        psi(theta), the shape of ``cos``.
+
+    >>> psi(torch.tensor([1.0, -1.0]), 4)  # theta = 0 and pi
+    tensor([ 1., -7.])
     """
     check_margin_m(m)
     c = cos.clamp(-1.0, 1.0)
@@ -67,7 +101,21 @@ def psi(cos: Tensor, m: int) -> Tensor:
 
 def annealed_lambda(iteration: Tensor | int | float, base: float = 1000.0, gamma: float = 0.12,
                     power: float = 1.0, lambda_min: float = 5.0) -> Tensor:
-    """lambda = max(lambda_min, base * (1 + gamma * iteration) ** -power), as a float tensor."""
+    """The margin's annealing weight: lambda = max(lambda_min, base * (1 + gamma * iteration) ** -power).
+
+    Args:
+        iteration: the training iteration.
+        base: lambda at iteration 0.
+        gamma: how fast lambda decays.
+        power: the decay's exponent.
+        lambda_min: the floor lambda decays to.
+
+    Returns:
+        lambda as a 0-d float32 tensor.
+
+    >>> annealed_lambda(0), annealed_lambda(10_000)
+    (tensor(1000.), tensor(5.))
+    """
     it = torch.as_tensor(iteration, dtype=torch.float32)
     return torch.clamp_min(base * (1.0 + gamma * it) ** (-power), lambda_min)
 
@@ -81,6 +129,14 @@ class LargeMargin(nn.Module):
     state dict and a resumed run anneals on exactly where it stopped; it advances by one at each
     training-mode forward. Defaults follow SphereFace's Caffe solver (base 1000, gamma 0.12,
     power 1, floor 5); its PyTorch port uses base 1500, gamma 0.1.
+
+    Args:
+        m: the margin, 1..4.
+        base, gamma, power, lambda_min: the annealing of lambda (:func:`annealed_lambda`).
+
+    >>> margin = LargeMargin(m=4)
+    >>> margin(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))  # only the target's cosine changes
+    tensor([[0.8989, 0.1000]])
     """
 
     iteration: Tensor
@@ -125,8 +181,18 @@ class LargeMargin(nn.Module):
 def soft_target_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Cross entropy against a probability distribution per row (FERPlus cross-entropy mode).
 
-    ``target`` is (B, C) with non-negative rows; rows are renormalised to sum to 1 so raw vote
-    counts work too. Equals ``F.cross_entropy`` with class indices when the targets are one-hot.
+    Equals ``F.cross_entropy`` with class indices when the targets are one-hot.
+
+    Args:
+        logits: (B, C) logits.
+        target: (B, C) non-negative rows; renormalised to sum to 1, so raw vote counts work too.
+        reduction: ``mean``, ``sum`` or ``none``.
+
+    Returns:
+        The loss: a 0-d tensor, or (B,) with ``none``.
+
+    >>> soft_target_cross_entropy(torch.tensor([[2.0, 0.0]]), torch.tensor([[3.0, 1.0]]))  # 3 votes to 1
+    tensor(0.6269)
     """
     if logits.dim() != 2 or target.shape != logits.shape:
         raise ValueError(f"logits and target must both be (batch, classes); got {tuple(logits.shape)} "
@@ -142,9 +208,18 @@ def soft_target_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "
 def class_balanced_weights(targets: Tensor, num_classes: int) -> Tensor:
     """Per-class loss weights ``n / (k * count_c)`` so every present class weighs the same in the loss.
 
-    ``targets`` are class indices (N,) or distributions (N, C) (their column sums are the counts).
-    ``k`` is the number of classes present; an absent class gets weight 0. With balanced data every
-    weight is 1, so the loss is unchanged.
+    ``k`` is the number of classes present. With balanced data every weight is 1, so the loss is
+    unchanged.
+
+    Args:
+        targets: (N,) class indices, or (N, C) distributions (their column sums are the counts).
+        num_classes: C.
+
+    Returns:
+        (C,) float32 weights; 0 for an absent class.
+
+    >>> class_balanced_weights(torch.tensor([0, 0, 0, 1]), 3)
+    tensor([0.6667, 2.0000, 0.0000])
     """
     targets = torch.as_tensor(targets)
     if targets.dim() == 2:

@@ -12,7 +12,18 @@ __all__ = ["softmax"]
 
 
 def softmax(z: np.ndarray | Sequence[float] | Sequence[Sequence[float]], axis: int = -1) -> np.ndarray:
-    """Softmax of ``z`` along ``axis``, in float64; the maximum is subtracted first, so no exponential overflows."""
+    """Softmax in float64; the maximum is subtracted first, so no exponential overflows.
+
+    Args:
+        z: logits, any shape.
+        axis: the axis that sums to 1.
+
+    Returns:
+        float64 probabilities of the shape of ``z``.
+
+    >>> softmax([1000.0, 1000.0, 0.0]).round(3).tolist()
+    [0.5, 0.5, 0.0]
+    """
     z = np.asarray(z, dtype=np.float64)
     if z.size == 0:
         return z.copy()

@@ -17,11 +17,25 @@ __all__ = ["accuracy_table", "wilson_interval"]
 
 def accuracy_table(pred: np.ndarray | Sequence[int], labels: np.ndarray | Sequence[int],
                    classes: Sequence[str] = GROUP_CLASSES) -> dict[str, Any]:
-    """Accuracy overall, per class and mean over classes, coverage, confusion matrix (rows true, columns predicted).
+    """The accuracy table of predictions against labels.
 
-    ``pred`` is -1 where the model abstained: wrong in ``accuracy``, ``per_class`` and
-    ``mean_class_accuracy``, left out of ``accuracy_spoke`` and of the confusion matrix.
-    ``mean_class_accuracy`` averages the classes present in ``labels`` (balanced accuracy).
+    An abstention counts wrong in ``accuracy``, ``per_class`` and ``mean_class_accuracy`` and is left
+    out of ``accuracy_spoke`` and of the confusion matrix. ``mean_class_accuracy`` averages the
+    classes present in ``labels`` (balanced accuracy).
+
+    Args:
+        pred: (N,) predicted class indices, -1 where the model abstained.
+        labels: (N,) true class indices.
+        classes: the class names, in index order.
+
+    Returns:
+        A JSON-ready dict: ``n``, ``accuracy``, ``mean_class_accuracy``, ``coverage``,
+        ``accuracy_spoke``, ``classes``, ``per_class`` (accuracy and support) and ``confusion``
+        (rows true, columns predicted).
+
+    >>> table = accuracy_table([2, 0, -1, 2], [2, 1, 0, 2])
+    >>> table["accuracy"], table["coverage"], table["confusion"]
+    (0.5, 0.75, [[0, 0, 0], [1, 0, 0], [0, 0, 2]])
     """
     pred = np.asarray(pred, dtype=np.int64).reshape(-1)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -48,10 +62,20 @@ def accuracy_table(pred: np.ndarray | Sequence[int], labels: np.ndarray | Sequen
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval (95% for ``z`` = 1.96) of a proportion ``correct / n``.
+    """The Wilson score interval of a proportion ``correct / n``.
 
-    How far an accuracy measured on ``n`` photos may be from the one on all such photos: on 35 photos a
-    measured 68.6% is compatible with anything from about 52% to 82%. ``n`` = 0 gives (0, 1).
+    How far an accuracy measured on ``n`` photos may be from the one on all such photos.
+
+    Args:
+        correct: the photos labelled right.
+        n: the photos.
+        z: the normal quantile (1.96: a 95% interval).
+
+    Returns:
+        (low, high); (0, 1) when ``n`` is 0.
+
+    >>> [round(x, 2) for x in wilson_interval(24, 35)]  # 24 of 35 right: 68.6%
+    [0.52, 0.81]
     """
     if n < 0 or not 0 <= correct <= n:
         raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")

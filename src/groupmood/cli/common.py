@@ -10,32 +10,39 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
 
 from ..detect import FaceDetector
+from ..detect.cascade import CascadeSettings
 from ..errors import ConfigError, DiskFullError, ImageLoadError, OutputError, display_path
-from ..images import DEFAULT_MAX_PIXELS, file_kind, iter_image_paths, load_in_order, load_photo, path_key
+from ..images import DEFAULT_MAX_PIXELS, load_in_order, load_photo
+from ..paths import file_kind, iter_image_paths, path_key
 from ..io import RunLock, atomic_write, atomic_write_text, is_disk_full, output_target
+
+if TYPE_CHECKING:
+    from ..pipeline import Bundle
 
 
 def detector_options(fn: Callable) -> Callable:
     """Add the MTCNN settings (authors' defaults) and the input-reading options to a command."""
+    authors = CascadeSettings()
     opts = [
         click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
                      help="Photos per detector call."),
         click.option("--min-face-frac", default=None, type=click.FloatRange(0, 1),
                      help="Smallest face searched, as a fraction of the photo's shorter side "
-                          "[default: the bundle's, else 0.05]."),
+                          f"[default: the bundle's, else {authors.min_face_frac:g}]."),
         click.option("--min-face-px", default=None, type=click.FloatRange(1), help="Smallest face in pixels "
                      "(overrides --min-face-frac)."),
         click.option("--thresholds", default=None, nargs=3, type=float,
-                     help="P-Net, R-Net, O-Net score thresholds [default: the bundle's, else 0.6 0.7 0.9]."),
+                     help="P-Net, R-Net, O-Net score thresholds [default: the bundle's, else "
+                          f"{' '.join(f'{t:g}' for t in authors.thresholds)}]."),
         click.option("--factor", default=None, type=click.FloatRange(0.1, 0.95),
-                     help="Image pyramid scale factor [default: the bundle's, else 0.709]."),
+                     help=f"Image pyramid scale factor [default: the bundle's, else {authors.factor:g}]."),
         click.option("--mtcnn-weights", "mtcnn_weights", default=None, type=click.Path(file_okay=False),
                      help="Folder with pnet.pt, rnet.pt, onet.pt (default: the weight cache)."),
         click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
@@ -71,20 +78,21 @@ def check_device(device: str) -> str:
 
 
 def detector_settings(min_face_frac: float | None, min_face_px: float | None, thresholds: Sequence[float] | None,
-                      factor: float | None, bundle: str | Path | None = None,
+                      factor: float | None, bundle: str | Path | Bundle | None = None,
                       use_bundle: bool = True) -> dict[str, Any]:
     """MTCNN settings: the authors', then the bundle's ``detector:`` section, then what the command line sets.
 
     ``bundle`` None means the shipped bundle (where it exists); ``use_bundle=False`` (``detect``, which
     has no bundle) skips that layer.
     """
-    from ..pipeline import bundle_path, read_bundle
+    from ..pipeline import Bundle, bundle_path
 
     out: dict[str, Any] = {}
     if use_bundle:
-        path = bundle_path(bundle)
-        if path.is_file():
-            out.update(read_bundle(path)["detector"])
+        if isinstance(bundle, Bundle):
+            out.update(bundle.detector_overrides())
+        elif bundle_path(bundle).is_file():
+            out.update(Bundle.load(bundle).detector_overrides())
     given = {"min_face_frac": min_face_frac, "min_face_px": min_face_px,
              "thresholds": None if thresholds is None else tuple(thresholds), "factor": factor}
     out.update({k: v for k, v in given.items() if v is not None})
@@ -93,7 +101,8 @@ def detector_settings(min_face_frac: float | None, min_face_px: float | None, th
 
 def build_detector(device: str, min_face_frac: float | None, min_face_px: float | None,
                    thresholds: Sequence[float] | None, factor: float | None, mtcnn_weights: str | None,
-                   bundle: str | Path | None = None, use_bundle: bool = True, backend: str = "torch") -> FaceDetector:
+                   bundle: str | Path | Bundle | None = None, use_bundle: bool = True,
+                   backend: str = "torch") -> FaceDetector:
     """The MTCNN detector from the weight cache (fetched on first use); settings as :func:`detector_settings`.
 
     ``backend`` ``onnxruntime`` (``auto`` on a CPU) runs P-, R- and O-Net from the ONNX cache (exported on first use).
@@ -158,7 +167,7 @@ def refuse_outputs_over_inputs(paths: Sequence[Path], files: Mapping[str, str | 
 
     ``files`` are single outputs by option (``{"-o": "preds.jsonl", "--report": ...}``, None or ``-``
     for none); ``per_photo`` the files an option writes for each photo (``--annotate``). Paths are
-    compared after symlinks are resolved (:func:`~groupmood.images.path_key`).
+    compared after symlinks are resolved (:func:`~groupmood.paths.path_key`).
     """
     inputs = {path_key(p): p for p in paths}
     for option, target in files.items():
@@ -182,7 +191,7 @@ class PartialFileSink:
     ``path`` ``None`` or ``-`` means stdout. A symlink is followed (the real file is written, the link
     stays); a FIFO or device (``/dev/null``) is written directly, never replaced. With ``resume``
     the records of a stopped run (FILE.partial, else FILE) are read back: photos done are in
-    :attr:`done` (keyed by :func:`~groupmood.images.path_key`), and records of photos that failed
+    :attr:`done` (keyed by :func:`~groupmood.paths.path_key`), and records of photos that failed
     are dropped so those photos are tried again. The kept records go into a new FILE.partial that
     replaces the old one only once it is on disk, so a kill at any moment loses nothing.
     Subclasses give the header, read records back and write them.

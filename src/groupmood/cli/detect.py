@@ -14,7 +14,7 @@ from ..detect import Face
 from ..io import write_image
 from ..report import draw_faces
 from ..errors import display_path
-from ..images import path_key
+from ..paths import path_key
 from ..runtime.session import photo_workers
 from .common import (JsonlSink, build_detector, collect_paths, detector_options, output_stems,
                      refuse_outputs_over_inputs, resume_note, run_photos)

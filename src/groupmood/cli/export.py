@@ -29,7 +29,7 @@ def export_cmd(checkpoint: Path | None, fmt: str, out: Path | None, bundle: str 
     if fmt == "safetensors":
         if checkpoint is None:
             raise click.UsageError("give the CHECKPOINT to export as safetensors (or --format onnx)")
-        from ..engine.train import export
+        from ..engine.checkpointing import export
 
         if out is not None and out.suffix != ".safetensors":
             raise ConfigError(f"--out {out} must end in .safetensors")

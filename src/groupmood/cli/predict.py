@@ -13,11 +13,11 @@ from typing import Any
 import click
 
 from ..errors import ConfigError, display_path
-from ..images import path_key
+from ..paths import path_key
 from ..fusion import ABSTAIN, parse_weights, pooling_name, preset_weights
 from ..io import csv_text_cell, csv_text_value, write_image
 from ..labels import GROUP_CLASSES
-from ..pipeline import GroupEmotionRecognizer, bundle_path
+from ..pipeline import SHIPPED_BUNDLE_HELP, Bundle, GroupEmotionRecognizer, default_bundle_path
 from ..report import HtmlReport, annotate, describe_fusion
 from ..runtime.session import resolve_backend
 from ..shard import PredictShards, shard_option
@@ -41,18 +41,21 @@ def fusion_options(fn: Any) -> Any:
     return fn
 
 
-def load_recognizer(bundle: str | None, device: str, detector: Any, weights_text: str | None,
-                    preset: str | None, pooling: str | None, backend: str = "auto") -> GroupEmotionRecognizer:
+def load_recognizer(bundle: str | Bundle | None, device: str, detector: Any, weights_text: str | None,
+                    preset: str | None, pooling: str | None, backend: str = "auto",
+                    all_branches: bool = False) -> GroupEmotionRecognizer:
     """The recognizer of ``bundle`` (default: the shipped one) with the CLI's fusion overrides, run by
-    ``backend`` (``auto``: ONNX Runtime on a CPU, PyTorch on a GPU)."""
+    ``backend`` (``auto``: ONNX Runtime on a CPU, PyTorch on a GPU). Branches that do not vote are loaded only
+    for ``all_branches`` or other weights."""
     if weights_text and preset:
         raise click.UsageError("give --weights or --preset, not both")
     try:
         backend = resolve_backend(backend, device)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--backend") from None
-    rec = (GroupEmotionRecognizer.from_bundle(bundle, device=device, detector=detector, backend=backend) if bundle
-           else GroupEmotionRecognizer.default(device=device, detector=detector, backend=backend))
+    load = "all" if all_branches or weights_text or preset else "voting"
+    rec = GroupEmotionRecognizer.from_bundle(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle),
+                                             device=device, detector=detector, backend=backend, load=load)
     weights = None
     if weights_text:
         weights = parse_weights(weights_text, rec.branches)
@@ -117,10 +120,10 @@ class CsvSink(PartialFileSink):
         self._fh.flush()
 
 
-def run_settings(rec: GroupEmotionRecognizer, bundle: str | Path | None, all_branches: bool) -> dict[str, Any]:
+def run_settings(rec: GroupEmotionRecognizer, bundle: Bundle, all_branches: bool) -> dict[str, Any]:
     """What makes a run's records, kept beside its output so that a resume with other settings is refused:
     the bundle (path and sha256 of its YAML), fusion weights, pooling, fallback and detector settings."""
-    path = bundle_path(bundle)
+    path = bundle.path or default_bundle_path()
     try:
         digest = sha256_file(path)
     except OSError:
@@ -133,7 +136,8 @@ def run_settings(rec: GroupEmotionRecognizer, bundle: str | Path | None, all_bra
             "all_branches": bool(all_branches)}
 
 
-def build_recognizer(bundle: str | Path | None, device: str, backend: str = "auto") -> GroupEmotionRecognizer:
+def build_recognizer(bundle: str | Path | None, device: str, backend: str = "auto",
+                     all_branches: bool = False) -> GroupEmotionRecognizer:
     """The recognizer ``groupmood predict --bundle BUNDLE --device DEVICE`` uses, detector settings included.
 
     The detector settings are predict's: its option defaults, then the bundle's ``detector:``
@@ -141,9 +145,10 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
     what predict runs.
     """
     d = {p.name: p.default for p in predict_cmd.params}
+    spec = Bundle.load(bundle)
     detector = build_detector(device, d["min_face_frac"], d["min_face_px"], d["thresholds"], d["factor"],
-                              d["mtcnn_weights"], bundle, backend=backend)
-    return load_recognizer(str(bundle) if bundle else None, device, detector, None, None, None, backend)
+                              d["mtcnn_weights"], spec, backend=backend)
+    return load_recognizer(spec, device, detector, None, None, None, backend, all_branches)
 
 
 # --------------------------------------------------------------------------- command
@@ -151,8 +156,8 @@ def build_recognizer(bundle: str | Path | None, device: str, backend: str = "aut
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--bundle", default=None, type=click.Path(dir_okay=False),
-              help="Bundle YAML (models + fusion weights), or a shipped bundle by name: default (group photos of a "
-                   "few people; groupmood/assets/bundle.yaml) or crowd (fitted on crowds and group photos together).")
+              help="Bundle YAML (models + fusion weights), or a shipped bundle by name: "
+                   + "; ".join(f"{k} ({v})" for k, v in SHIPPED_BUNDLE_HELP.items()) + ".")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file (written atomically when complete), or - for stdout.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
@@ -193,10 +198,11 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     report_path = shards.suffixed(report_path)
     refuse_outputs_over_inputs(paths, {"-o": output, "--report": report_path}, {"--annotate": {
         p: Path(annotate_dir) / s.with_name(s.name + ".jpg") for p, s in stems.items()} if annotate_dir else {}})
-    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, bundle,
+    spec = Bundle.load(bundle)
+    detector = build_detector(device, min_face_frac, min_face_px, thresholds, factor, mtcnn_weights, spec,
                               backend=backend)
-    rec = load_recognizer(bundle, device, detector, weights_text, preset, pooling, backend)
-    settings = run_settings(rec, bundle, all_branches)
+    rec = load_recognizer(spec, device, detector, weights_text, preset, pooling, backend, all_branches)
+    settings = run_settings(rec, spec, all_branches)
     sink: JsonlSink | CsvSink = (CsvSink(output, list(rec.active_branches(all_branches)), resume, settings)
                                  if fmt == "csv" else JsonlSink(output, resume=resume, settings=settings))
     todo = [p for p in paths if not sink.is_done(p)]
@@ -230,7 +236,7 @@ def predict_cmd(inputs: tuple[str, ...], bundle: str | None, output: str, fmt: s
     summary = run.summary(n_faces, (f"; {labels}" if labels else "")
                           + (resume_note(sink, len(paths), len(todo)) if resume else ""))
     if report is not None:
-        report.write(report_path, summary, describe_fusion(rec, bundle_path(bundle)), run.failed)
+        report.write(report_path, summary, describe_fusion(rec, spec.path or default_bundle_path()), run.failed)
     click.echo(summary, err=True)
     shards.finish()
     return 1 if run.failed else 0

@@ -1,8 +1,8 @@
 """Datasets of every branch, chosen by the config's ``data.kind``.
 
 The training loop never names a dataset: it calls :func:`build_data`, which looks the kind up in
-:data:`DATASET_BUILDERS` and returns a :class:`DataBundle`. A new source (group photos for the
-global branch, a face cache) plugs in with one more entry there.
+:data:`groupmood.config.DATA_KINDS` (each kind's builder and options, one registry) and returns a
+:class:`DataBundle`. A new source plugs in with one more entry there.
 
 A builder is ``fn(cfg, info, run_dir, splits) -> DataBundle``: ``cfg`` the resolved config,
 ``info`` the model's :class:`~groupmood.models.registry.ModelInfo` (family, input size, channels),
@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
 
-__all__ = ["DATASET_BUILDERS", "SPLITS", "DataBundle", "SubsetDataset", "build_data"]
+__all__ = ["SPLITS", "DataBundle", "SubsetDataset", "build_data"]
 
 #: The split names of every dataset kind (``all`` asks a builder for every sample).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -54,27 +54,15 @@ class SubsetDataset(Subset):
 
 Builder = Callable[[Mapping[str, Any], Any, Path, Sequence[str]], DataBundle]
 
-#: data.kind -> builder, or "module:function" imported on first use (keeps ``import groupmood`` cheap).
-DATASET_BUILDERS: dict[str, Builder | str] = {
-    "ferplus": "groupmood.data.faces:build_face_data",
-    "folder": "groupmood.data.faces:build_face_data",
-    "named": "groupmood.data.faces:build_face_data",
-    "legend": "groupmood.data.faces:build_face_data",
-    "npz": "groupmood.data.faces:build_face_data",
-    **{kind: "groupmood.data.groups:build_group_data" for kind in (
-        "gaf", "image_csv", "twitter_you2015", "twitter_sentibank603", "emotion6", "images")},
-    "group_faces": "groupmood.data.group_faces:build_group_face_data",
-}
-
 
 def build_data(cfg: Mapping[str, Any], info: Any, run_dir: str | Path,
                splits: Sequence[str] = ("train", "val")) -> DataBundle:
     """Build the datasets of ``cfg["data"]`` for ``splits`` with the builder of its ``kind``."""
+    from ..config import DATA_KINDS
+
     kind = cfg["data"]["kind"]
-    builder = DATASET_BUILDERS.get(kind)
-    if builder is None:
-        raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(sorted(DATASET_BUILDERS))}")
-    if isinstance(builder, str):
-        module, _, attr = builder.partition(":")
-        builder = getattr(importlib.import_module(module), attr)
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(sorted(DATA_KINDS))}")
+    module, _, attr = DATA_KINDS[kind].builder.partition(":")
+    builder: Builder = getattr(importlib.import_module(module), attr)
     return builder(cfg, info, Path(run_dir), tuple(splits))

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from ..align import align_faces, square_crops
 from ..detect import CascadeSettings, Face, FaceDetector
 from ..errors import ImageLoadError
-from ..images import DEFAULT_MAX_PIXELS, check_image_file, load_image
+from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..paths import check_image_file
 from ..io import RunLock, atomic_write_bytes
 from ..weights import sha256_file
 

@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 from ..config import data_options
 from ..errors import ConfigError, DatasetError
 from . import DataBundle
-from .faces import FaceDataset, fit_all_faces
+from .faces import FaceDataset
 from .groups import IMAGE_DATA_KINDS, chosen_classes, source_specs, split_parts
-from .transforms import batch_augment, train_transform
+from .transforms import batch_augment, fit_all_faces, train_transform
 
 __all__ = ["GROUP_FACE_KINDS", "GroupFaceDataset", "build_group_face_data", "collect_faces", "photo_specs",
            "pool_by_photo", "select_faces"]

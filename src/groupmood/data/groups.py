@@ -29,7 +29,7 @@ Merging (the seed's "extra data"): ``data.kind: images`` with ``data.sources`` a
 ``split`` is ``auto`` (the source's own folders / column, else a seeded split), a mapping of
 fractions for this source, or ``train`` / ``val`` / ``test`` to put the whole source there
 (extra training data). Seeded splits are stratified by class and group-disjoint
-(:func:`groupmood.data.faces.group_split`), written to ``<split_dir>/<name>.json`` and reused by
+(:func:`groupmood.data.splits.group_split`), written to ``<split_dir>/<name>.json`` and reused by
 later runs (``data.split_dir``, default ``<run>/splits``).
 
 Images are decoded once per run, only those of the splits asked for, shorter side to 256 (what
@@ -55,11 +55,12 @@ from tqdm.auto import tqdm
 
 from ..config import DATA_KINDS, data_options
 from ..errors import ConfigError, DatasetError, ImageLoadError
-from ..images import IMAGE_EXTENSIONS, load_image
+from ..images import load_image
+from ..paths import IMAGE_EXTENSIONS
 from ..labels import GROUP_CLASSES
 from ..models.registry import FAMILY_RECIPES
 from . import SPLITS, DataBundle
-from .faces import group_split, split_indices, write_split
+from .splits import group_split, split_indices, write_split
 from .transforms import eval_transform, seeded_call, train_transform
 
 __all__ = [
@@ -277,7 +278,7 @@ def read_source(spec: Mapping[str, Any]) -> ImageTable:
 
 
 #: The sentiment options' defaults (a source without its own valence_cut / test_agree takes these).
-SENTIMENT = DATA_KINDS["images"]
+SENTIMENT = DATA_KINDS["images"].options
 
 
 def source_specs(data: Mapping[str, Any]) -> list[dict[str, Any]]:

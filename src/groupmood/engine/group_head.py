@@ -19,8 +19,7 @@ their class-balanced weights), its weight shared by its faces; then the classes 
 the union, each class's total (group and extra photos together) scaled to the classes' mean total,
 which leaves the overall total unchanged. That keeps the head's class prior flat although the extra
 photos have no Neutral and lean Positive (balancing the group and extra photos separately instead
-lets the extra Negative / Positive mass crowd Neutral out: on multiemova-dev the head's Neutral
-recall fell from 73% to 38% at extra_weight 0.1). The extra photos add to the data term without
+lets the extra Negative / Positive mass crowd Neutral out of the head's recall on multiemova-dev). The extra photos add to the data term without
 rescaling the rest (more data: relatively weaker regularisation, as in any logistic regression).
 The standardisation is taken over every face fitted on. ``extra_weight`` 0 (or no extra photos) is
 the plain fit, bit for bit.
@@ -32,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import DatasetError
-from ..linear import LinearHead, class_balanced_weights, fit_softmax_regression
+from ..fusion.linear import LinearHead, class_balanced_weights, fit_softmax_regression
 
 __all__ = ["LinearHead", "fit_group_head", "fit_softmax_regression"]
 

@@ -29,12 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import weights as store
 from ..errors import DatasetError
+from ..fusion.calibration import Calibration
+from ..fusion.linear import LinearHead, class_balanced_weights, fit_softmax_regression
 from ..fusion.regime import RegimeGate
-from ..linear import LinearHead, class_balanced_weights, fit_softmax_regression
 from ..metrics import accuracy_table
+from ..pipeline import Bundle, FusionSpec
+from .bundle_writer import (carried_branches, export_group_model, export_head_model, head_branch, save_gate,
+                            write_bundle)
 from .group_cv import (GROUP_BRANCH, SCENE_BRANCH, Evidence, Stack, StackOptions, _accuracy, apply_stack,
-                       carried_entries, export_group_model, export_head_model, select_and_fit)
+                       select_and_fit)
 
 if TYPE_CHECKING:
     from ..pipeline import Branch
@@ -195,25 +200,22 @@ def _choices(rs: RegimeStack) -> dict[str, Any]:
 
 def write_regime_bundle(rs: RegimeStack, base: str | Path, out: str | Path, trunk: str, chosen_on: Mapping[str, Any],
                         scene_trunk: str = "global", gate_file: str = "regime_gate.safetensors",
-                        keep_calibration: Sequence[str] = ("global",)) -> Path:
+                        keep_calibration: Sequence[str] = ("global",),
+                        detector: Mapping[str, Any] | None = None) -> Path:
     """A regime bundle YAML at ``out`` over the base bundle's branches: the photo regime's group head
     (``face_group.safetensors``), the crowd regime's (``face_group_crowd.safetensors``, branch
     :data:`CROWD_GROUP_BRANCH`) and scene head (``global_scene.safetensors``), the gate file; the photo regime's
     weights and fallback at the top, the crowd regime's under ``fusion.crowd``.
 
     ``keep_calibration``: branches whose calibration stays the base bundle's (the whole-image fallback,
-    calibrated on the photos it labels: photos with fewer faces than the group sets have).
+    calibrated on the photos it labels: photos with fewer faces than the group sets have). ``detector``:
+    detector settings over the base bundle's. The YAML is written by
+    :func:`groupmood.engine.bundle_writer.write_bundle` (atomically, checked by reading it back).
     """
-    import yaml
-
-    from .. import weights as store
-    from ..io import atomic_write_text
-    from ..pipeline import read_bundle
-
-    spec = read_bundle(base)
-    out = Path(out)
-    folder = out.parent
-    by_name = {b["name"]: b for b in spec["branches"]}
+    spec = Bundle.load(base)
+    folder = Path(out).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    by_name = {b.name: b for b in spec.branches}
     for need in (trunk, scene_trunk):
         if need not in by_name:
             raise DatasetError(f"the base bundle {base} has no branch {need!r}")
@@ -221,37 +223,23 @@ def write_regime_bundle(rs: RegimeStack, base: str | Path, out: str | Path, trun
         raise DatasetError("a regime bundle needs both group heads and the crowd regime's scene head")
     if rs.photo.model is not None or rs.crowd.model is not None:
         raise DatasetError("a regime bundle mixes two weighted averages; fit the regimes without fusion models")
-    face = {k: by_name[trunk][k] for k in ("tta_flip", "grey") if k in by_name[trunk]}
-    entries = []
-    for name, stack, file in ((GROUP_BRANCH, rs.photo, "face_group.safetensors"),
-                              (CROWD_GROUP_BRANCH, rs.crowd, "face_group_crowd.safetensors")):
-        path = export_group_model(stack, by_name[trunk]["model"], folder / file)
-        entries.append({"name": name, "model": file, "sha256": store.sha256_file(path), **face, "pooling": "all"})
-    path = export_head_model(rs.crowd.scene_head, by_name[scene_trunk]["model"], folder / "global_scene.safetensors")
-    flip = by_name[scene_trunk].get("tta_flip")
-    entries.append({"name": SCENE_BRANCH, "model": "global_scene.safetensors", "sha256": store.sha256_file(path),
-                    **({} if flip is None else {"tta_flip": bool(flip)})})
-    entries += carried_entries(spec, folder, (GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH))
+    t, s = by_name[trunk], by_name[scene_trunk]
+    branches = [head_branch(name, export_group_model(stack, t.model, folder / file), tta_flip=t.tta_flip,
+                            pooling="all", grey=t.grey)
+                for name, stack, file in ((GROUP_BRANCH, rs.photo, "face_group.safetensors"),
+                                          (CROWD_GROUP_BRANCH, rs.crowd, "face_group_crowd.safetensors"))]
+    branches.append(head_branch(SCENE_BRANCH, export_head_model(rs.crowd.scene_head, s.model,
+                                                                folder / "global_scene.safetensors"),
+                                tta_flip=None if s.tta_flip is None else bool(s.tta_flip)))
+    branches += carried_branches(spec, (GROUP_BRANCH, CROWD_GROUP_BRANCH, SCENE_BRANCH))
     renamed = {GROUP_BRANCH: CROWD_GROUP_BRANCH}
-    calibration = {**{renamed.get(b, b): c for b, c in rs.crowd.calibration.items()}, **rs.photo.calibration}
-    for e in entries:
-        n = e["name"]
-        if n in keep_calibration or n not in calibration:
-            cal = by_name.get(n, {}).get("calibration")
-        else:
-            cal = None if calibration[n].is_identity else calibration[n].to_dict()
-        if cal:
-            e["calibration"] = cal
+    fitted = {**{renamed.get(b, b): c for b, c in rs.crowd.calibration.items()}, **rs.photo.calibration}
+    calibration = {b.name: (by_name[b.name].calibration if b.name in by_name else Calibration())
+                   if b.name in keep_calibration or b.name not in fitted else fitted[b.name] for b in branches}
     gate = RegimeGate(rs.gate, SCENE_BRANCH, {renamed.get(b, b): w for b, w in rs.crowd.weights.items()},
                       tuple(renamed.get(b, b) for b in rs.crowd.fallback), None, {"c": str(rs.gate_c)})
-    gate_path = gate.save(folder / gate_file)
-    doc: dict[str, Any] = {
-        "format": "groupmood-bundle-1", "branches": entries,
-        "weights": {e["name"]: round(float(rs.photo.weights.get(e["name"], 0.0)), 4) for e in entries},
-        "detector": dict(spec["detector"]), "min_faces": spec["min_faces"], "fallback": list(rs.photo.fallback),
-        "fusion": {"kind": "regime", "gate": gate_file, "sha256": store.sha256_file(gate_path), "reads": SCENE_BRANCH,
-                   "crowd": {"weights": {b: round(float(w), 4) for b, w in gate.weights.items()},
-                             "fallback": list(gate.fallback)}},
-        "chosen_on": dict(chosen_on)}
-    atomic_write_text(out, yaml.safe_dump(doc, sort_keys=False))
-    return out
+    gate_path = save_gate(gate, folder / gate_file)
+    fusion = FusionSpec("regime", gate_path.resolve(), store.sha256_file(gate_path), SCENE_BRANCH,
+                        {b: round(float(w), 4) for b, w in gate.weights.items()}, tuple(gate.fallback))
+    return write_bundle(out, spec, branches, {b.name: rs.photo.weights.get(b.name, 0.0) for b in branches},
+                        calibration, chosen_on, fusion=fusion, fallback=rs.photo.fallback, detector=detector)

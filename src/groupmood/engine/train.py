@@ -3,40 +3,40 @@
 The loop knows nothing about datasets: :func:`groupmood.data.build_data` builds them from
 ``data.kind``. What makes a killed run resumable bit for bit:
 
-- the data order of an epoch is a permutation seeded by (seed, epoch) and the augmentation of a
-  batch is seeded by (seed, epoch, batch), so resuming mid-epoch just skips the consumed batches;
-- the learning rate is a pure function of the step (:func:`lr_at`), so the schedule's state is the
-  step itself;
+- the data order of an epoch is a permutation seeded by (seed, epoch) (:mod:`.samplers`) and the
+  augmentation of a batch is seeded by (seed, epoch, batch), so resuming mid-epoch just skips the
+  consumed batches;
+- the learning rate is a pure function of the step (:func:`.schedule.lr_at`), so the schedule's
+  state is the step itself;
 - ``last.pt`` (written atomically every ``train.ckpt_every`` steps and at each epoch end) holds
   the model (with the margin heads' annealing counter), optimizer, AMP scaler, the torch / numpy /
   python / CUDA RNG states, epoch, batch position, step, the epoch's running sums and the best
-  validation metric.
+  validation metric (:mod:`.checkpointing`).
 
 Each epoch appends a row to ``metrics.csv`` and ``metrics.jsonl``; the best validation accuracy
 is kept as ``best.pt`` and exported to ``model.safetensors`` (fp16, config in the metadata).
 
 Under torchrun (``WORLD_SIZE > 1``) the same loop runs in every process (:mod:`.distributed`):
 ``train.batch_size`` stays the global batch, split evenly across processes by
-:class:`EpochDistributedSampler` so that global batch b holds the items one process would take;
-the batch augmentation is drawn for the global batch and each process keeps its own samples;
-``DistributedDataParallel`` averages the gradients; loss and accuracy sums are added over the
-processes at every step, so every process holds the same :class:`TrainState`; validation is split
-across processes and gathered; rank 0 alone writes. ``scaling.json`` in the run folder records the
-number of processes, the per-process and effective batch, the learning-rate rule and the BatchNorm
-mode.
+:class:`.samplers.EpochDistributedSampler` so that global batch b holds the items one process
+would take; the batch augmentation is drawn for the global batch and each process keeps its own
+samples; ``DistributedDataParallel`` averages the gradients; loss and accuracy sums are added over
+the processes at every step, so every process holds the same :class:`.checkpointing.TrainState`;
+validation is split across processes and gathered; rank 0 alone writes. ``scaling.json`` in the
+run folder records the number of processes, the per-process and effective batch, the
+learning-rate rule and the BatchNorm mode.
 """
 from __future__ import annotations
 
 import csv
 import fnmatch
-import io
 import json
 import math
 import random
 import shutil
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
-    ARCH_KEYS,
-    build_model,
-    load_model,
-    read_checkpoint,
-    read_state_dict,
-    save_model,
-)
-from ..config import dump_config, load_config, resolve_data
+from ..checkpoint import ARCH_KEYS, build_model, read_checkpoint, read_state_dict
+from ..config import dump_config, resolve_data
 from ..data import DataBundle, SubsetDataset, build_data
 from ..data.transforms import normalize
 from ..errors import ConfigError, WeightsError
@@ -65,11 +58,14 @@ from ..losses import class_balanced_weights
 from ..models import model_info
 from ..models.converters import has_pretrained_loader, load_pretrained
 from . import distributed as dist_
+from .checkpointing import TrainState, check_resumable, export, rng_state, save_checkpoint, set_rng_state
 from .evaluate import classification_report, predict
+from .samplers import EpochBatchSampler, EpochDistributedSampler
+from .schedule import lr_at
 
-__all__ = ["BATCHNORM_MODES", "EpochBatchSampler", "EpochDistributedSampler", "TrainState", "Trainer", "export", "lr_at", "resolve_device", "train"]
+# export is defined in .checkpointing and offered here too, next to train, for callers that import both.
+__all__ = ["BATCHNORM_MODES", "Trainer", "export", "resolve_device", "train"]
 
-SCHEDULES = ("step", "multistep", "cosine", "constant")
 _BATCHNORM_TEXT = {
     "batch": "each process normalises by the statistics of its own batch (batch_size_per_process items); the "
              "running statistics kept are rank 0's (DistributedDataParallel broadcasts its buffers)",
@@ -86,9 +82,6 @@ LR_RULE = ("optim.lr is the learning rate of the effective (global) batch train.
            "the gradients, so the same recipe gives the same updates on 1 or N processes and needs no scaling. "
            "To train with a larger effective batch, raise train.batch_size and scale optim.lr linearly with it "
            "(Goyal et al. 2017), with sched.warmup_iters of a few hundred steps.")
-#: Keys that may differ between a run and its resumption (they do not change the result).
-RESUME_FREE_KEYS = ("device", "threads", "out", "train.max_steps", "train.progress", "data.workers",
-                    "data.cache", "data.root")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -109,127 +102,6 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def lr_at(step: int, base_lr: float, sched: Mapping[str, Any], iters_per_epoch: int, total_iters: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based) under the ``sched`` config section."""
-    name = sched["name"]
-    if name == "step":
-        period = max(1, int(sched["step_epochs"]) * iters_per_epoch)
-        lr = base_lr * sched["gamma"] ** (step // period)
-    elif name == "multistep":
-        lr = base_lr * sched["gamma"] ** sum(step >= int(m) for m in sched["milestones"])
-    elif name == "cosine":
-        warm = int(sched["warmup_iters"])
-        t = min(1.0, max(0.0, (step - warm) / max(1, total_iters - warm)))
-        lr = sched["min_lr"] + (base_lr - sched["min_lr"]) * 0.5 * (1.0 + math.cos(math.pi * t))
-    elif name == "constant":
-        lr = base_lr
-    else:
-        raise ConfigError(f"sched.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
-    warm = int(sched.get("warmup_iters") or 0)
-    if step < warm:
-        f0 = float(sched.get("warmup_factor", 0.1))
-        lr *= f0 + (1.0 - f0) * step / warm
-    return float(lr)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the ``n`` training items in ``epoch``: a permutation seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, 0x0DDE5]).permutation(n)
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """Batches ``start`` to ``stop`` of a permutation seeded by (seed, epoch) (resume skips the rest)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
-                 stop: int | None = None, drop_last: bool = True) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        full = n // batch_size if drop_last else math.ceil(n / batch_size)
-        self.start, self.stop = start, full if stop is None else min(stop, full)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = epoch_order(self.n, self.seed, self.epoch)
-        for b in range(self.start, self.start + len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
-
-
-class EpochDistributedSampler(DistributedSampler):
-    """This process's share of global batches ``start`` to ``stop`` of the engine's epoch order.
-
-    Global batch b is the b-th slice of ``batch_size`` items of :func:`epoch_order`, as one process
-    takes it; process r of N takes its positions r, r + N, r + 2N, ... (``batch_size / N`` items),
-    so the N processes together see exactly the items of one process's batch b. Batch the items
-    with ``BatchSampler(sampler, batch_size // N, drop_last=True)``. Resuming skips whole global
-    batches (``start``), as :class:`EpochBatchSampler` does.
-    """
-
-    def __init__(self, dataset: Any, batch_size: int, seed: int, epoch: int, num_replicas: int, rank: int,
-                 start: int = 0, stop: int | None = None) -> None:
-        if batch_size % num_replicas:
-            raise ConfigError(f"train.batch_size {batch_size} (the global batch) must divide evenly among "
-                              f"{num_replicas} processes; use a multiple of {num_replicas}")
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.set_epoch(epoch)
-        self.batch_size, self.local_batch = batch_size, batch_size // num_replicas
-        full = len(dataset) // batch_size
-        self.start, self.stop = start, full if stop is None else min(stop, full)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start) * self.local_batch
-
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(len(self.dataset), self.seed, self.epoch)
-        for b in range(self.start, self.start + max(0, self.stop - self.start)):
-            yield from order[b * self.batch_size + self.rank:(b + 1) * self.batch_size:self.num_replicas].tolist()
-
-
-@dataclass
-class TrainState:
-    """Where a run stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    step: int = 0
-    best_metric: float = -1.0
-    best_epoch: int = -1
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _write_rows(run_dir: Path, row: Mapping[str, Any]) -> None:
     """Append ``row`` to metrics.jsonl / metrics.csv, replacing rows of the same or later epochs."""
     path = run_dir / "metrics.jsonl"
@@ -244,13 +116,6 @@ def _write_rows(run_dir: Path, row: Mapping[str, Any]) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _save(obj: Mapping[str, Any], path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(dict(obj), buf)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.getbuffer())
 
 
 class Trainer:
@@ -288,7 +153,7 @@ class Trainer:
             raise ConfigError(str(exc.args[0])) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            self._check_resume_config()
+            check_resumable(self.run_dir, self.cfg)
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
@@ -469,19 +334,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _check_resume_config(self) -> None:
-        saved_path = self.run_dir / "config.yaml"
-        if not (self.run_dir / "last.pt").is_file() or not saved_path.is_file():
-            raise ConfigError(f"nothing to resume in {self.run_dir} (no last.pt / config.yaml); "
-                              "start the run without --resume")
-        saved, now = _flat(load_config(saved_path)), _flat(self.cfg)
-        diff = sorted(k for k in set(saved) | set(now)
-                      if saved.get(k) != now.get(k) and not any(k == f or k.startswith(f + ".")
-                                                                  for f in RESUME_FREE_KEYS))
-        if diff:
-            raise ConfigError(f"the config differs from the run being resumed in {', '.join(diff)}; "
-                              f"resume with the run's own config ({saved_path}) or start a new run")
-
     def _say(self, text: str) -> None:
         """A log line, from rank 0 only."""
         if self.dist.is_main:
@@ -489,7 +341,7 @@ class Trainer:
 
     def _checkpoint(self, path: Path, full: bool = True) -> None:
         """Save a checkpoint from rank 0; a full one gathers every process's RNG state first (all ranks call)."""
-        rng = _rng_state() if full else None
+        rng = rng_state() if full else None
         ranks = dist_.all_gather(self.dist, rng) if full and self.dist.enabled else None
         if not self.dist.is_main:
             return
@@ -505,7 +357,7 @@ class Trainer:
                         "world_size": self.dist.world_size})
             if ranks is not None:
                 obj["rng_ranks"] = ranks
-        _save(obj, path)
+        save_checkpoint(obj, path)
 
     def _resume(self) -> None:
         saved = read_checkpoint(self.run_dir / "last.pt")
@@ -516,7 +368,7 @@ class Trainer:
         self.state = TrainState(**ckpt["state"])
         saved_world = int(ckpt.get("world_size", 1))
         ranks = ckpt.get("rng_ranks")
-        _set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else ckpt["rng"])
+        set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else ckpt["rng"])
         if saved_world != self.dist.world_size:
             if self.dist.enabled:
                 torch.manual_seed(_mix(self.seed, self.state.step, self.dist.rank, 0xD15))
@@ -718,14 +570,3 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, resume: bool = False,
     trainer.close()
     return summary
 
-
-def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
-    """Write a checkpoint's model as fp16 safetensors with its config and classes in the metadata.
-
-    Parameters and BatchNorm statistics become fp16 (:func:`groupmood.checkpoint.save_model`, which
-    also stores the architecture and input recipe); the file loads with
-    :func:`groupmood.checkpoint.load_model`.
-    """
-    checkpoint = Path(checkpoint)
-    model, meta = load_model(checkpoint, "cpu")
-    return save_model(model, meta, Path(out) if out is not None else checkpoint.with_suffix(".safetensors"))

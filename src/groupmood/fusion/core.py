@@ -32,10 +32,21 @@ SUM_TOLERANCE = 0.01
 
 
 def to_probabilities(scores: np.ndarray | Sequence[float], tol: float = SUM_TOLERANCE) -> np.ndarray:
-    """The authors' rule: rows whose sum differs from 1 by more than ``tol`` are softmaxed.
+    """The authors' rule: rows whose sum differs from 1 by more than ``tol`` are logits, and softmaxed.
 
-    Accepts one row (C,) or rows (N, C); returns float64 of the same shape. As in the authors'
-    code, logits that happen to sum to 1 (e.g. ``2, 0, -1``) are taken as they are.
+    As in the authors' code, logits that happen to sum to 1 (e.g. ``2, 0, -1``) are taken as they are.
+
+    Args:
+        scores: one row (C,) or rows (N, C).
+        tol: how far from 1 a row's sum may be and still count as probabilities.
+
+    Returns:
+        float64 probabilities of the same shape.
+
+    >>> to_probabilities([0.2, 0.3, 0.5]).tolist()
+    [0.2, 0.3, 0.5]
+    >>> to_probabilities([2.0, 1.0, 0.0]).round(3).tolist()
+    [0.665, 0.245, 0.09]
     """
     s = np.asarray(scores, dtype=np.float64)
     rows = s.reshape(-1, s.shape[-1]) if s.ndim else s.reshape(1, 1)
@@ -69,7 +80,21 @@ class Fused:
 
 
 def check_weights(weights: Mapping[str, float], branches: Iterable[str]) -> dict[str, float]:
-    """The weights of ``branches`` as floats (missing: 0); a negative or non-finite weight is a ConfigError."""
+    """The weights of ``branches`` as floats, checked.
+
+    Args:
+        weights: branch -> weight.
+        branches: the branches to weight.
+
+    Returns:
+        branch -> float weight for each of ``branches`` (0 for one missing from ``weights``).
+
+    Raises:
+        ConfigError: for a negative or non-finite weight.
+
+    >>> check_weights({"faces": 3}, ["faces", "scene"])
+    {'faces': 3.0, 'scene': 0.0}
+    """
     out = {}
     for b in branches:
         w = float(weights.get(b, 0.0))
@@ -83,10 +108,28 @@ def fuse(branches: Mapping[str, Pooled], weights: Mapping[str, float],
          classes: Sequence[str] = GROUP_CLASSES, fallback: Sequence[str] | None = None) -> Fused:
     """Weighted fusion of one photo's branch results; abstaining branches drop out.
 
-    A branch missing from ``weights`` has weight 0. When the branches that spoke have weights
-    summing to 0, the ``fallback`` branches that spoke (equal weights) give the label, e.g. the
-    whole-image branch on a photo without faces when fusion weights fitted on group photos gave it
-    weight 0; with none of them either, the photo is an abstention.
+    The weights renormalise over the branches that spoke. When those have weights summing to 0, the
+    ``fallback`` branches that spoke (equal weights) give the label, e.g. the whole-image branch on a
+    photo without faces when fusion weights fitted on group photos gave it weight 0; with none of
+    them either, the photo is an abstention.
+
+    Args:
+        branches: branch -> its :class:`~groupmood.fusion.pooling.Pooled` result on the photo.
+        weights: branch -> weight (missing: 0).
+        classes: the class names of the score vectors.
+        fallback: branches that label a photo on which no weighted branch spoke.
+
+    Returns:
+        The :class:`Fused` decision.
+
+    >>> from groupmood.fusion import Pooled, pool
+    >>> faces = pool([[0.1, 0.2, 0.7], [0.2, 0.2, 0.6]], areas=[900, 400])
+    >>> scene = Pooled(np.array([0.5, 0.3, 0.2]), True)
+    >>> fused = fuse({"faces": faces, "scene": scene}, {"faces": 3, "scene": 1})
+    >>> fused.label, fused.probs.round(3).tolist(), fused.weights
+    ('Positive', [0.238, 0.225, 0.538], {'faces': 0.75, 'scene': 0.25})
+    >>> fuse({"faces": Pooled.abstain(), "scene": scene}, {"faces": 3, "scene": 1}).label  # no face
+    'Negative'
     """
     names = list(branches)
     w = check_weights(weights, names)
@@ -127,12 +170,23 @@ def _fuse_arrays(scores: np.ndarray, spoke: np.ndarray, weights: np.ndarray, fal
 def fuse_rows(scores: Mapping[str, np.ndarray], weights: Mapping[str, float],
               spoke: Mapping[str, np.ndarray] | None = None,
               fallback: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' fusion on aligned score rows of many photos.
+    """The authors' fusion on aligned score rows of many photos (:func:`fuse`, vectorised).
 
-    ``scores[branch]`` is (N, C); rows not summing to 1 are softmaxed (:func:`to_probabilities`),
-    multiplied by the branch weight and summed over branches that spoke (``spoke[branch]`` (N,)
-    bool, default all). Returns the fused probabilities (N, C) and the class index (N,), -1 where
-    no branch with a positive weight spoke and no ``fallback`` branch either (see :func:`fuse`).
+    Args:
+        scores: branch -> (N, C) rows; rows not summing to 1 are softmaxed (:func:`to_probabilities`).
+        weights: branch -> weight (missing: 0).
+        spoke: branch -> (N,) bool, whether it spoke on each photo; default: on all.
+        fallback: branches that label a photo on which no weighted branch spoke.
+
+    Returns:
+        The fused probabilities (N, C) and the class index (N,), -1 where no branch with a positive
+        weight spoke and no ``fallback`` branch either.
+
+    >>> probs, index = fuse_rows({"faces": np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]),
+    ...                           "scene": np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])},
+    ...                          {"faces": 3, "scene": 1})
+    >>> probs.round(3).tolist(), index.tolist()
+    ([[0.2, 0.225, 0.575], [0.5, 0.275, 0.225]], [2, 0])
     """
     names = list(scores)
     if not names:

@@ -31,12 +31,35 @@ class Pooled:
 
     @classmethod
     def abstain(cls, num_classes: int = len(GROUP_CLASSES)) -> Pooled:
-        """The result of a branch that saw nothing to score (a photo without faces)."""
+        """The result of a branch that saw nothing to score (a photo without faces).
+
+        Args:
+            num_classes: length of the (uniform) score vector.
+
+        Returns:
+            A Pooled with ``spoke`` False.
+
+        >>> Pooled.abstain().spoke
+        False
+        """
         return cls(np.full(num_classes, 1.0 / num_classes), False, ())
 
 
 def parse_pooling(text: str | int | None) -> int | None:
-    """``"all"`` -> None (every face); ``"top3"`` / ``"top-3"`` / ``"3"`` / 3 -> 3 (the 3 largest)."""
+    """Read a face pooling setting.
+
+    Args:
+        text: ``"all"``, ``"topK"`` / ``"top-K"`` / ``"K"``, an int K, or None.
+
+    Returns:
+        None for every face, else K (the K largest faces).
+
+    Raises:
+        ConfigError: for anything else, or K < 1.
+
+    >>> parse_pooling("all"), parse_pooling("top3"), parse_pooling(2)
+    (None, 3, 2)
+    """
     if text is None:
         return None
     if isinstance(text, int) and not isinstance(text, bool):
@@ -56,16 +79,39 @@ def parse_pooling(text: str | int | None) -> int | None:
 
 
 def pooling_name(k: int | None) -> str:
-    """The inverse of :func:`parse_pooling`: None -> ``"all"``, 3 -> ``"top3"``."""
+    """The inverse of :func:`parse_pooling`.
+
+    Args:
+        k: None (every face) or the number of largest faces.
+
+    Returns:
+        ``"all"`` or ``"topK"``.
+
+    >>> pooling_name(None), pooling_name(3)
+    ('all', 'top3')
+    """
     return "all" if k is None else f"top{k}"
 
 
 def pool(probs: np.ndarray | Sequence[Sequence[float]], areas: np.ndarray | Sequence[float],
          k: int | None = None) -> Pooled:
-    """Average the (N, C) face scores of one photo over all faces, or the ``k`` largest by box area.
+    """One photo's face scores pooled into one vector: the mean over all faces, or the ``k`` largest.
 
-    Ties in area keep the faces' order (the detector's, highest score first). With N == 0 the
-    result is an abstention, never an error.
+    Ties in area keep the faces' order (the detector's, highest score first).
+
+    Args:
+        probs: (N, C) face scores.
+        areas: (N,) face box areas.
+        k: average the ``k`` largest faces; None: every face.
+
+    Returns:
+        The :class:`Pooled` vector; an abstention (never an error) when N is 0.
+
+    >>> pooled = pool([[0.1, 0.2, 0.7], [0.2, 0.2, 0.6], [0.6, 0.3, 0.1]], areas=[900, 400, 100], k=2)
+    >>> pooled.probs.round(3).tolist(), pooled.faces
+    ([0.15, 0.2, 0.65], (0, 1))
+    >>> pool(np.zeros((0, 3)), []).spoke
+    False
     """
     p = np.asarray(probs, dtype=np.float64)
     a = np.asarray(areas, dtype=np.float64).reshape(-1)

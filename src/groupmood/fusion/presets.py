@@ -47,10 +47,21 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset_weights(name: str, branches: Iterable[str] | None = None) -> dict[str, float]:
-    """The weights of preset ``name`` (``run1`` .. ``run7``, also ``emotiw17-run5`` or ``5``).
+    """The fusion weights of one of the authors' seven submissions.
 
-    With ``branches``, every preset branch must be among them (a preset names ``aligned``,
-    ``global`` and ``nonaligned``).
+    Args:
+        name: ``run1`` .. ``run7`` (also ``emotiw17-run5`` or ``5``).
+        branches: the branches available; every preset branch (``aligned``, ``global``,
+            ``nonaligned``) must be among them.
+
+    Returns:
+        branch -> weight.
+
+    Raises:
+        ConfigError: for an unknown preset, or a preset branch missing from ``branches``.
+
+    >>> preset_weights("run5")
+    {'aligned': 3.2, 'global': 0.8, 'nonaligned': 0.6}
     """
     key = name.strip().lower().removeprefix("emotiw17-").removeprefix("emotiw17_")
     key = f"run{key}" if key.isdigit() else key
@@ -67,7 +78,21 @@ def preset_weights(name: str, branches: Iterable[str] | None = None) -> dict[str
 
 
 def parse_weights(text: str, branches: Iterable[str] | None = None) -> dict[str, float]:
-    """``"aligned=3,global=0.5,nonaligned=0.5"`` -> a dict; unknown branch names are an error."""
+    """Read ``--weights`` text.
+
+    Args:
+        text: ``NAME=NUMBER`` pairs separated by commas.
+        branches: the known branches; another name is an error (None: any name).
+
+    Returns:
+        branch -> weight.
+
+    Raises:
+        ConfigError: for malformed text, an unknown branch, or a negative weight.
+
+    >>> parse_weights("aligned=3, global=0.5")
+    {'aligned': 3.0, 'global': 0.5}
+    """
     out: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:

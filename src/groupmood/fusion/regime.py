@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, WeightsError
-from ..linear import LinearHead
+from .linear import LinearHead
 from .core import Fused, check_weights
 
 __all__ = ["GATE_CLASSES", "RegimeGate", "mix"]

@@ -35,10 +35,27 @@ def _sniff_csv(first: str) -> bool:
 
 
 def read_scores(path: str | Path, fmt: str = "auto") -> ScoreTable:
-    """Read a score file: ``authors`` (``name s1 s2 s3`` lines), ``csv`` (with header), or ``auto``.
+    """Read a score file.
 
     CSV columns are matched by class name, so any column order works; extra columns are ignored.
-    Duplicate names are an error.
+
+    Args:
+        path: the file.
+        fmt: ``authors`` (``name s1 s2 s3`` lines), ``csv`` (with a header), or ``auto`` (sniffed).
+
+    Returns:
+        The :class:`ScoreTable`.
+
+    Raises:
+        DatasetError: for a missing file, a malformed line, a duplicate name or a non-finite score.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "scores.txt"
+    ...     _ = path.write_text("party 1.jpg 0.1 0.2 0.7\\n")
+    ...     table = read_scores(path)
+    >>> table.names, table.scores.tolist()
+    (['party 1.jpg'], [[0.1, 0.2, 0.7]])
     """
     p = Path(path)
     if not p.is_file():
@@ -100,9 +117,25 @@ def _read_csv_scores(p: Path, text: str) -> tuple[list[str], list[list[float]]]:
 
 def write_scores(path: str | Path, names: Sequence[str], scores: np.ndarray, fmt: str = "csv",
                  ndigits: int = 6) -> Path:
-    """Write score rows atomically, as ``csv`` (header ``name,Negative,Neutral,Positive``) or ``authors``.
+    """Write score rows atomically.
 
-    A name with a line break cannot be written in the authors' format and is an error.
+    Args:
+        path: the file.
+        names: one photo name per row.
+        scores: (N, 3) rows in :data:`~groupmood.labels.GROUP_CLASSES` order.
+        fmt: ``csv`` (header ``name,Negative,Neutral,Positive``) or ``authors`` (``name s1 s2 s3``; a
+            name with a line break is an error there).
+        ndigits: decimals written.
+
+    Returns:
+        The path written.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = write_scores(Path(d) / "scores.csv", ["a.jpg"], np.array([[0.1, 0.2, 0.7]]), ndigits=2)
+    ...     print(path.read_text(), end="")
+    name,Negative,Neutral,Positive
+    a.jpg,0.10,0.20,0.70
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1, len(GROUP_CLASSES))
     if len(s) != len(names):
@@ -138,9 +171,22 @@ def _class_index(value: str) -> int:
 
 
 def read_labels(path: str | Path) -> dict[str, int]:
-    """Photo name -> class index from ``name,label`` CSV (header optional) or ``name label`` lines.
+    """Read a label file.
 
-    Labels are class names (case-insensitive) or indices 0 Negative, 1 Neutral, 2 Positive.
+    Args:
+        path: ``name,label`` CSV (header optional) or ``name label`` lines; labels are class names
+            (case-insensitive) or indices 0 Negative, 1 Neutral, 2 Positive.
+
+    Returns:
+        photo name -> class index.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = Path(d) / "labels.csv"
+    ...     _ = path.write_text("name,label\\na.jpg,positive\\nb.jpg,0\\n")
+    ...     labels = read_labels(path)
+    >>> labels
+    {'a.jpg': 2, 'b.jpg': 0}
     """
     p = Path(path)
     if not p.is_file():

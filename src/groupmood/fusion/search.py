@@ -13,9 +13,17 @@ __all__ = ["OBJECTIVES", "WeightSearch", "search_weights", "simplex_grid"]
 
 
 def simplex_grid(num_branches: int, step: float = 0.1) -> np.ndarray:
-    """Every weight vector whose entries are multiples of ``step`` and sum to 1, as (M, B).
+    """Every weight vector whose entries are multiples of ``step`` and sum to 1.
 
-    ``1 / step`` must be a whole number. Zero weights are included (a branch left out).
+    Args:
+        num_branches: B, the length of each vector.
+        step: the grid step; ``1 / step`` must be a whole number.
+
+    Returns:
+        (M, B) float64 weights; zero weights are included (a branch left out).
+
+    >>> simplex_grid(2, step=0.5).tolist()
+    [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
     """
     if num_branches < 1:
         raise ValueError("need at least one branch")
@@ -90,13 +98,28 @@ def search_weights(scores: Mapping[str, np.ndarray], labels: np.ndarray | Sequen
                    balanced: bool = False, objective: str = "accuracy") -> WeightSearch:
     """Accuracy and log loss of every weight set of :func:`simplex_grid` on labelled photos.
 
-    ``scores[branch]`` is (N, C) rows (softmaxed by the authors' rule where needed), ``labels``
-    (N,) class indices. Abstentions count wrong and score the uniform vector. ``balanced``
-    averages over the classes present in ``labels`` (per-class accuracy, per-class mean log
-    loss), so a rare class weighs as much as a common one. ``objective`` picks the set:
-    ``accuracy`` (the authors') or ``log_loss``, the negative log-likelihood of the fused
-    probabilities: smooth where accuracy on a few hundred photos is a step function with many
-    ties, so the chosen weights move less from one sample of photos to the next.
+    Abstentions count wrong and score the uniform vector. ``log_loss`` is smooth where accuracy on a
+    few hundred photos is a step function with many ties, so the weights it picks move less from one
+    sample of photos to the next.
+
+    Args:
+        scores: branch -> (N, C) rows (softmaxed by the authors' rule where needed).
+        labels: (N,) class indices.
+        step: the grid step.
+        spoke: branch -> (N,) bool, whether it spoke on each photo; default: on all.
+        chunk: weight sets scored at once (bounds memory).
+        balanced: average over the classes present in ``labels``, so a rare class weighs as much as
+            a common one.
+        objective: ``accuracy`` (the authors') or ``log_loss``.
+
+    Returns:
+        The :class:`WeightSearch`: every set tried and the chosen one.
+
+    >>> search = search_weights({"faces": np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.2, 0.6, 0.2]]),
+    ...                          "scene": np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]])},
+    ...                         labels=[2, 0, 1], step=0.5)
+    >>> search.best_weights, search.best_accuracy
+    ({'faces': 0.5, 'scene': 0.5}, 1.0)
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"weight search objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")

@@ -13,9 +13,21 @@ __all__ = ["align_tables", "match_labels"]
 
 
 def align_tables(tables: Mapping[str, ScoreTable]) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Names (union, first-seen order), scores (N, C) and spoke (N,) per branch.
+    """Line branch score tables up by photo name.
 
     A photo missing from a branch's table is an abstention of that branch (uniform scores).
+
+    Args:
+        tables: branch -> its :class:`~groupmood.fusion.scores.ScoreTable`.
+
+    Returns:
+        The names (union, first-seen order), and per branch the (N, C) scores and the (N,) spoke flags.
+
+    >>> from groupmood.fusion import ScoreTable
+    >>> names, scores, spoke = align_tables({"faces": ScoreTable(["a.jpg", "b.jpg"], np.eye(3)[:2]),
+    ...                                      "scene": ScoreTable(["b.jpg", "c.jpg"], np.eye(3)[1:])})
+    >>> names, spoke["faces"].tolist()
+    (['a.jpg', 'b.jpg', 'c.jpg'], [True, True, False])
     """
     names: list[str] = []
     index: dict[str, int] = {}
@@ -37,7 +49,18 @@ def align_tables(tables: Mapping[str, ScoreTable]) -> tuple[list[str], dict[str,
 
 
 def match_labels(names: Sequence[str], labels: Mapping[str, int]) -> np.ndarray:
-    """Label index per name, matched exactly or else by file name without folder / extension; -1 if none."""
+    """The label of each photo name, matched exactly or else by file name without folder / extension.
+
+    Args:
+        names: photo names (e.g. of a score table).
+        labels: photo name -> class index (:func:`~groupmood.fusion.scores.read_labels`).
+
+    Returns:
+        (N,) int64 class indices; -1 where no label matches (or the stem is ambiguous).
+
+    >>> match_labels(["photos/a.jpg", "b.jpg"], {"a.png": 2}).tolist()
+    [2, -1]
+    """
     by_stem: dict[str, int] = {}
     dupes: set[str] = set()
     for n, y in labels.items():

@@ -32,6 +32,10 @@ class ClassifierHead(nn.Module):
     both have no bias. ``m`` and ``margin_kw`` (``base``, ``gamma``, ``power``, ``lambda_min``) go to
     :class:`~groupmood.losses.LargeMargin` and are ignored by ``softmax``. The weight is always
     ``self.fc.weight`` (num_classes, in_features), so checkpoints move between kinds.
+
+    >>> head = ClassifierHead(16, 3, kind="asoftmax", m=4)
+    >>> head(torch.rand(2, 16), target=torch.tensor([0, 2])).shape  # the margin applies in training
+    torch.Size([2, 3])
     """
 
     def __init__(self, in_features: int, num_classes: int, kind: str = "softmax", m: int = 4,

@@ -41,12 +41,30 @@ CONVERTERS: dict[str, Callable[[Path, bool], Path]] = {
 
 
 def store_name(model: str) -> str | None:
-    """The weight-store name of a ``store:NAME`` model reference; None for a file path."""
+    """The weight-store name of a bundle's ``model`` value.
+
+    Args:
+        model: a ``store:NAME`` reference or a file path.
+
+    Returns:
+        NAME; None for a file path.
+
+    >>> store_name("store:fer_mini_xception"), store_name("models/face.safetensors")
+    ('fer_mini_xception', None)
+    """
     return model[len(STORE_PREFIX):] if model.startswith(STORE_PREFIX) else None
 
 
 def converted_model(name: str, auto_fetch: bool = False) -> Path:
-    """The cached groupmood model file of weight-store entry ``name``, converted now if it is missing."""
+    """The cached groupmood model file of a weight-store entry, converted now if it is missing.
+
+    Args:
+        name: a weight-store name :data:`CONVERTERS` knows.
+        auto_fetch: fetch the source file when it is not in the cache.
+
+    Returns:
+        The path of the converted model file.
+    """
     if name not in CONVERTERS:
         raise WeightsError(f"no converter for weights {name!r}; a bundle can name store:{'|'.join(sorted(CONVERTERS))}")
     out = store.converted_path(name)

@@ -128,7 +128,18 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def family_info(family: str) -> ModelInfo:
-    """A family's recipe as a ModelInfo without a model (``name`` is the family)."""
+    """A family's recipe as a ModelInfo without a model (``name`` is the family).
+
+    Args:
+        family: a key of :data:`FAMILY_RECIPES`.
+
+    Returns:
+        The :class:`ModelInfo`.
+
+    >>> info = family_info("global")
+    >>> info.input_size, info.resize, info.crop
+    ((224, 224), 256, 'center')
+    """
     try:
         values = FAMILY_RECIPES[family]
     except KeyError:
@@ -141,8 +152,16 @@ def register_model(family: str, input_size: tuple[int, int] | None = None, in_ch
                    description: str = "", **recipe: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model constructor under its function name.
 
-    ``input_size``, ``in_chans`` and ``recipe`` override the family's (:data:`FAMILY_RECIPES`):
-    ``mean``, ``std``, ``crop``, ``resize``, ``tta_flip``, ``pooling``, ``grey``, ``classes``.
+    Args:
+        family: the model family (a key of :data:`FAMILY_RECIPES`).
+        input_size: (height, width), when it differs from the family's.
+        in_chans: input channels, when they differ from the family's.
+        description: one line; the constructor's first docstring line by default.
+        **recipe: other fields that differ from the family's: ``mean``, ``std``, ``crop``,
+            ``resize``, ``tta_flip``, ``pooling``, ``grey``, ``classes``.
+
+    Returns:
+        The decorator; it returns the constructor unchanged.
     """
     if family not in FAMILY_RECIPES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILY_RECIPES)}")

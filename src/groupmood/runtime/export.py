@@ -40,7 +40,17 @@ class FeaturesOf(torch.nn.Module):
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, bytes): the key of a model that has no weight file."""
+    """The sha256 of a module's state: the cache key of a model that has no weight file.
+
+    Args:
+        module: the model.
+
+    Returns:
+        The hex digest of its state's names, dtypes, shapes and bytes.
+
+    >>> len(weights_sha256(torch.nn.Linear(2, 1)))
+    64
+    """
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -60,11 +70,32 @@ def export_onnx(module: torch.nn.Module, name: str, key: Mapping[str, Any], outp
                 cache_dir: Path | None = None, meta: Mapping[str, Any] | None = None) -> OrtModel:
     """The ONNX Runtime model of ``module``: from the cache when its file is there and intact, else exported now.
 
-    ``key`` identifies what is exported (the weight file's sha256 and the export recipe; JSON-ready):
-    :func:`~groupmood.runtime.session.load_cached` finds the file from it without PyTorch.
-    ``example`` is one input of the right shape; ``parity_inputs`` gives real inputs on which ONNX
-    Runtime's outputs must match PyTorch's (called only at export). ``meta`` joins the sidecar
-    (what a torch-free caller needs: classes, input recipe).
+    Args:
+        module: the PyTorch model.
+        name: its cache name.
+        key: what is exported (the weights' sha256 and the export recipe; JSON-ready):
+            :func:`~groupmood.runtime.session.load_cached` finds the file from it without PyTorch.
+        output_names: the names of the model's outputs.
+        example: one input of the right shape.
+        parity_inputs: gives real inputs on which ONNX Runtime's outputs must match PyTorch's within
+            :data:`~groupmood.runtime.session.PARITY_TOL` (called only at export).
+        dynamic_hw: export height and width as dynamic axes (fully convolutional nets).
+        cache_dir: the cache folder; :func:`~groupmood.runtime.session.onnx_cache_dir` by default.
+        meta: joins the sidecar (what a torch-free caller needs: classes, input recipe).
+
+    Returns:
+        The :class:`~groupmood.runtime.session.OrtModel`.
+
+    >>> import tempfile
+    >>> from groupmood import create_model
+    >>> from groupmood.runtime.session import onnx_key
+    >>> net = create_model("resnet_tiny_48", num_classes=3).eval()
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ort = export_onnx(net, "tiny", onnx_key(weights_sha256(net)), ["logits"], torch.zeros(1, 1, 48, 48),
+    ...                       lambda: [torch.rand(2, 1, 48, 48)], cache_dir=Path(d))
+    ...     out = ort(np.zeros((4, 1, 48, 48), np.float32))
+    >>> out[0].shape
+    (4, 3)
     """
     cached = load_cached(name, key, cache_dir)
     if cached is not None:
@@ -123,7 +154,14 @@ def _export(module: torch.nn.Module, name: str, key: Mapping[str, Any], path: Pa
 
 
 def parity_photos() -> list[np.ndarray]:
-    """The real photo exports are checked on: the ``group`` sample (five faces; fetched once, sha256-checked)."""
+    """The real photos exports are checked on.
+
+    Returns:
+        The ``group`` sample photo (five faces; fetched once, sha256-checked) as an RGB array.
+
+    >>> [p.shape for p in parity_photos()]
+    [(667, 1000, 3)]
+    """
     from ..images import load_image
     from ..samples import sample_path
 

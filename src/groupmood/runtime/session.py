@@ -11,12 +11,12 @@ found at export and what a caller needs to use the model without PyTorch (classe
 
 Thread settings are set once per process (:func:`settings`): one intra-op thread per session
 (``GROUPMOOD_ORT_THREADS`` overrides), because ``predict`` works on one photo per CPU at once
-(:meth:`groupmood.pipeline.GroupEmotionRecognizer.photo_workers`): on the 2-core benchmark machine
-that took the 228 benchmark photos from 15.3 s (two photos, two threads each) to 13.6 s, where one
-photo's many small model calls leave a second intra-op thread mostly idle. Sequential execution, no
+(:meth:`groupmood.pipeline.GroupEmotionRecognizer.photo_workers`): one photo's many small model
+calls leave a second intra-op thread mostly idle, so photos in parallel use the CPUs better
+(numbers in ``docs/performance.md``). Sequential execution, no
 spinning of idle pool threads (``session.intra_op.allow_spinning = 0``). A memory arena and a memory
 pattern only for models whose input has a fixed height and width (R-Net, O-Net, the branches; the
-sidecar's ``dynamic_hw``): buffers are kept between calls, 5% less model time on the 228 photos.
+sidecar's ``dynamic_hw``): buffers are kept between calls instead of allocated on each.
 P-Net runs without (its input size changes at every level, and an arena would keep the largest
 of each buffer for good).
 :func:`set_intra_op_threads` changes the thread count of the sessions made after it (a caller that
@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "ENGINES", "EXPORT_VERSION", "OPSET", "PARITY_TOL", "OrtModel", "OrtSettings", "cache_path",
-           "load_cached", "onnx_cache_dir", "ort_available", "photo_workers", "resolve_backend", "set_intra_op_threads",
+           "load_cached", "onnx_cache_dir", "onnx_key", "safetensors_model_name", "ort_available", "photo_workers", "resolve_backend", "set_intra_op_threads",
            "settings"]
 
 #: What runs a model: ONNX Runtime or PyTorch.
@@ -52,7 +52,11 @@ PARITY_TOL = 1e-4
 
 
 def ort_available() -> bool:
-    """Whether the ``onnxruntime`` package can be imported here."""
+    """Whether the ``onnxruntime`` package can be imported here.
+
+    Returns:
+        True when it can.
+    """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -61,12 +65,36 @@ def ort_available() -> bool:
 
 
 def device_type(device: Any) -> str:
-    """``cpu``, ``cuda``, ``mps``, ... of a device given as a string (``cuda:1``) or a ``torch.device``."""
+    """The type of a device, without importing PyTorch.
+
+    Args:
+        device: a string (``cuda:1``) or a ``torch.device``.
+
+    Returns:
+        ``cpu``, ``cuda``, ``mps``, ...
+
+    >>> device_type("cuda:1")
+    'cuda'
+    """
     return str(device).split(":", 1)[0]
 
 
 def resolve_backend(backend: str, device: Any) -> str:
-    """``onnxruntime`` or ``torch`` for a ``--backend`` choice: ``auto`` is ONNX Runtime on a CPU, PyTorch elsewhere."""
+    """What runs the models for a ``--backend`` choice.
+
+    Args:
+        backend: ``auto``, ``onnxruntime`` or ``torch``.
+        device: where the models run.
+
+    Returns:
+        ``onnxruntime`` or ``torch``: ``auto`` is ONNX Runtime on a CPU where it is installed, else PyTorch.
+
+    Raises:
+        ConfigError: for an unknown backend, or ``onnxruntime`` off a CPU or without the package.
+
+    >>> resolve_backend("auto", "cuda:0")
+    'torch'
+    """
     kind = device_type(device)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -101,8 +129,8 @@ class OrtSettings:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         # an arena and a memory pattern only where the input's height and width are fixed: P-Net's input
         # changes size at every pyramid level, and an arena keeps the largest of each buffer for ever
-        # (270 MB more peak RSS over 30 multiemova-dev photos); for R-Net, O-Net and the branches (batches
-        # of at most a chunk) reusing buffers saves 5% of their time on the 228 benchmark photos
+        # (peak memory grows with the photos seen); R-Net, O-Net and the branches (batches of at most a
+        # chunk) reuse their buffers instead of allocating them on every call
         opts.enable_cpu_mem_arena = fixed_shape
         opts.enable_mem_pattern = fixed_shape
         opts.log_severity_level = 3
@@ -130,8 +158,17 @@ def cpu_count() -> int:
 
 
 def photo_workers(backend: str) -> int:
-    """How many photos a command works on at once: one per CPU under ONNX Runtime (one intra-op thread each),
-    one under PyTorch (its own threads)."""
+    """How many photos a command works on at once.
+
+    Args:
+        backend: ``onnxruntime`` or ``torch``.
+
+    Returns:
+        One per CPU under ONNX Runtime (one intra-op thread each), one under PyTorch (its own threads).
+
+    >>> photo_workers("torch")
+    1
+    """
     return cpu_count() if backend == "onnxruntime" else 1
 
 
@@ -149,7 +186,14 @@ def settings() -> OrtSettings:
 
 
 def set_intra_op_threads(threads: int) -> OrtSettings:
-    """Fix the threads of every later session (unless ``GROUPMOOD_ORT_THREADS`` is set); sessions made before keep theirs."""
+    """Fix the threads of every later session (unless ``GROUPMOOD_ORT_THREADS`` is set); sessions made before keep theirs.
+
+    Args:
+        threads: intra-op threads per session (at least 1).
+
+    Returns:
+        The new :class:`OrtSettings`.
+    """
     global _SETTINGS, _DEFAULT_THREADS
     _DEFAULT_THREADS, _SETTINGS = max(1, int(threads)), None
     return settings()
@@ -162,13 +206,61 @@ def onnx_cache_dir() -> Path:
     return home() / "onnx"
 
 
+def onnx_key(weights_sha256: str, **options: Any) -> dict[str, Any]:
+    """The cache key of one exported model.
+
+    Args:
+        weights_sha256: the sha256 of the weights it comes from.
+        **options: its export options (``fold_batchnorm`` for a branch, ``dynamic_hw`` for an MTCNN net).
+
+    Returns:
+        A JSON-ready mapping (:func:`cache_path`).
+
+    >>> onnx_key("ab12", dynamic_hw=True)
+    {'weights': 'ab12', 'dynamic_hw': True}
+    """
+    return {"weights": weights_sha256, **options}
+
+
+def safetensors_model_name(path: Path) -> str | None:
+    """``{family}-{model}`` of a groupmood ``.safetensors`` model file, from its header alone (no PyTorch): the
+    name its ONNX file is cached under; None for another file or a damaged one (the PyTorch loader names the
+    problem)."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            raw = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k in ("model", "family", "arch", "recipe")}
+    except Exception:
+        return None
+    model = raw.get("model") or (raw.get("arch") or {}).get("name")
+    family = raw.get("family") or (raw.get("recipe") or {}).get("family")
+    if not isinstance(model, str) or not isinstance(family, str):
+        return None
+    return f"{family}-{model}"
+
+
 def full_key(name: str, key: Mapping[str, Any]) -> dict[str, Any]:
     """The whole cache key of model ``name``: the caller's key plus the export version and opset."""
     return {"name": name, **dict(key), "export": EXPORT_VERSION, "opset": OPSET}
 
 
 def cache_path(name: str, key: Mapping[str, Any], cache_dir: Path | None = None) -> Path:
-    """The ONNX file of model ``name`` exported under ``key`` (a JSON-ready mapping naming the weights' sha256)."""
+    """Where the ONNX file of a model exported under a key lives (it may not exist yet).
+
+    Args:
+        name: the model's cache name.
+        key: a JSON-ready mapping naming the weights' sha256 (:func:`onnx_key`).
+        cache_dir: the cache folder; :func:`onnx_cache_dir` by default.
+
+    Returns:
+        ``<cache_dir>/<name>-<digest of the whole key>.onnx``.
+
+    >>> cache_path("mtcnn_pnet", onnx_key("ab12", dynamic_hw=True), Path("/cache")).parent.as_posix()
+    '/cache'
+    """
     digest = hashlib.sha256(json.dumps(full_key(name, key), sort_keys=True).encode()).hexdigest()[:20]
     return (cache_dir or onnx_cache_dir()) / f"{name}-{digest}.onnx"
 
@@ -200,7 +292,19 @@ class OrtModel:
 
 
 def load_cached(name: str, key: Mapping[str, Any], cache_dir: Path | None = None) -> OrtModel | None:
-    """Model ``name``'s ONNX Runtime session from the cache when its file and sidecar are there and intact, else None."""
+    """A model's ONNX Runtime session from the cache, without PyTorch.
+
+    Args:
+        name: the model's cache name.
+        key: its cache key (:func:`onnx_key`).
+        cache_dir: the cache folder; :func:`onnx_cache_dir` by default.
+
+    Returns:
+        The :class:`OrtModel` when its file and sidecar are there and intact (sha256-checked), else None.
+
+    >>> load_cached("mtcnn_onet", onnx_key("0" * 64, dynamic_hw=False)) is None  # never exported
+    True
+    """
     path = cache_path(name, key, cache_dir)
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):

@@ -5,7 +5,7 @@ shared by every request. Inference runs in worker threads, never on the event lo
 keeps answering (health, the page, refusals) while photos are labelled. At most ``workers``
 requests are labelled at a time and at most ``queue`` more wait; a request beyond that gets 503
 with ``Retry-After`` at once, so memory stays bounded: a waiting request holds at most
-``max_upload_bytes`` of body, a running one also one decoded photo at a time. Only requests whose
+``max_upload_bytes`` of body, a running one also its decoded photos (at most :data:`KEEP_DECODED_BYTES`). Only requests whose
 body has arrived count: a body still coming in takes no place in the queue, and one that has not
 arrived within ``body_timeout_s`` is answered 408, so stalled clients cannot lock others out.
 
@@ -15,7 +15,8 @@ content sniffing, EXIF, the pixel-count guard read from the header, and the redu
 ``predict`` uses, :meth:`~groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`), so
 nothing of a photo is ever on disk, whatever way the server stops. Each record is the one
 ``predict --format jsonl`` writes for the photo: ``{"file": NAME, **GroupResult.to_dict()}``,
-with the uploaded file's base name as ``NAME``.
+with the uploaded file's base name as ``NAME``; its schema is :class:`~groupmood.serve.schemas.PhotoRecord`
+(``/openapi.json``).
 
 A local server must not be driven by the pages of other sites: a request whose ``Host`` is not
 this machine's (``localhost``, a loopback address, or a name given in ``allowed_hosts``; DNS
@@ -48,8 +49,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..errors import ImageLoadError
 from ..images import DEFAULT_MAX_PIXELS, Photo, load_photo_bytes
 from ..labels import GROUP_CLASSES
-from ..pipeline import GroupEmotionRecognizer, GroupResult, read_bundle
+from ..pipeline import Bundle, GroupEmotionRecognizer, GroupResult
 from ..report import LABEL_COLOURS, REPORT_CSS
+from .schemas import Health, PredictResponse
 
 __all__ = ["ServeLimits", "create_app", "page_html", "get_labeller"]
 
@@ -62,6 +64,9 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 
 Labeller = Callable[[Photo | np.ndarray], GroupResult]
 
+#: Decoded photos one request keeps between its check and its labelling (bytes of pixels).
+KEEP_DECODED_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ServeLimits:
@@ -70,6 +75,9 @@ class ServeLimits:
     ``workers`` requests are labelled at a time, ``queue`` more may wait; ``retry_after_s`` is the
     ``Retry-After`` of a 503 answer when both are full. A request body must arrive within
     ``body_timeout_s`` seconds (408 otherwise).
+
+    >>> ServeLimits(max_files=4, workers=2).max_files
+    4
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -113,10 +121,17 @@ def _mb(n: int) -> str:
 
 
 def refusal_status(reason: str) -> int:
-    """The HTTP status of an image the loader refused, from its reason (see :mod:`groupmood.images`).
+    """The HTTP status of an image the loader refused.
 
-    Too many pixels 413, empty 400, not an image (or an unreadable format) 415, anything else the
-    loader could not decode (truncated, corrupt, NaN pixels) 422.
+    Args:
+        reason: the :class:`~groupmood.errors.ImageLoadError`'s reason (see :mod:`groupmood.images`).
+
+    Returns:
+        Too many pixels 413, empty 400, not an image (or an unreadable format) 415, anything else the
+        loader could not decode (truncated, corrupt, NaN pixels) 422.
+
+    >>> refusal_status("image too large: 20000 x 20000"), refusal_status("empty file (0 bytes)")
+    (413, 400)
     """
     r = reason.lower()
     if r.startswith("image too large"):
@@ -129,7 +144,18 @@ def refusal_status(reason: str) -> int:
 
 
 def upload_name(filename: str | None, k: int) -> str:
-    """The name a photo is known by in records and messages: the base name of the uploaded file."""
+    """The name a photo is known by in records and messages.
+
+    Args:
+        filename: the uploaded file's name, as the client sent it (any folder or drive dropped).
+        k: the photo's position in the request, naming a photo sent without a name.
+
+    Returns:
+        The base name of the uploaded file, or ``photo K+1``.
+
+    >>> upload_name("holidays/2024/party.jpg", 0), upload_name(None, 2)
+    ('party.jpg', 'photo 3')
+    """
     name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
     return name or f"photo {k + 1}"
 
@@ -192,24 +218,34 @@ def label_uploads(uploads: Sequence[tuple[str, bytes]], labeller: Labeller, max_
 
     Runs in a worker thread. Photos are decoded from memory as ``predict`` decodes files (at the
     reduced size that keeps ``min_short_side`` pixels, the recognizer's
-    :meth:`~groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`). Every photo is checked
-    (decoded) before any is labelled, so a refusal costs no inference; then each is decoded again
-    and labelled one at a time, so one request holds one decoded photo at a time.
+    :meth:`~groupmood.pipeline.GroupEmotionRecognizer.decode_short_side`). Every photo is decoded
+    before any is labelled, so a refusal costs no inference; the decoded photos are kept for labelling
+    up to :data:`KEEP_DECODED_BYTES` (the rest, on a request of very large photos, are decoded again
+    when their turn comes).
     """
     refused = []
-    for name, data in uploads:
+    kept: dict[int, Photo] = {}
+    held = 0
+    for k, (name, data) in enumerate(uploads):
         try:
-            load_photo_bytes(data, name, max_pixels, min_short_side)
+            photo = load_photo_bytes(data, name, max_pixels, min_short_side)
         except ImageLoadError as exc:
             refused.append({"file": name, "error": exc.reason, "status": refusal_status(exc.reason)})
+            continue
+        if held + photo.pixels.nbytes <= KEEP_DECODED_BYTES:
+            kept[k] = photo
+            held += photo.pixels.nbytes
     if refused:
         first = refused[0]
         message = (f"{first['file']}: {first['error']}" if len(refused) == 1 else
                    f"{len(refused)} of {len(uploads)} photos refused, none labelled; first: "
                    f"{first['file']}: {first['error']}")
         raise ApiError(first["status"], message, refused)
-    return [{"file": name, **labeller(load_photo_bytes(data, name, max_pixels, min_short_side)).to_dict()}
-            for name, data in uploads]
+    records = []
+    for k, (name, data) in enumerate(uploads):
+        photo = kept.pop(k, None) or load_photo_bytes(data, name, max_pixels, min_short_side)
+        records.append({"file": name, **labeller(photo).to_dict()})
+    return records
 
 
 def get_labeller(request: Request) -> Labeller:
@@ -219,7 +255,17 @@ def get_labeller(request: Request) -> Labeller:
 
 
 def page_html(limits: ServeLimits) -> str:
-    """The page at ``/``: one self-contained HTML file, the report's style and colours inlined."""
+    """The page at ``/``: one self-contained HTML file, the report's style and colours inlined.
+
+    Args:
+        limits: the server's limits the page checks before it uploads (size, number of files).
+
+    Returns:
+        The HTML text.
+
+    >>> page_html(ServeLimits()).startswith("<!doctype html>")
+    True
+    """
     template = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     colours = {c: "#%02x%02x%02x" % rgb for c, rgb in LABEL_COLOURS.items()}
     config = {"colours": colours, "classes": list(GROUP_CLASSES), "maxUploadBytes": limits.max_upload_bytes,
@@ -238,23 +284,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _bundle_summary(spec: dict[str, Any]) -> dict[str, Any]:
+def _bundle_summary(spec: Bundle) -> dict[str, Any]:
     """What ``/v1/bundle`` shows of a bundle: branches (model file names), weights, fallback, what they were chosen on."""
-    branches = []
-    for b in spec["branches"]:
-        entry = {k: v for k, v in b.items() if k != "model"}
-        entry["model"] = Path(b["model"]).name
-        branches.append(entry)
-    fusion = {k: (Path(v).name if k == "model" else v) for k, v in spec["fusion"].items()}
-    return jsonable_encoder({"name": spec.get("name"), "description": spec.get("description"),
-                             "classes": list(GROUP_CLASSES), "branches": branches, "weights": spec["weights"],
-                             "fallback": spec["fallback"],
-                             "fusion": fusion, "detector": spec["detector"], "chosen_on": spec["chosen_on"],
-                             "path": spec["path"]})
+    branches = [{**b.to_dict(), "model": b.model.name} for b in spec.branches]
+    fusion = {k: (Path(v).name if k in ("model", "gate") else v) for k, v in spec.fusion.to_dict().items()}
+    return jsonable_encoder({"name": spec.name, "description": spec.description, "classes": list(GROUP_CLASSES),
+                             "branches": branches, "weights": dict(spec.weights), "fallback": list(spec.fallback),
+                             "fusion": fusion, "detector": spec.detector_overrides(), "chosen_on": dict(spec.chosen_on),
+                             "path": str(spec.path)})
 
 
 def host_name(host: str) -> str:
-    """The name in a ``Host`` header or an origin's network location, without the port, lower case."""
+    """The host name of a ``Host`` header or an origin's network location.
+
+    Args:
+        host: ``name[:port]`` or ``[IPv6][:port]``.
+
+    Returns:
+        The name without the port, lower case.
+
+    >>> host_name("LocalHost:8000"), host_name("[::1]:8000")
+    ('localhost', '::1')
+    """
     host = host.strip().lower()
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
@@ -262,7 +313,17 @@ def host_name(host: str) -> str:
 
 
 def is_local_host(name: str) -> bool:
-    """Whether ``name`` (a host name without port) is this machine: ``localhost`` or a loopback address."""
+    """Whether a host name is this machine.
+
+    Args:
+        name: a host name without port (:func:`host_name`).
+
+    Returns:
+        True for ``localhost`` (and ``*.localhost``) or a loopback address.
+
+    >>> is_local_host("127.0.0.1"), is_local_host("example.com")
+    (True, False)
+    """
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -313,11 +374,23 @@ class HostGuard:
 
 def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
                limits: ServeLimits | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:
-    """The application; ``load()`` builds the recognizer of ``bundle`` once, when the application starts.
+    """The FastAPI application of ``groupmood serve``.
 
-    ``load`` runs in a worker thread at start-up (a server with a bad bundle fails to start, it
-    does not answer errors later); ``bundle`` is the YAML it loads, shown by health and bundle.
-    ``allowed_hosts`` are the host names accepted beside this machine's own (:class:`HostGuard`).
+    Args:
+        load: builds the recognizer, once, in a worker thread when the application starts (a server
+            with a bad bundle fails to start, it does not answer errors later).
+        bundle: the bundle YAML ``load`` reads, shown by ``/v1/health`` and ``/v1/bundle``.
+        limits: what the server accepts; :class:`ServeLimits` defaults.
+        allowed_hosts: host names accepted beside this machine's own (:class:`HostGuard`).
+
+    Returns:
+        The application, to run with uvicorn; nothing is loaded until it starts.
+
+    >>> from groupmood.pipeline import GroupEmotionRecognizer, bundle_path
+    >>> path = bundle_path("default")
+    >>> app = create_app(lambda: GroupEmotionRecognizer.from_bundle(path), path)
+    >>> sorted(route.path for route in app.routes if route.path.startswith("/v1"))
+    ['/v1/bundle', '/v1/health', '/v1/predict']
     """
     limits = limits or ServeLimits()
     bundle_path = Path(bundle)
@@ -325,7 +398,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.recognizer = await anyio.to_thread.run_sync(load)
-        app.state.bundle = _bundle_summary(read_bundle(bundle_path))
+        app.state.bundle = _bundle_summary(Bundle.load(bundle_path))
         app.state.limiter = anyio.CapacityLimiter(limits.workers)
         app.state.in_flight = 0
         app.state.receiving = 0
@@ -365,7 +438,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/v1/health")
+    @app.get("/v1/health", response_model=Health)
     async def health(request: Request) -> dict[str, Any]:
         """Whether the models are loaded, package versions, the bundle, the limits and how busy it is."""
         rec: GroupEmotionRecognizer | None = request.app.state.recognizer
@@ -381,7 +454,7 @@ def create_app(load: Callable[[], GroupEmotionRecognizer], bundle: str | Path,
         """The bundle's branches, fusion weights and what they were chosen on."""
         return request.app.state.bundle
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(request: Request, labeller: Labeller = Depends(get_labeller)) -> dict[str, Any]:
         """Label each photo sent as multipart ``files``: ``{"records": [one predict record per photo]}``."""
         state = request.app.state

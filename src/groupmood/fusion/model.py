@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, WeightsError
-from .io import atomic_write
-from .labels import GROUP_CLASSES
+from ..errors import ConfigError, WeightsError
+from ..io import atomic_write
+from ..labels import GROUP_CLASSES
 from .linear import LinearHead, fit_softmax_regression
 
 __all__ = ["FUSION_MODEL_FORMAT", "FusionModel", "fusion_features"]
@@ -78,7 +78,7 @@ class FusionModel:
         """safetensors with ``weight`` / ``bias`` and the branch lists in the metadata (written atomically)."""
         from safetensors.numpy import save as save_safetensors
 
-        from .checkpoint import canonical_safetensors
+        from ..checkpoint import canonical_safetensors
 
         meta = {"format": FUSION_MODEL_FORMAT, "branches": json.dumps(list(self.branches)),
                 "face_branches": json.dumps(list(self.face_branches)), "classes": json.dumps(list(GROUP_CLASSES)),

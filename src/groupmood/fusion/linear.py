@@ -1,7 +1,7 @@
 """A linear head on features and its L2-regularised logistic-regression fit.
 
 The group head on a frozen face trunk (:mod:`groupmood.engine.group_head`) and the learned fusion
-(:mod:`groupmood.fusion_model`, used at inference) share them; they live outside ``engine`` so that
+(:mod:`groupmood.fusion.model`, used at inference) share them; they live outside ``engine`` so that
 inference never imports the training code.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .mathops import softmax
+from ..mathops import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -22,12 +22,17 @@ __all__ = ["LinearHead", "class_balanced_weights", "fit_softmax_regression"]
 
 @dataclass(frozen=True)
 class LinearHead:
-    """``logits = x @ weight.T + bias`` on raw features; ``weight`` (C, D), ``bias`` (C,), float64."""
+    """``logits = x @ weight.T + bias`` on raw features; ``weight`` (C, D), ``bias`` (C,), float64.
+
+    >>> LinearHead(np.eye(2), np.zeros(2)).probs(np.array([[1.0, 1.0]])).tolist()
+    [[0.5, 0.5]]
+    """
 
     weight: np.ndarray
     bias: np.ndarray
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """(N, C) float64 logits of (N, D) features."""
         return np.asarray(x, dtype=np.float64) @ self.weight.T + self.bias
 
     def probs(self, x: np.ndarray) -> np.ndarray:
@@ -44,7 +49,18 @@ class LinearHead:
 
 
 def class_balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per class, ``n / (num_classes * count)``: every present class weighs the same in total (0 for an absent one)."""
+    """Per class, ``n / (num_classes * count)``: every present class weighs the same in total.
+
+    Args:
+        labels: (N,) class indices.
+        num_classes: C.
+
+    Returns:
+        (C,) float64 weights; 0 for an absent class.
+
+    >>> class_balanced_weights(np.array([0, 0, 0, 1]), 2).round(3).tolist()
+    [0.667, 2.0]
+    """
     count = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
     return np.divide(len(labels), num_classes * count, out=np.zeros(num_classes), where=count > 0)
 
@@ -56,6 +72,22 @@ def fit_softmax_regression(x: np.ndarray, y: np.ndarray, c: float, num_classes: 
     Objective ``c * sum_i w_i CE_i + ||W||^2 / 2`` (bias not penalised), the scikit-learn
     ``LogisticRegression(C=c)`` objective; constant features are left unscaled. Fitting uses torch
     (imported here); applying the returned head is numpy only.
+
+    Args:
+        x: (N, D) features.
+        y: (N,) class indices.
+        c: the inverse regularisation strength (> 0).
+        num_classes: C.
+        sample_weight: (N,) weights of the rows; all 1 by default.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        The :class:`LinearHead` on raw features.
+
+    >>> head = fit_softmax_regression(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]),
+    ...                               c=10.0, num_classes=2)
+    >>> head.probs(np.array([[0.0], [3.0]])).argmax(axis=1).tolist()
+    [0, 1]
     """
     import torch
     import torch.nn.functional as F
