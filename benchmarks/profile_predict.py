@@ -134,6 +134,7 @@ def instrument(rec: Any, timer: StageTimer) -> Iterator[None]:
 
     import groupmood.detect.cascade as cascade
     import groupmood.detect.detector as detector_mod
+    from groupmood.fusion.plan import FusionPlan
     from groupmood.pipeline import Branch, GroupEmotionRecognizer, shared_trunks
 
     names = {id(br): n for n, br in rec.branches.items()}
@@ -172,7 +173,7 @@ def instrument(rec: Any, timer: StageTimer) -> Iterator[None]:
         stack.enter_context(patched(cascade, "_stage1", timer.wrap(
             cascade._stage1, "MTCNN P-Net: candidates, NMS", lambda images, *a, **k: len(images))))
         stack.enter_context(patched(cascade, "_crops", timer.wrap(
-            cascade._crops, lambda tables, regions, ids, size, *a: f"MTCNN {'R' if size == 24 else 'O'}-Net: crops "
+            cascade._crops, lambda tables, regions, ids, size, *a: f"MTCNN {'R' if size == cascade.RNET_SIZE else 'O'}-Net: crops "
                                                                   f"{size}x{size}",
             lambda tables, regions, *a: len(regions))))
         stack.enter_context(patched(detector_mod, "run_cascade", timer.wrap(
@@ -190,8 +191,7 @@ def instrument(rec: Any, timer: StageTimer) -> Iterator[None]:
         if getattr(rec, "regime", None) is not None:
             stack.enter_context(patched(type(rec.regime), "crowd_probs", timer.wrap(
                 type(rec.regime).crowd_probs, "regime gate")))
-        stack.enter_context(patched(GroupEmotionRecognizer, "_fuse", timer.wrap(
-            GroupEmotionRecognizer._fuse, "fusion")))
+        stack.enter_context(patched(FusionPlan, "fuse", timer.wrap(FusionPlan.fuse, "fusion")))
         stack.enter_context(patched(GroupEmotionRecognizer, "_predict", timer.wrap(
             GroupEmotionRecognizer._predict, "pooling, calibration, results", lambda self, photos, *a: len(photos))))
         stack.enter_context(patched(GroupEmotionRecognizer, "predict", timer.wrap(
