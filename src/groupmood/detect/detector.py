@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import Photo
-from ..runtime.session import BACKENDS, ENGINES, onnx_key
+from ..runtime.session import BACKENDS, ENGINES
 from .cascade import CELL, ONET_SIZE, RNET_SIZE, CascadeSettings, Runner, run_cascade
 
 if TYPE_CHECKING:
@@ -306,10 +306,13 @@ class FaceDetector:
             backend = resolve_backend(backend, str(device))
         where = {"device": device, "weights_dir": weights_dir, "auto_fetch": auto_fetch}
         if backend == "onnxruntime":
+            from ..runtime.nets import cached_nets
+
             shas = _weight_file_sha256s(weights_dir)
-            runners = _cached_runners(shas) if shas is not None else None
-            if runners is not None:
-                return cls(settings=cfg, runners=runners, backend="onnxruntime", weights_sha256=shas, **where)
+            cached = cached_nets(_NETS, shas) if shas is not None else None
+            if cached is not None:
+                return cls(settings=cfg, runners=(cached[0], cached[1], cached[2]), backend="onnxruntime",
+                           weights_sha256=shas, **where)
         from .nets import load_nets
 
         # load_nets checks the files against these sha256
@@ -405,13 +408,14 @@ class FaceDetector:
 
     def _onnx_runners(self, parity_photos: Callable[[], list[np.ndarray]] | None) -> tuple[Runner, Runner, Runner]:
         """P-, R- and O-Net's ONNX Runtime models: from the cache, else exported from the PyTorch nets."""
+        from ..runtime.nets import cached_nets, export_nets
+
         shas = self.weights_sha256()
-        cached = _cached_runners(shas)
+        cached = cached_nets(_NETS, shas)
         if cached is not None:
-            return cached
+            return cached[0], cached[1], cached[2]
         import torch
 
-        from ..runtime.export import export_onnx
         from ..runtime.export import parity_photos as default_photos
 
         nets = self.torch_nets()
@@ -422,10 +426,7 @@ class FaceDetector:
                 recorded.update(_record_inputs(nets, (parity_photos or default_photos)()))
             return recorded[name]
 
-        models = []
-        for (name, outs, size, dyn), net, sha in zip(_NETS, nets, shas):
-            models.append(export_onnx(net.cpu(), name, onnx_key(sha, dynamic_hw=dyn), outs, torch.zeros(1, 3, size, size),
-                                      lambda n=name: inputs(n), dynamic_hw=dyn))
+        models = export_nets(nets, _NETS, shas, inputs)
         return models[0], models[1], models[2]
 
     def detect(self, images: Images) -> list[list[Face]]:
@@ -479,19 +480,6 @@ def _weight_file_sha256s(weights_dir: str | Path | None) -> tuple[str, str, str]
             return None
         out.append(weights.sha256_file(path))
     return out[0], out[1], out[2]
-
-
-def _cached_runners(shas: Sequence[str]) -> tuple[Runner, Runner, Runner] | None:
-    """The three nets' ONNX Runtime models when all three are in the cache (no PyTorch), else None."""
-    from ..runtime.session import load_cached
-
-    models = []
-    for (name, _, _, dyn), sha in zip(_NETS, shas):
-        model = load_cached(name, onnx_key(sha, dynamic_hw=dyn))
-        if model is None:
-            return None
-        models.append(model)
-    return models[0], models[1], models[2]
 
 
 class _Recorder:

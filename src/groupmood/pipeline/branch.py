@@ -28,7 +28,8 @@ from ..inputs import center_crop_array, normalize_array
 from ..labels import GROUP_CLASSES, valence_array
 from ..mathops import softmax
 from ..models.registry import FAMILY_RECIPES, ModelInfo, family_info
-from ..runtime.session import OrtModel, device_type, load_cached, onnx_key, safetensors_model_name
+from ..runtime.branches import cached_model, cached_trunk, export_branch
+from ..runtime.session import OrtModel, device_type
 from .bundle import BranchSpec
 
 if TYPE_CHECKING:
@@ -174,11 +175,8 @@ class Branch:
         digest = weight_store.sha256_file(p)
         if sha256 and digest != sha256:
             weight_store.verify(p, sha256)  # raises, naming the file and both digests
-        name = safetensors_model_name(p)
-        if name is None:
-            return None
-        runner = load_cached(name, onnx_key(digest, fold_batchnorm=fold_bn))
-        if runner is None or not {"model", "recipe", "classes"} <= set(runner.meta):
+        runner = cached_model(p, digest, fold_bn)
+        if runner is None:
             return None
         recipe = dict(runner.meta["recipe"])
         info = dataclasses.replace(family_info(recipe["family"]), name=str(runner.meta["model"]))
@@ -222,8 +220,7 @@ class Branch:
         """Load the trunk's ONNX Runtime model from the cache, without PyTorch; whether it was there."""
         if self.trunk_sha256 is None:
             return False
-        self.features_runner = load_cached(f"{self.family}-{self.info.name}-features",
-                                           onnx_key(self.trunk_sha256, fold_batchnorm=self.fold_bn))
+        self.features_runner = cached_trunk(self.family, self.info.name, self.trunk_sha256, self.fold_bn)
         return self.features_runner is not None
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
@@ -357,22 +354,11 @@ class Branch:
         if backend == "torch":
             other.runner = None
             return other
-        import torch
-
-        from ..runtime.export import export_onnx, weights_sha256
-
         meta = {"model": self.info.name, "recipe": self.info.recipe(list(self.classes)),
                 "classes": list(self.classes), "folded": self.folded, "source": Path(self.source).name}
-        example = torch.zeros(1, self.in_chans, *self.input_size)
-        other.runner = export_onnx(model.cpu(), f"{self.family}-{self.info.name}",
-                                   onnx_key(self.sha256 or weights_sha256(model), fold_batchnorm=self.fold_bn), ("logits",),
-                                   example, parity_inputs, meta=meta)
-        if self.trunk_sha256 is not None:
-            from ..runtime.export import FeaturesOf
-
-            other.features_runner = export_onnx(FeaturesOf(model.cpu()), f"{self.family}-{self.info.name}-features",
-                                                onnx_key(self.trunk_sha256, fold_batchnorm=self.fold_bn), ("features",), example,
-                                                parity_inputs, meta={"part": "features", "model": self.info.name})
+        other.runner, other.features_runner = export_branch(
+            model, self.family, self.info.name, meta, (self.in_chans, *self.input_size), self.sha256,
+            self.trunk_sha256, self.fold_bn, parity_inputs)
         return other
 
     def parity_inputs(self, photos: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[Any]:
