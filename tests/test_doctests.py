@@ -52,6 +52,7 @@ MODULES = [
     "groupmood.pipeline.branch",
     "groupmood.pipeline.bundle",
     "groupmood.pipeline.recognizer",
+    "groupmood.pipeline.results",
     "groupmood.runtime.export",
     "groupmood.runtime.session",
     "groupmood.serve.app",

@@ -29,6 +29,10 @@ class FaceResult:
 
     ``probs`` is the mean of the face branches' (uncalibrated) probabilities weighted by their fusion
     weights; ``pooled`` names the branches whose pooling used this face.
+
+    >>> face = Face(np.array([10.0, 20.0, 50.0, 70.0]), 0.99, np.zeros((5, 2)))
+    >>> FaceResult(face, "Neutral", np.array([0.2, 0.5, 0.3]), {}, ()).to_dict()["area"]
+    2000.0
     """
 
     face: Face
@@ -110,6 +114,11 @@ class GroupResult:
     ``abstained`` is True when no branch spoke at all (label :data:`groupmood.fusion.ABSTAIN`).
     ``crowd`` is the regime gate's probability that the photo is a crowd (None: the bundle has no gate),
     which mixed the photo and crowd fusions (:mod:`groupmood.fusion.regime`).
+
+    >>> scene = BranchResult(np.array([0.1, 0.2, 0.7]), 1.0, 1.0, True, (), "image", "global")
+    >>> result = GroupResult("Positive", scene.probs, {"scene": scene}, [], True, False, 640, 480)
+    >>> result.probs_by_class["Positive"], result.to_dict()["branches"]["scene"]["spoke"]
+    (0.7, True)
     """
 
     label: str
