@@ -32,7 +32,6 @@ error) and written back by :meth:`Bundle.dump`. Model paths in the YAML are rela
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,10 +298,6 @@ class Bundle:
         Bundle.from_dict(yaml.safe_load(text), p)
         atomic_write_text(p, text)
         return p
-
-    def with_changes(self, **changes: Any) -> Bundle:
-        """A copy with some fields replaced (a frozen dataclass's ``replace``)."""
-        return dataclasses.replace(self, **changes)
 
 
 def _relative(path: Path | None, base: Path | None) -> str:

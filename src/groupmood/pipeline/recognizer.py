@@ -143,13 +143,11 @@ class GroupEmotionRecognizer:
         spec = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         backend = resolve_backend(backend, device)
         fusion_model = regime = None
+        if weights is None and spec.fusion.file is not None and spec.fusion.sha256:
+            weight_store.verify(spec.fusion.file, spec.fusion.sha256)
         if weights is None and spec.fusion.kind == "model" and spec.fusion.file is not None:
-            if spec.fusion.sha256:
-                weight_store.verify(spec.fusion.file, spec.fusion.sha256)
             fusion_model = FusionModel.load(spec.fusion.file)
         if weights is None and spec.fusion.kind == "regime" and spec.fusion.file is not None:
-            if spec.fusion.sha256:
-                weight_store.verify(spec.fusion.file, spec.fusion.sha256)
             regime = RegimeGate.load(spec.fusion.file, spec.fusion.crowd_weights, spec.fusion.crowd_fallback,
                                      reads=str(spec.fusion.reads))
         weights = dict(spec.weights) if weights is None else dict(weights)
@@ -180,8 +178,7 @@ class GroupEmotionRecognizer:
         """A recognizer on ``detector`` and ``branches`` with this one's settings; other ``weights`` drop the
         fusion model and the regime gate."""
         same = weights is None
-        rec = GroupEmotionRecognizer(detector, branches, self.weights if weights is None else weights, pooling,
-                                     self.device,
+        rec = GroupEmotionRecognizer(detector, branches, self.weights if weights is None else weights, pooling, self.device,
                                      self.chosen_on, self.fusion_model if same else None, self.min_faces, self.workers,
                                      self.fallback, self.regime if same else None, self._unloaded)
         rec._order = self._order
@@ -391,6 +388,7 @@ class GroupEmotionRecognizer:
             by_photo = dict(zip(need, scores))
             for i, p in enumerate(pooled):
                 p[name] = Pooled(by_photo[i], True, ()) if i in by_photo else Pooled.abstain()
+        if fallback_only:
             for i, p in enumerate(pooled):  # back in branch order
                 pooled[i] = {n: p[n] for n in self.branches if n in p}
 
@@ -410,10 +408,6 @@ class GroupEmotionRecognizer:
         face_px = max([ONET_SIZE, *(max(b.input_size) for b in branches if b.is_face)])
         need = max([face_px / cfg.min_face_frac, *(b.info.resize or 0 for b in branches if not b.is_face)])
         return int(math.ceil(need))
-
-    def bundle_weights(self, crowd: float | None = None) -> dict[str, float]:
-        """Each branch's configured weight; with a regime gate, the regimes' weights mixed by ``crowd``."""
-        return self.fusion.weights_at(crowd)
 
     def _result(self, photo: Photo, faces: Sequence[Face], face_scores: Mapping[str, np.ndarray],
                 pooled: Mapping[str, Pooled], calibrated: Mapping[str, Pooled], fused: Fused,
