@@ -44,6 +44,25 @@ def test_nms_is_torchvision_nms(n, thr):
         assert got.dtype == np.int64 and np.array_equal(got, want)
 
 
+def test_nms_measures_pairs_in_blocks_with_the_same_choices(monkeypatch):
+    """Pairs are measured in blocks (a bounded memory); any block size, one pair per block included, gives
+    torchvision's choices, with empty and zero-width boxes and boxes that touch at an edge among them."""
+    from torchvision.ops import nms as tv_nms
+
+    import groupmood.detect.nms as nms_module
+
+    rng = np.random.default_rng(11)
+    boxes, scores = _random_boxes(rng, 500)
+    boxes[:20, 2] = boxes[:20, 0]  # zero width
+    boxes[20:30] = boxes[30:40] + np.array([0, 0, 0, 0], np.float32)
+    boxes[40:50, 0] = boxes[50:60, 2]  # starts where another ends: touching, no intersection
+    want = {thr: tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy() for thr in (0.0, 0.5)}
+    for block in (1, 7, 1 << 20):
+        monkeypatch.setattr(nms_module, "_PAIRS_PER_BLOCK", block)
+        for thr, w in want.items():
+            assert np.array_equal(nms(boxes, scores, thr), w), (block, thr)
+
+
 def test_nms_ties_and_threshold_edge():
     from torchvision.ops import nms as tv_nms
 

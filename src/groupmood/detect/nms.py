@@ -37,36 +37,72 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
     areas = (x2 - x1) * (y2 - y1)
-    thr = float(iou_threshold)
-    zero = np.float32(0)
+    first, later = _overlapping_pairs(x1, y1, x2, y2, areas, float(iou_threshold))
+    # the greedy pass: box k (by score) is kept unless a kept box before it suppressed it
+    bounds = np.searchsorted(first, np.arange(n + 1))
+    removed = np.zeros(n, bool)
     keep = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if n <= _NMS_MATRIX:
-            # every pair at once (the same float32 operations per pair), then the greedy pass over rows
-            w = np.maximum(zero, np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]))
-            h = np.maximum(zero, np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]))
-            inter = w * h
-            over = (inter / (areas[:, None] + areas[None] - inter)).astype(np.float64) > thr
-            removed = np.zeros(n, bool)
-            for i in range(n):
-                if not removed[i]:
-                    keep.append(i)
-                    removed |= over[i]
-        else:
-            rest = np.arange(n)
-            while rest.size:
-                i = rest[0]
-                keep.append(i)
-                rest = rest[1:]
-                w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-                h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-                inter = w * h
-                rest = rest[~((inter / (areas[i] + areas[rest] - inter)).astype(np.float64) > thr)]
+    for k in range(n):
+        if not removed[k]:
+            keep.append(k)
+            removed[later[bounds[k]:bounds[k + 1]]] = True
     return order[np.array(keep, np.int64)]
 
 
-#: Up to this many boxes :func:`nms` computes every pair's IoU at once (a few MB), beyond it row by row.
-_NMS_MATRIX = 1024
+#: At most this many box pairs are measured at once by :func:`_overlapping_pairs` (a few tens of MB).
+_PAIRS_PER_BLOCK = 1 << 20
+
+
+def _overlapping_pairs(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, areas: np.ndarray,
+                       thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i, j), i < j, of boxes (in score order) whose IoU exceeds ``thr``, sorted by i.
+
+    Only pairs whose x-extents overlap are measured (a sweep over the boxes sorted by x1): any other pair
+    has no intersection, an IoU of 0 (or NaN for two empty boxes), which never exceeds a threshold of 0 or
+    more. A photo's candidates are mostly far apart, so this is a small share of all pairs. Each measured
+    pair's IoU is computed with the same float32 operations as every pair at once would be (``areas[i] +
+    areas[j]`` is commutative), so the choices are the same.
+    """
+    n = len(x1)
+    if thr < 0:  # a pair that does not intersect exceeds it too: every pair is measured
+        i, j = np.triu_indices(n, 1)
+        over = _iou_over(x1, y1, x2, y2, areas, i, j, thr)
+        return i[over], j[over]
+    by_x = np.argsort(x1, kind="stable")
+    # box by_x[p] overlaps in x the boxes by_x[p + 1:end[p]] (those that start before it ends)
+    end = np.searchsorted(x1[by_x], x2[by_x], side="left")
+    counts = np.maximum(end - np.arange(1, n + 1), 0)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    firsts, lasts = [], []
+    p = 0
+    while p < n:  # runs of boxes with at most _PAIRS_PER_BLOCK pairs in all (one box at least)
+        q = max(p + 1, int(np.searchsorted(cum, cum[p] + _PAIRS_PER_BLOCK, side="right")) - 1)
+        c = counts[p:q]
+        total = int(cum[q] - cum[p])
+        if total:
+            a = np.repeat(by_x[p:q], c)
+            b = by_x[np.repeat(np.arange(p + 1, q + 1) - (cum[p:q] - cum[p]), c) + np.arange(total)]
+            i, j = np.minimum(a, b), np.maximum(a, b)
+            over = _iou_over(x1, y1, x2, y2, areas, i, j, thr)
+            firsts.append(i[over])
+            lasts.append(j[over])
+        p = q
+    if not firsts:
+        return _EMPTY_IDS, _EMPTY_IDS
+    i, j = np.concatenate(firsts), np.concatenate(lasts)
+    srt = np.argsort(i, kind="stable")
+    return i[srt], j[srt]
+
+
+def _iou_over(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, areas: np.ndarray, i: np.ndarray,
+              j: np.ndarray, thr: float) -> np.ndarray:
+    """Whether each pair's IoU exceeds ``thr``: torchvision's float32 IoU, compared in double precision."""
+    zero = np.float32(0)
+    w = np.maximum(zero, np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]))
+    h = np.maximum(zero, np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]))
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (inter / (areas[i] + areas[j] - inter)).astype(np.float64) > thr
 
 
 def group_indices(groups: np.ndarray) -> list[np.ndarray]:

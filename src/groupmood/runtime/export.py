@@ -2,7 +2,9 @@
 
 Each model is exported with the legacy TorchScript exporter (no extra package needed at export
 time) with a dynamic batch axis (and dynamic height and width for the fully convolutional P-Net).
-At export the ONNX model must give the PyTorch model's outputs on real inputs within
+Every export goes through two graph rewrites that keep the values and let ONNX Runtime keep its blocked
+convolution layout (:mod:`.graph`): PReLUs as depthwise ReLU convolutions, and no empty optional inputs (so
+that zero padding folds into convolutions). At export the ONNX model must give the PyTorch model's outputs on real inputs within
 :data:`~groupmood.runtime.session.PARITY_TOL` (max absolute difference); otherwise nothing is
 written and the export fails. Files are written atomically, the ONNX file before its sidecar.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
+from .graph import prelu_as_depthwise, without_absent_inputs
 from .session import OPSET, PARITY_TOL, OrtModel, cache_path, full_key, load_cached, settings
 
 __all__ = ["FeaturesOf", "export_onnx", "parity_photos", "weights_sha256"]
@@ -120,7 +123,7 @@ def _export(module: torch.nn.Module, name: str, key: Mapping[str, Any], path: Pa
         example = example.detach().clone().contiguous().float().cpu()
         torch.onnx.export(module, (example,), buf, input_names=["input"], output_names=list(output_names),
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        data = buf.getvalue()
+        data = prelu_as_depthwise(without_absent_inputs(buf.getvalue()))
         session = ort.InferenceSession(data, sess_options=settings().session_options(),
                                        providers=["CPUExecutionProvider"])
         worst = 0.0

@@ -45,7 +45,7 @@ ENGINES = ("onnxruntime", "torch")
 #: What a caller may ask for: an engine, or ``auto`` (:func:`resolve_backend` picks one per device).
 BACKENDS = ("auto", *ENGINES)
 #: Bump when the export recipe or the cache key changes: every cached file is then exported again.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 OPSET = 17
 #: Largest absolute difference allowed between ONNX Runtime's and PyTorch's outputs at export.
 PARITY_TOL = 1e-4
