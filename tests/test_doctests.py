@@ -54,6 +54,7 @@ MODULES = [
     "groupmood.pipeline.recognizer",
     "groupmood.pipeline.results",
     "groupmood.runtime.export",
+    "groupmood.runtime.graph",
     "groupmood.runtime.session",
     "groupmood.serve.app",
 ]
