@@ -276,9 +276,9 @@ def test_device_is_a_string(detector):
 
 
 def test_chunk_size_does_not_change_the_faces(ort_detector, detector, astronaut):
-    """R-/O-Net see each photo's crops in chunks (128 on a CPU, 1024 elsewhere): any chunk size gives the same
+    """R-/O-Net see each photo's crops in chunks (64 on a CPU, 1024 elsewhere): any chunk size gives the same
     faces, under both backends, the CPU default included."""
-    assert CascadeSettings().chunk("cpu") == 128 and CascadeSettings().chunk("cuda:0") == 1024
+    assert CascadeSettings().chunk("cpu") == 64 and CascadeSettings().chunk("cuda:0") == 1024
     assert CascadeSettings(chunk_size=7).chunk("cpu") == 7
     photos = list(_golden_photos().values())
     px, sc = cascade_error(photos, detector.runners, detector)
