@@ -2,11 +2,12 @@
 
 Each model is exported with the legacy TorchScript exporter (no extra package needed at export
 time) with a dynamic batch axis (and dynamic height and width for the fully convolutional P-Net).
-Every export goes through two graph rewrites that keep the values and let ONNX Runtime keep its blocked
-convolution layout (:mod:`.graph`): PReLUs as depthwise ReLU convolutions, and no empty optional inputs (so
-that zero padding folds into convolutions). At export the ONNX model must give the PyTorch model's outputs on real inputs within
-:data:`~groupmood.runtime.session.PARITY_TOL` (max absolute difference); otherwise nothing is
-written and the export fails. Files are written atomically, the ONNX file before its sidecar.
+Every export goes through two graph rewrites that keep the values and let ONNX Runtime keep its
+blocked convolution layout (:mod:`.graph`): PReLUs as depthwise ReLU convolutions, and no empty
+optional inputs (so that zero padding folds into convolutions). At export the ONNX model must give
+the PyTorch model's outputs on real inputs within :data:`~groupmood.runtime.session.PARITY_TOL`
+(max absolute difference); otherwise nothing is written and the export fails. Files are written
+atomically, the ONNX file before its sidecar.
 """
 from __future__ import annotations
 
