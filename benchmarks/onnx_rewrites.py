@@ -2,7 +2,7 @@
 and without them, on real inputs, and how far the outputs move.
 
 For each MTCNN net the inputs are those it gets while the cascade runs on benchmark photos (P-Net: every
-pyramid level; R- and O-Net: every candidate crop, in the cascade's chunks of 128); for the whole-image trunk
+pyramid level; R- and O-Net: every candidate crop, in the cascade's chunks on a CPU); for the whole-image trunk
 (EfficientNet-Lite0, the default bundle's gate and scene trunk) the photos' centre crops. Each net is exported
 from PyTorch as ``groupmood export`` does, then run three ways in ONNX Runtime with predict's session settings
 (one thread, sequential): the plain export, the export after the rewrites (what the cache holds), and an int8
@@ -16,30 +16,14 @@ median time of one pass over the inputs and the largest output difference from t
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 from _common import REPO, loadavg, publish_result
 from detect import photo_paths
-
-
-def _export(net, shape: tuple[int, ...], dynamic_hw: bool) -> bytes:
-    import torch
-
-    from groupmood.runtime.session import OPSET
-
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.cpu().eval(), (torch.zeros(*shape),), buf, input_names=["input"],
-                          dynamic_axes={"input": axes}, opset_version=OPSET, dynamo=False)
-    return buf.getvalue()
 
 
 def _int8(model: bytes, batches: list[np.ndarray], folder: Path) -> bytes | None:
@@ -72,12 +56,12 @@ def _int8(model: bytes, batches: list[np.ndarray], folder: Path) -> bytes | None
 
 def _inputs(paths: list[Path]) -> dict[str, list[np.ndarray]]:
     """Each net's real inputs on the photos, batched as predict batches them."""
-    from groupmood import FaceDetector, load_image
+    from groupmood import load_image
     from groupmood.detect.cascade import CascadeSettings, run_cascade
     from groupmood.inputs import normalize_array
     from groupmood.pipeline import GroupEmotionRecognizer
 
-    det = FaceDetector.from_pretrained(auto_fetch=True, backend="onnxruntime")
+    rec = GroupEmotionRecognizer.default(backend="onnxruntime")
     seen: dict[str, list[np.ndarray]] = {"P-Net": [], "R-Net": [], "O-Net": []}
 
     def spy(name: str, net):
@@ -86,12 +70,11 @@ def _inputs(paths: list[Path]) -> dict[str, list[np.ndarray]]:
             return net(x)
         return run
 
-    rec = GroupEmotionRecognizer.default(backend="onnxruntime")
     scene = rec.branches[rec.regime.reads] if rec.regime is not None else None
     crops = []
     for p in paths:
         img = load_image(p)
-        run_cascade([img], *(spy(n, r) for n, r in zip(seen, det.runners)), CascadeSettings())
+        run_cascade([img], *(spy(n, r) for n, r in zip(seen, rec.detector.runners)), CascadeSettings())
         if scene is not None:
             crops.append(np.ascontiguousarray(normalize_array(scene.crops(img, []), scene.info), dtype=np.float32))
     seen["EfficientNet-Lite0 trunk"] = crops
@@ -119,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS.md")
     args = ap.parse_args(argv)
     import onnxruntime as ort
+    import torch
 
+    from groupmood.runtime.export import plain_onnx
     from groupmood.runtime.graph import prelu_as_depthwise, without_absent_inputs
     from groupmood.runtime.session import settings
 
@@ -133,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             xs = inputs.get(name) or []
             if not xs:
                 continue
-            plain = _export(net, shape, dynamic)
+            plain = plain_onnx(net.cpu().eval(), torch.zeros(*shape), dynamic_hw=dynamic)
             variants = {"plain": plain, "rewritten": prelu_as_depthwise(without_absent_inputs(plain))}
             quant = None if dynamic else _int8(plain, xs, Path(tmp))
             if quant is not None:

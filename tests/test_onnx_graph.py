@@ -6,9 +6,6 @@ inputs, under ONNX Runtime on whatever CPU runs this.
 """
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -21,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from groupmood.detect.detector import _NETS, _record_inputs  # noqa: E402
+from groupmood.runtime.export import plain_onnx  # noqa: E402
 from groupmood.runtime.graph import prelu_as_depthwise, without_absent_inputs  # noqa: E402
 from groupmood.runtime.session import OPSET  # noqa: E402
 
@@ -34,17 +32,6 @@ def _run(model: bytes, x: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
-def _torch_export(net: torch.nn.Module, size: int, dynamic_hw: bool) -> bytes:
-    """``net`` exported as export_onnx exports it, without the rewrites."""
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.cpu().eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["input"],
-                          dynamic_axes={"input": axes}, opset_version=OPSET, dynamo=False)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def mtcnn_exports(detector, astronaut):
     """Each MTCNN net exported plainly and rewritten, and the real inputs it got on the astronaut photo."""
@@ -52,7 +39,7 @@ def mtcnn_exports(detector, astronaut):
     inputs = _record_inputs(nets, [astronaut])
     out = {}
     for net, (name, _, size, dynamic) in zip(nets, _NETS):
-        plain = _torch_export(net, size, dynamic)
+        plain = plain_onnx(net.cpu().eval(), torch.zeros(1, 3, size, size), dynamic_hw=dynamic)
         out[name] = ((plain, prelu_as_depthwise(plain)), inputs[name])
     return out
 
@@ -116,7 +103,7 @@ def test_absent_inputs_dropped_and_zero_pad_folded_into_the_convolution(tmp_path
     from groupmood.models.layers import SameConv2d
 
     net = torch.nn.Sequential(SameConv2d(3, 8, 3, 2), torch.nn.ReLU()).eval()
-    plain = _torch_export(net, 16, False)
+    plain = plain_onnx(net, torch.zeros(1, 3, 16, 16))
     assert "Pad" in _ops(plain)
     tidy = without_absent_inputs(plain)
     assert all(name for n in onnx.load_from_string(tidy).graph.node for name in n.input)

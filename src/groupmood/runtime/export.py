@@ -29,7 +29,7 @@ from ..errors import WeightsError
 from .graph import prelu_as_depthwise, without_absent_inputs
 from .session import OPSET, PARITY_TOL, OrtModel, cache_path, full_key, load_cached, settings
 
-__all__ = ["FeaturesOf", "export_onnx", "parity_photos", "weights_sha256"]
+__all__ = ["FeaturesOf", "export_onnx", "parity_photos", "plain_onnx", "weights_sha256"]
 
 
 class FeaturesOf(torch.nn.Module):
@@ -108,6 +108,33 @@ def export_onnx(module: torch.nn.Module, name: str, key: Mapping[str, Any], outp
                    dynamic_hw, meta or {})
 
 
+def plain_onnx(module: torch.nn.Module, example: torch.Tensor, output_names: Sequence[str] = ("output",),
+               dynamic_hw: bool = False) -> bytes:
+    """``module`` exported as :func:`export_onnx` exports it, before its graph rewrites (:mod:`.graph`).
+
+    Args:
+        module: the PyTorch model.
+        example: one input of the right shape.
+        output_names: the names of the model's outputs.
+        dynamic_hw: export height and width as dynamic axes (fully convolutional nets).
+
+    Returns:
+        The serialised ONNX model: input ``input``, a dynamic batch axis.
+
+    >>> len(plain_onnx(torch.nn.Conv2d(1, 2, 3), torch.zeros(1, 1, 8, 8))) > 0
+    True
+    """
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    dynamic = {"input": axes, **{n: {0: "batch"} for n in output_names}}
+    buf = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example.detach().clone().contiguous().float().cpu(),), buf, input_names=["input"],
+                          output_names=list(output_names), dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
 def _export(module: torch.nn.Module, name: str, key: Mapping[str, Any], path: Path, output_names: Sequence[str],
             example: torch.Tensor, parity_inputs: Callable[[], Sequence[torch.Tensor]], dynamic_hw: bool,
             meta: Mapping[str, Any]) -> OrtModel:
@@ -116,15 +143,9 @@ def _export(module: torch.nn.Module, name: str, key: Mapping[str, Any], path: Pa
     if importlib.util.find_spec("onnx") is None:
         raise WeightsError(f"exporting {name} to ONNX needs the onnx package: pip install onnx "
                            "(or use --backend torch)")
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    dynamic = {"input": axes, **{n: {0: "batch"} for n in output_names}}
-    buf = io.BytesIO()
+    data = prelu_as_depthwise(without_absent_inputs(plain_onnx(module, example, output_names, dynamic_hw)))
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        example = example.detach().clone().contiguous().float().cpu()
-        torch.onnx.export(module, (example,), buf, input_names=["input"], output_names=list(output_names),
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        data = prelu_as_depthwise(without_absent_inputs(buf.getvalue()))
         session = ort.InferenceSession(data, sess_options=settings().session_options(),
                                        providers=["CPUExecutionProvider"])
         worst = 0.0
